@@ -1,0 +1,1 @@
+//! Test harness: hermetic stores and everything a test creates, removed in `Drop`.
