@@ -1,7 +1,13 @@
 //! root-tracker: finds and tracks the garbage-collection roots of a Nix store.
 //!
 //! Data flow (see DESIGN.md): kernel sources feed hints to the reconciler, which keeps the
-//! index; the scanner is the full traversal used for bootstrap, recovery and `scan`.
+//! index; the scanner ([`scan`]) is the full traversal used for bootstrap, recovery and the
+//! `scan` command, and the reference the live index is tested against.
 
 pub mod cli;
+pub mod layout;
+pub mod report;
+pub mod scan;
 pub mod source;
+pub mod store_path;
+pub mod validity;

@@ -1,0 +1,305 @@
+//! The full traversal: Nix's `findRoots` (static and indirect roots under `gcroots/` and
+//! `profiles/`), `findRuntimeRoots` and `findTempRoots`, reproduced byte for byte.
+//!
+//! Invariant: nothing that could hold a root is skipped silently. Where Nix ignores an error
+//! (EACCES, EIO, ...) we record the entry as unreadable, and the report says it is incomplete:
+//! an unprivileged traversal that drops `/home/alice/proj/result` would let a GC delete live paths.
+//! Only ENOENT/ENOTDIR (and ESRCH in `/proc`) are benign: the entry vanished, so it roots nothing.
+
+mod runtime;
+mod temp;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+use std::path::{Path, PathBuf};
+
+use crate::layout::StoreLayout;
+use crate::report::{Retainer, Root, RootKind, ScanReport, StaleLink, Unreadable};
+use crate::store_path::{StorePath, abs_path, base_name_of, dir_of, is_in_dir};
+use crate::validity::{ValidPaths, ValidityError};
+
+/// What to include beyond the static and indirect roots.
+#[derive(Clone, Debug)]
+pub struct ScanOptions {
+    /// Roots of running processes and kernel sysctls (`findRuntimeRoots`).
+    pub runtime: bool,
+    /// Roots in `temproots/` files of live clients (`findTempRoots`).
+    pub temp: bool,
+    /// Where procfs is mounted; `/proc` except in tests.
+    pub proc_dir: PathBuf,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        Self {
+            runtime: true,
+            temp: true,
+            proc_dir: PathBuf::from("/proc"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// Without the database we cannot tell registered roots from invalid ones.
+    #[error(transparent)]
+    Validity(#[from] ValidityError),
+}
+
+/// Scans `layout` and returns every root Nix would report, plus what Nix would skip or delete.
+#[tracing::instrument(skip_all, fields(store = ?layout.store_dir()))]
+pub fn scan(layout: &StoreLayout, options: &ScanOptions) -> Result<ScanReport, ScanError> {
+    let started = std::time::Instant::now();
+    let valid_paths = ValidPaths::open(&layout.db_path())?;
+    let mut findings = Findings::new(layout);
+    findings.find_roots(&layout.gcroots_dir(), None);
+    findings.find_roots(&layout.profiles_dir(), None);
+    if options.runtime {
+        runtime::find_runtime_roots(&mut findings, &options.proc_dir);
+    }
+    if options.temp {
+        temp::find_temp_roots(&mut findings);
+    }
+    let mut report = findings.into_report(&valid_paths)?;
+    report.normalize();
+    if let Some(first) = report.unreadable.first() {
+        tracing::info!(
+            unreadable = report.unreadable.len(),
+            first = %String::from_utf8_lossy(&first.path),
+            error = %io::Error::from_raw_os_error(first.errno),
+            "some potential roots could not be read; the answer is incomplete"
+        );
+    }
+    tracing::debug!(
+        roots = report.roots.len(),
+        unreadable = report.unreadable.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "scan finished"
+    );
+    Ok(report)
+}
+
+/// A root before its store path's validity is known.
+struct Candidate {
+    root: Root,
+    /// Temp roots are not checked against the database (Nix's `findTempRoots` does not).
+    check_validity: bool,
+}
+
+/// Accumulates what the traversal sees; turned into a [`ScanReport`] at the end.
+struct Findings<'a> {
+    layout: &'a StoreLayout,
+    auto_dir: Vec<u8>,
+    candidates: Vec<Candidate>,
+    stale_links: Vec<StaleLink>,
+    stale_temp_roots: Vec<Vec<u8>>,
+    unreadable: Vec<Unreadable>,
+}
+
+impl<'a> Findings<'a> {
+    fn new(layout: &'a StoreLayout) -> Self {
+        Self {
+            layout,
+            auto_dir: layout.auto_dir().into_os_string().into_vec(),
+            candidates: Vec::new(),
+            stale_links: Vec::new(),
+            stale_temp_roots: Vec::new(),
+            unreadable: Vec::new(),
+        }
+    }
+
+    /// Records a root if `target_text` lies in the store (Nix's `foundRoot` lambda; a text
+    /// that does not parse as a store path is ignored, as Nix ignores `BadStorePath`).
+    fn found_root(&mut self, kind: RootKind, retainer: Retainer, link: &[u8], target_text: &[u8]) {
+        if let Some(target) = self.layout.to_store_path(target_text) {
+            self.push_root(kind, retainer, link, target, true);
+        }
+    }
+
+    fn push_root(
+        &mut self,
+        kind: RootKind,
+        retainer: Retainer,
+        link: &[u8],
+        target: StorePath,
+        check_validity: bool,
+    ) {
+        self.candidates.push(Candidate {
+            root: Root {
+                retainer,
+                target,
+                kind,
+                link: link.to_vec(),
+            },
+            check_validity,
+        });
+    }
+
+    /// Records a failed read of a potential root, unless it only shows the entry is gone.
+    fn io_error(
+        &mut self,
+        path: &Path,
+        via: Option<&Path>,
+        operation: &'static str,
+        error: io::Error,
+    ) {
+        let errno = error.raw_os_error().unwrap_or(libc::EIO);
+        if matches!(errno, libc::ENOENT | libc::ENOTDIR) {
+            tracing::debug!(?path, operation, "potential root vanished");
+            return;
+        }
+        self.unreadable_entry(path.as_os_str().as_bytes(), via, operation, errno);
+    }
+
+    fn unreadable_entry(
+        &mut self,
+        path: &[u8],
+        via: Option<&Path>,
+        operation: &'static str,
+        errno: i32,
+    ) {
+        tracing::debug!(
+            path = %String::from_utf8_lossy(path),
+            operation,
+            error = %io::Error::from_raw_os_error(errno),
+            "cannot read potential root"
+        );
+        self.unreadable.push(Unreadable {
+            path: path.to_vec(),
+            via: via.map(|via| via.as_os_str().as_bytes().to_vec()),
+            operation,
+            errno,
+        });
+    }
+
+    /// Nix's `LocalStore::findRoots(path, type, roots)`: directories are walked without
+    /// following symlinks; symlinks and regular files may be roots.
+    fn find_roots(&mut self, path: &Path, file_type: Option<fs::FileType>) {
+        let file_type = match file_type {
+            Some(file_type) => file_type,
+            None => match fs::symlink_metadata(path) {
+                Ok(metadata) => metadata.file_type(),
+                Err(error) => return self.io_error(path, None, "lstat", error),
+            },
+        };
+        if file_type.is_dir() {
+            let entries = match fs::read_dir(path) {
+                Ok(entries) => entries,
+                Err(error) => return self.io_error(path, None, "opendir", error),
+            };
+            for entry in entries {
+                match entry {
+                    // `file_type` comes from d_type; where that is unknown we lstat ourselves.
+                    Ok(entry) => self.find_roots(&entry.path(), entry.file_type().ok()),
+                    Err(error) => return self.io_error(path, None, "readdir", error),
+                }
+            }
+        } else if file_type.is_symlink() {
+            self.symlink_root(path);
+        } else if file_type.is_file() {
+            // A regular file whose name is a store path's base name roots that path.
+            let name = base_name_of(path.as_os_str().as_bytes());
+            let printed = [self.layout.store_dir().as_os_str().as_bytes(), b"/", name].concat();
+            if let Some(target) = self.layout.parse_store_path(&printed) {
+                let link = path.as_os_str().as_bytes();
+                self.push_root(
+                    RootKind::Static,
+                    Retainer::Path(link.to_vec()),
+                    link,
+                    target,
+                    true,
+                );
+            }
+        }
+    }
+
+    /// The symlink branch of `findRoots`: a direct root, or an indirect root with exactly one
+    /// more `readlink` (Nix's `addIndirectRoot` layout), or a stale `gcroots/auto` link.
+    fn symlink_root(&mut self, link_path: &Path) {
+        let target = match fs::read_link(link_path) {
+            Ok(target) => target,
+            Err(error) => return self.io_error(link_path, None, "readlink", error),
+        };
+        let link = link_path.as_os_str().as_bytes();
+        let target = target.as_os_str().as_bytes();
+        // Decided on the raw link text: a relative text is never "in the store".
+        if self.layout.is_in_store(target) {
+            self.found_root(
+                RootKind::Static,
+                Retainer::Path(link.to_vec()),
+                link,
+                target,
+            );
+            return;
+        }
+        let resolved = abs_path(target, dir_of(link));
+        let resolved_path = Path::new(std::ffi::OsStr::from_bytes(&resolved));
+        match fs::symlink_metadata(resolved_path) {
+            Err(error) if is_absent(&error) => {
+                if is_in_dir(link, &self.auto_dir) {
+                    self.stale_links.push(StaleLink {
+                        link: link.to_vec(),
+                        target: resolved,
+                    });
+                }
+            }
+            Err(error) => self.io_error(resolved_path, Some(link_path), "lstat", error),
+            Ok(metadata) if !metadata.file_type().is_symlink() => {}
+            Ok(_) => match fs::read_link(resolved_path) {
+                Ok(second) => self.found_root(
+                    RootKind::Indirect,
+                    Retainer::Path(resolved.clone()),
+                    link,
+                    second.as_os_str().as_bytes(),
+                ),
+                Err(error) => self.io_error(resolved_path, Some(link_path), "readlink", error),
+            },
+        }
+    }
+
+    /// Splits candidates into registered roots and unregistered ones, as `isValidPath` decides.
+    fn into_report(self, valid_paths: &ValidPaths) -> Result<ScanReport, ScanError> {
+        let mut validity: HashMap<StorePath, bool> = HashMap::new();
+        let mut roots = Vec::with_capacity(self.candidates.len());
+        let mut unregistered = Vec::new();
+        for Candidate {
+            root,
+            check_validity,
+        } in self.candidates
+        {
+            let valid = if check_validity {
+                match validity.get(&root.target) {
+                    Some(&valid) => valid,
+                    None => {
+                        let valid =
+                            valid_paths.contains(&self.layout.print_store_path(&root.target))?;
+                        validity.insert(root.target.clone(), valid);
+                        valid
+                    }
+                }
+            } else {
+                true
+            };
+            if valid {
+                roots.push(root);
+            } else {
+                unregistered.push(root);
+            }
+        }
+        Ok(ScanReport {
+            layout: self.layout.clone(),
+            roots,
+            unregistered,
+            stale_links: self.stale_links,
+            stale_temp_roots: self.stale_temp_roots,
+            unreadable: self.unreadable,
+        })
+    }
+}
+
+/// Nix's `pathExists` treats these as "does not exist"; anything else is an error.
+fn is_absent(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR))
+}
