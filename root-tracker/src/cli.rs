@@ -20,7 +20,7 @@ pub const EXIT_INCOMPLETE: u8 = 3;
 /// Exit status: 0 success; 1 error; 2 usage error; 3 the answer is incomplete (some potential
 /// roots could not be read — see `--json` for which and why).
 #[derive(Parser, Debug)]
-#[command(version, propagate_version = true)]
+#[command(name = "root-tracker", version, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,1 +1,398 @@
-//! Test harness: hermetic stores and everything a test creates, removed in `Drop`.
+//! Test harness: hermetic Nix stores driven by the real `nix-store`, system users, and
+//! processes that hold store paths. Everything a test creates is removed in `Drop`, also when
+//! the test panics. Helpers panic with the failing command's stderr rather than return errors.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test harness panics on failure, as aya's test README recommends"
+)]
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A path made of arbitrary bytes.
+pub fn bytes_path(bytes: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(bytes))
+}
+
+pub fn path_bytes(path: &Path) -> &[u8] {
+    path.as_os_str().as_bytes()
+}
+
+/// A binary of this package (`tracker-cli`, `root-holder`), next to the test executable's `deps/`.
+pub fn package_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap();
+    let dir = if dir.ends_with("deps") {
+        dir.parent().unwrap()
+    } else {
+        dir
+    };
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not built (run the tests through cargo)",
+        bin.display()
+    );
+    bin
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Panics with a clear message when not root: these tests need root (CI runs them as root).
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test must run as root (CI does); run `cargo xtask test` as root"
+    );
+}
+
+fn check(output: Output, what: &dyn std::fmt::Debug) -> Output {
+    assert!(
+        output.status.success(),
+        "{what:?} failed with {}:\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A Nix store in a temporary directory, isolated through `NIX_STORE_DIR`, `NIX_STATE_DIR`,
+/// `NIX_LOG_DIR` and `NIX_CONF_DIR`. The real `/nix` is never touched.
+pub struct HermeticStore {
+    dir: tempfile::TempDir,
+    pub store_dir: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl HermeticStore {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rt-store-")
+            .tempdir()
+            .unwrap();
+        // Other users (the unprivileged tests) must be able to reach the store.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let store = Self {
+            store_dir: dir.path().join("store"),
+            state_dir: dir.path().join("state"),
+            dir,
+        };
+        for sub in ["conf", "log", "home", "src"] {
+            fs::create_dir_all(store.path(sub)).unwrap();
+        }
+        fs::write(
+            store.path("conf/nix.conf"),
+            "build-users-group =\nsandbox = false\nsubstituters =\n",
+        )
+        .unwrap();
+        store.nix_store(&["--init"]);
+        store
+    }
+
+    /// `<tmp>/<sub>`.
+    pub fn path(&self, sub: &str) -> PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    pub fn gcroots(&self) -> PathBuf {
+        self.state_dir.join("gcroots")
+    }
+
+    pub fn profiles(&self) -> PathBuf {
+        self.state_dir.join("profiles")
+    }
+
+    /// The environment that aims Nix tools at this store.
+    pub fn nix_env(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("NIX_STORE_DIR", self.store_dir.clone()),
+            ("NIX_STATE_DIR", self.state_dir.clone()),
+            ("NIX_LOG_DIR", self.path("log")),
+            ("NIX_CONF_DIR", self.path("conf")),
+            ("HOME", self.path("home")),
+            ("XDG_CACHE_HOME", self.path("home/.cache")),
+        ]
+    }
+
+    /// A `nix-store` command aimed at this store.
+    pub fn nix_store_command(&self) -> Command {
+        let mut command = Command::new("nix-store");
+        command.env_remove("NIX_REMOTE").envs(self.nix_env());
+        command
+    }
+
+    /// `nix-env -p PROFILE --set PATH`: a profile generation, as a user's `nix-env` makes it.
+    pub fn set_profile(&self, profile: &Path, path: &Path) {
+        let mut command = Command::new("nix-env");
+        command
+            .env_remove("NIX_REMOTE")
+            .envs(self.nix_env())
+            .arg("-p")
+            .arg(profile)
+            .arg("--set")
+            .arg(path);
+        check(command.output().unwrap(), &command);
+    }
+
+    /// Runs `nix-store ARGS` and returns its standard output; panics if it fails.
+    pub fn nix_store(&self, args: &[&str]) -> Vec<u8> {
+        let mut command = self.nix_store_command();
+        command.args(args);
+        check(command.output().unwrap(), &command).stdout
+    }
+
+    /// `nix-store --add` of a file with `contents`; returns the store path.
+    pub fn add_file(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let source = self.unique_src(name);
+        fs::write(&source, contents).unwrap();
+        self.add(&source)
+    }
+
+    /// `nix-store --add` of a directory holding `files`; returns the store path.
+    pub fn add_dir(&self, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+        let source = self.unique_src(name);
+        fs::create_dir_all(&source).unwrap();
+        for (file, contents) in files {
+            fs::write(source.join(file), contents).unwrap();
+        }
+        self.add(&source)
+    }
+
+    /// `nix-store --add` of an existing file or directory.
+    pub fn add(&self, source: &Path) -> PathBuf {
+        let out = self.nix_store(&["--add", source.to_str().unwrap()]);
+        bytes_path(out.strip_suffix(b"\n").unwrap())
+    }
+
+    fn unique_src(&self, name: &str) -> PathBuf {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = self.path(&format!("src/{n}"));
+        fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    /// `nix-store --add-root LINK --indirect -r PATH`: LINK -> PATH plus `gcroots/auto/<hash>` -> LINK.
+    pub fn add_indirect_root(&self, link: &Path, path: &Path) {
+        let mut command = self.nix_store_command();
+        command
+            .arg("--add-root")
+            .arg(link)
+            .arg("--indirect")
+            .arg("-r")
+            .arg(path);
+        check(command.output().unwrap(), &command);
+    }
+
+    /// A well-formed store path in this store's directory that is not registered.
+    pub fn unregistered_path(&self, name: &str) -> PathBuf {
+        self.store_dir
+            .join(format!("0123456789abcdfghijklmnpqrsvwxyz-{name}"))
+    }
+
+    /// What the oracle says: `nix-store --gc --print-roots`. Note that Nix deletes stale
+    /// `gcroots/auto` links and dead temp-root files while it does this.
+    pub fn nix_print_roots(&self) -> Vec<u8> {
+        self.nix_store(&["--gc", "--print-roots"])
+    }
+
+    /// Runs `root-tracker scan` against this store.
+    pub fn scan_command(&self) -> Command {
+        let mut command = Command::new(package_bin("tracker-cli"));
+        command
+            .arg("scan")
+            .arg("--store-dir")
+            .arg(&self.store_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir);
+        command
+    }
+
+    pub fn scan(&self, extra: &[&str]) -> Output {
+        let mut command = self.scan_command();
+        command.args(extra);
+        command.output().unwrap()
+    }
+
+    /// `root-tracker scan --json`, parsed, with the exit status.
+    pub fn scan_json(&self) -> (serde_json::Value, Option<i32>) {
+        let output = self.scan(&["--json"]);
+        let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "scan --json printed no JSON ({error}); stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        (value, output.status.code())
+    }
+
+    /// Gives the whole temporary tree to `user` (for tests where an unprivileged user owns the store).
+    pub fn chown_all(&self, user: &SystemUser) {
+        let status = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", user.uid, user.gid))
+            .arg(&self.store_dir)
+            .arg(&self.state_dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Default for HermeticStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The unreadable entries of a `scan --json` answer that are not `/proc` entries of processes
+/// this sandbox hides even from root. The sandbox's pid 1 refuses `/proc/1/*` to everyone else.
+pub fn unreadable_outside_hidden_processes(json: &serde_json::Value) -> Vec<serde_json::Value> {
+    json["unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| {
+            let path = root_tracker::report::bytes_from_json(&entry["path"]).unwrap();
+            let hidden = path.starts_with(b"/proc/") && entry["errno"] == libc::EACCES;
+            !hidden
+        })
+        .cloned()
+        .collect()
+}
+
+/// A system user created with `useradd` and deleted (with its home) in `Drop`.
+pub struct SystemUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl SystemUser {
+    /// Creates a user whose home is `home`, mode 0700, owned by the user.
+    pub fn create(role: &str, home: &Path) -> Self {
+        require_root();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "rt{}{}{}",
+            role,
+            std::process::id() % 100_000,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--home-dir",
+            ])
+            .arg(home)
+            .arg(&name)
+            .status()
+            .unwrap();
+        assert!(status.success(), "useradd {name} failed");
+        let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        let created = Self {
+            name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            home: home.to_owned(),
+        };
+        fs::create_dir_all(home).unwrap();
+        std::os::unix::fs::chown(home, Some(created.uid), Some(created.gid)).unwrap();
+        fs::set_permissions(home, fs::Permissions::from_mode(0o700)).unwrap();
+        created
+    }
+
+    /// `command` run as this user (no supplementary groups, no capabilities).
+    pub fn command(&self, program: &OsStr) -> Command {
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={}", self.uid))
+            .arg(format!("--regid={}", self.gid))
+            .arg("--clear-groups")
+            .arg("--")
+            .arg(program);
+        command
+    }
+}
+
+impl Drop for SystemUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// A running `root-holder`: holds store paths until dropped (then it is stopped and reaped).
+pub struct Holder {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Holder {
+    /// Starts `command` (a `root-holder`, possibly a copy in the store) and waits for `ready`.
+    pub fn start(mut command: Command) -> Self {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let stdin = child.stdin.take();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n", "root-holder did not start");
+        Self { child, stdin }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        // Closing stdin tells it to exit; kill in case it is stuck.
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of `--print-roots` output (each `LINK -> STOREPATH`), for assertions on content.
+pub fn roots_lines(output: &[u8]) -> Vec<Vec<u8>> {
+    // A link name may itself contain a newline, so split on "\n" only before a known prefix is
+    // not possible in general; callers use this for outputs whose names have no newline.
+    output
+        .split(|&c| c == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// `a -> b` as printed.
+pub fn root_line(link: &Path, target: &Path) -> Vec<u8> {
+    [path_bytes(link), b" -> ", path_bytes(target)].concat()
+}
+
+/// Joins two byte strings as a path, for names that are not UTF-8.
+pub fn join_bytes(dir: &Path, name: &[u8]) -> PathBuf {
+    let mut joined: OsString = dir.as_os_str().to_owned();
+    joined.push("/");
+    joined.push(OsStr::from_bytes(name));
+    PathBuf::from(joined)
+}
+
+pub fn into_bytes(path: PathBuf) -> Vec<u8> {
+    path.into_os_string().into_vec()
+}
