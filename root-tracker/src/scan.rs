@@ -10,10 +10,16 @@ mod runtime;
 mod temp;
 
 use std::collections::HashMap;
+use std::ffi::{CStr, OsStr};
 use std::fs;
 use std::io;
+use std::os::fd::{AsFd as _, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::{Path, PathBuf};
+
+use nix::dir::{Dir, Type};
+use nix::fcntl::{AtFlags, OFlag, readlinkat};
+use nix::sys::stat::{Mode, fstatat};
 
 use crate::layout::StoreLayout;
 use crate::report::{Retainer, Root, RootKind, ScanReport, StaleLink, Unreadable};
@@ -54,8 +60,8 @@ pub fn scan(layout: &StoreLayout, options: &ScanOptions) -> Result<ScanReport, S
     let started = std::time::Instant::now();
     let valid_paths = ValidPaths::open(&layout.db_path())?;
     let mut findings = Findings::new(layout);
-    findings.find_roots(&layout.gcroots_dir(), None);
-    findings.find_roots(&layout.profiles_dir(), None);
+    findings.find_roots(&layout.gcroots_dir());
+    findings.find_roots(&layout.profiles_dir());
     if options.runtime {
         runtime::find_runtime_roots(&mut findings, &options.proc_dir);
     }
@@ -96,7 +102,12 @@ struct Findings<'a> {
     stale_links: Vec<StaleLink>,
     stale_temp_roots: Vec<Vec<u8>>,
     unreadable: Vec<Unreadable>,
+    /// Set in the threads of a parallel directory walk, which do not split further.
+    is_worker: bool,
 }
+
+/// A directory with at least this many entries is walked by several threads.
+const PARALLEL_DIR_ENTRIES: usize = 4096;
 
 impl<'a> Findings<'a> {
     fn new(layout: &'a StoreLayout) -> Self {
@@ -107,6 +118,7 @@ impl<'a> Findings<'a> {
             stale_links: Vec::new(),
             stale_temp_roots: Vec::new(),
             unreadable: Vec::new(),
+            is_worker: false,
         }
     }
 
@@ -174,56 +186,153 @@ impl<'a> Findings<'a> {
         });
     }
 
-    /// Nix's `LocalStore::findRoots(path, type, roots)`: directories are walked without
-    /// following symlinks; symlinks and regular files may be roots.
-    fn find_roots(&mut self, path: &Path, file_type: Option<fs::FileType>) {
-        let file_type = match file_type {
-            Some(file_type) => file_type,
-            None => match fs::symlink_metadata(path) {
-                Ok(metadata) => metadata.file_type(),
-                Err(error) => return self.io_error(path, None, "lstat", error),
-            },
+    /// Nix's `LocalStore::findRoots(path, DT_UNKNOWN, roots)` for a root tree (`gcroots/`,
+    /// `profiles/`): the tree itself is lstat'ed, so a symlinked tree is a link, not a directory.
+    fn find_roots(&mut self, path: &Path) {
+        let file_type = match fs::symlink_metadata(path) {
+            Ok(metadata) => metadata.file_type(),
+            Err(error) => return self.io_error(path, None, "lstat", error),
         };
         if file_type.is_dir() {
-            let entries = match fs::read_dir(path) {
-                Ok(entries) => entries,
-                Err(error) => return self.io_error(path, None, "opendir", error),
-            };
-            for entry in entries {
-                match entry {
-                    // `file_type` comes from d_type; where that is unknown we lstat ourselves.
-                    Ok(entry) => self.find_roots(&entry.path(), entry.file_type().ok()),
-                    Err(error) => return self.io_error(path, None, "readdir", error),
+            self.walk_dir(path);
+        } else if file_type.is_symlink() {
+            match fs::read_link(path) {
+                Ok(target) => self.symlink_root(path, target.as_os_str().as_bytes()),
+                Err(error) => self.io_error(path, None, "readlink", error),
+            }
+        } else if file_type.is_file() {
+            self.regular_file_root(path);
+        }
+    }
+
+    /// The directory branch of `findRoots`: read the whole directory (as `readDirectory`
+    /// does), then visit each entry relative to the directory's fd, which saves a path walk
+    /// per entry. A large directory (typically `gcroots/auto`) is split across threads.
+    fn walk_dir(&mut self, path: &Path) {
+        // O_NOFOLLOW: a directory replaced by a symlink since readdir must not be followed.
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mut dir = match Dir::open(path, flags, Mode::empty()) {
+            Ok(dir) => dir,
+            Err(errno) => return self.io_error(path, None, "opendir", errno.into()),
+        };
+        let mut entries = Vec::new();
+        for entry in dir.iter() {
+            match entry {
+                Ok(entry) => {
+                    let name = entry.file_name();
+                    if !matches!(name.to_bytes(), b"." | b"..") {
+                        entries.push((name.to_owned(), entry.file_type()));
+                    }
+                }
+                // Keep what was read; the entry makes the answer incomplete.
+                Err(errno) => {
+                    self.io_error(path, None, "readdir", errno.into());
+                    break;
                 }
             }
-        } else if file_type.is_symlink() {
-            self.symlink_root(path);
-        } else if file_type.is_file() {
-            // A regular file whose name is a store path's base name roots that path.
-            let name = base_name_of(path.as_os_str().as_bytes());
-            let printed = [self.layout.store_dir().as_os_str().as_bytes(), b"/", name].concat();
-            if let Some(target) = self.layout.parse_store_path(&printed) {
-                let link = path.as_os_str().as_bytes();
-                self.push_root(
-                    RootKind::Static,
-                    Retainer::Path(link.to_vec()),
-                    link,
-                    target,
-                    true,
-                );
+        }
+        let dir_fd = dir.as_fd();
+        let workers = if self.is_worker || entries.len() < PARALLEL_DIR_ENTRIES {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        };
+        if workers == 1 {
+            for (name, file_type) in &entries {
+                self.visit_entry(dir_fd, path, name, *file_type);
             }
+            return;
+        }
+        let chunk_len = entries.len().div_ceil(workers);
+        let layout = self.layout;
+        let parts: Vec<Findings<'_>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = entries
+                .chunks(chunk_len)
+                .map(|chunk| {
+                    scope.spawn(move || {
+                        let mut part = Findings::new(layout);
+                        part.is_worker = true;
+                        for (name, file_type) in chunk {
+                            part.visit_entry(dir_fd, path, name, *file_type);
+                        }
+                        part
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        for part in parts {
+            self.merge(part);
+        }
+    }
+
+    fn merge(&mut self, part: Findings<'_>) {
+        self.candidates.extend(part.candidates);
+        self.stale_links.extend(part.stale_links);
+        self.stale_temp_roots.extend(part.stale_temp_roots);
+        self.unreadable.extend(part.unreadable);
+    }
+
+    /// One directory entry: recurse into directories, examine symlinks and regular files.
+    fn visit_entry(
+        &mut self,
+        dir_fd: BorrowedFd<'_>,
+        dir: &Path,
+        name: &CStr,
+        file_type: Option<Type>,
+    ) {
+        let path = dir.join(OsStr::from_bytes(name.to_bytes()));
+        let file_type = match file_type {
+            Some(file_type) => file_type,
+            // d_type unknown (some filesystems): lstat, as Nix's `getFileType` does.
+            None => match fstatat(dir_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(stat) => match stat.st_mode & libc::S_IFMT {
+                    libc::S_IFDIR => Type::Directory,
+                    libc::S_IFLNK => Type::Symlink,
+                    libc::S_IFREG => Type::File,
+                    _ => return,
+                },
+                Err(errno) => return self.io_error(&path, None, "lstat", errno.into()),
+            },
+        };
+        match file_type {
+            Type::Directory => self.walk_dir(&path),
+            Type::Symlink => match readlinkat(dir_fd, name) {
+                Ok(target) => self.symlink_root(&path, target.as_bytes()),
+                Err(errno) => self.io_error(&path, None, "readlink", errno.into()),
+            },
+            Type::File => self.regular_file_root(&path),
+            _ => {}
+        }
+    }
+
+    /// A regular file whose name is a store path's base name roots that path.
+    fn regular_file_root(&mut self, path: &Path) {
+        let name = base_name_of(path.as_os_str().as_bytes());
+        let printed = [self.layout.store_dir().as_os_str().as_bytes(), b"/", name].concat();
+        if let Some(target) = self.layout.parse_store_path(&printed) {
+            let link = path.as_os_str().as_bytes();
+            self.push_root(
+                RootKind::Static,
+                Retainer::Path(link.to_vec()),
+                link,
+                target,
+                true,
+            );
         }
     }
 
     /// The symlink branch of `findRoots`: a direct root, or an indirect root with exactly one
     /// more `readlink` (Nix's `addIndirectRoot` layout), or a stale `gcroots/auto` link.
-    fn symlink_root(&mut self, link_path: &Path) {
-        let target = match fs::read_link(link_path) {
-            Ok(target) => target,
-            Err(error) => return self.io_error(link_path, None, "readlink", error),
-        };
+    fn symlink_root(&mut self, link_path: &Path, target: &[u8]) {
         let link = link_path.as_os_str().as_bytes();
-        let target = target.as_os_str().as_bytes();
         // Decided on the raw link text: a relative text is never "in the store".
         if self.layout.is_in_store(target) {
             self.found_root(
@@ -235,8 +344,17 @@ impl<'a> Findings<'a> {
             return;
         }
         let resolved = abs_path(target, dir_of(link));
-        let resolved_path = Path::new(std::ffi::OsStr::from_bytes(&resolved));
-        match fs::symlink_metadata(resolved_path) {
+        let resolved_path = Path::new(OsStr::from_bytes(&resolved));
+        // Nix does lstat, then readlink if it is a symlink; one readlink answers both:
+        // EINVAL means it exists and is not a symlink, ENOENT/ENOTDIR that it does not exist.
+        match fs::read_link(resolved_path) {
+            Ok(second) => self.found_root(
+                RootKind::Indirect,
+                Retainer::Path(resolved.clone()),
+                link,
+                second.as_os_str().as_bytes(),
+            ),
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {}
             Err(error) if is_absent(&error) => {
                 if is_in_dir(link, &self.auto_dir) {
                     self.stale_links.push(StaleLink {
@@ -245,23 +363,26 @@ impl<'a> Findings<'a> {
                     });
                 }
             }
-            Err(error) => self.io_error(resolved_path, Some(link_path), "lstat", error),
-            Ok(metadata) if !metadata.file_type().is_symlink() => {}
-            Ok(_) => match fs::read_link(resolved_path) {
-                Ok(second) => self.found_root(
-                    RootKind::Indirect,
-                    Retainer::Path(resolved.clone()),
-                    link,
-                    second.as_os_str().as_bytes(),
-                ),
-                Err(error) => self.io_error(resolved_path, Some(link_path), "readlink", error),
-            },
+            Err(error) => self.io_error(resolved_path, Some(link_path), "readlink", error),
         }
     }
 
     /// Splits candidates into registered roots and unregistered ones, as `isValidPath` decides.
     fn into_report(self, valid_paths: &ValidPaths) -> Result<ScanReport, ScanError> {
-        let mut validity: HashMap<StorePath, bool> = HashMap::new();
+        let mut targets: Vec<&StorePath> = self
+            .candidates
+            .iter()
+            .filter(|candidate| candidate.check_validity)
+            .map(|candidate| &candidate.root.target)
+            .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        let printed: Vec<Vec<u8>> = targets
+            .iter()
+            .map(|target| self.layout.print_store_path(target))
+            .collect();
+        let valid = valid_paths.contains_all(&printed)?;
+        let validity: HashMap<StorePath, bool> = targets.into_iter().cloned().zip(valid).collect();
         let mut roots = Vec::with_capacity(self.candidates.len());
         let mut unregistered = Vec::new();
         for Candidate {
@@ -269,20 +390,7 @@ impl<'a> Findings<'a> {
             check_validity,
         } in self.candidates
         {
-            let valid = if check_validity {
-                match validity.get(&root.target) {
-                    Some(&valid) => valid,
-                    None => {
-                        let valid =
-                            valid_paths.contains(&self.layout.print_store_path(&root.target))?;
-                        validity.insert(root.target.clone(), valid);
-                        valid
-                    }
-                }
-            } else {
-                true
-            };
-            if valid {
+            if !check_validity || validity.get(&root.target) == Some(&true) {
                 roots.push(root);
             } else {
                 unregistered.push(root);
