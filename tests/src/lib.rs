@@ -396,3 +396,56 @@ pub fn join_bytes(dir: &Path, name: &[u8]) -> PathBuf {
 pub fn into_bytes(path: PathBuf) -> Vec<u8> {
     path.into_os_string().into_vec()
 }
+
+impl HermeticStore {
+    /// Registers `count` empty store paths with `nix-store --register-validity --hash-given`
+    /// (fast: no hashing) and returns them.
+    pub fn register_empty_paths(&self, prefix: &str, count: usize) -> Vec<PathBuf> {
+        use std::io::Write as _;
+        let mut registration = Vec::new();
+        let paths: Vec<PathBuf> = (0..count)
+            .map(|index| {
+                let hash = nix32_from(index as u64);
+                let path = self.store_dir.join(format!("{hash}-{prefix}-{index}"));
+                fs::write(&path, b"").unwrap();
+                writeln!(
+                    registration,
+                    "{}\nsha256:{}\n0\n\n0",
+                    path.display(),
+                    "0".repeat(64)
+                )
+                .unwrap();
+                path
+            })
+            .collect();
+        let mut command = self.nix_store_command();
+        command
+            .args(["--register-validity", "--hash-given"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&registration)
+            .unwrap();
+        check(child.wait_with_output().unwrap(), &command);
+        paths
+    }
+}
+
+/// 32 characters of Nix's base-32 alphabet derived from `seed`.
+pub fn nix32_from(seed: u64) -> String {
+    const NIX32: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let mut state = seed;
+    (0..32)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            char::from(NIX32[(state >> 59) as usize])
+        })
+        .collect()
+}

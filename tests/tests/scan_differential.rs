@@ -349,3 +349,26 @@ fn temp_roots_of_live_and_dead_owners() {
     assert_lacks(&nix, &dead);
     drop(holder);
 }
+
+/// Large directories are walked by several threads; the answer must not change.
+#[test]
+fn thousands_of_indirect_roots_in_one_auto_dir() {
+    let store = HermeticStore::new();
+    let paths = store.register_empty_paths("many", 6000);
+    let auto = store.gcroots().join("auto");
+    fs::create_dir_all(&auto).unwrap();
+    for (index, path) in paths.iter().enumerate() {
+        let home = store.path(&format!("home/u{}", index / 100));
+        fs::create_dir_all(&home).unwrap();
+        let result = home.join(format!("result-{index}"));
+        // Every tenth user link is gone: a stale auto link among the live ones.
+        if index % 10 != 0 {
+            symlink(path, &result).unwrap();
+        }
+        symlink(&result, auto.join(format!("link-{index}"))).unwrap();
+    }
+    let (json, _) = store.scan_json();
+    assert_eq!(json["stale_links"].as_array().unwrap().len(), 600);
+    let nix = assert_same_roots(&store);
+    assert_eq!(roots_lines(&nix).len(), 5400);
+}
