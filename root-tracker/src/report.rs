@@ -125,6 +125,20 @@ impl ScanReport {
         self.unreadable.is_empty()
     }
 
+    /// Distinct (retainer, store path) pairs: the lines `--print-roots` prints.
+    pub fn printed_len(&self) -> usize {
+        let mut count = 0;
+        let mut previous = None;
+        for root in &self.roots {
+            let pair = (root.retainer.printed(), &root.target);
+            if previous.as_ref() != Some(&pair) {
+                count += 1;
+            }
+            previous = Some(pair);
+        }
+        count
+    }
+
     pub fn count(&self, kind: RootKind) -> usize {
         self.roots.iter().filter(|root| root.kind == kind).count()
     }

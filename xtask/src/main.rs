@@ -1,1 +1,157 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | run | bench`. See README.md.
+
+mod bench;
+mod fixture;
+mod setup;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "root-tracker's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (apt packages, nightly rust-src, bpf-linker).
+    /// Idempotent: quick when everything is present.
+    Setup,
+    /// Run setup, then every test: unit, integration and privileged (run as root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// The main job, as far as it exists: scan this machine's Nix store and summarise the roots
+    /// (or, with no Nix store here, a demo store built with the real nix-store).
+    Run,
+    /// Measure, and write the results to BENCHMARKS.md.
+    Bench {
+        #[arg(value_enum, default_value = "scan")]
+        area: BenchArea,
+        /// Smaller sizes, for trying the benchmark itself.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchArea {
+    /// `root-tracker scan` against `nix-store --gc --print-roots`, 10k and 100k indirect roots.
+    Scan,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Setup => {
+            setup_and_report()?;
+        }
+        Task::Test { cargo_test_args } => test(&cargo_test_args)?,
+        Task::Run => run_main_job()?,
+        Task::Bench { area, quick } => match area {
+            BenchArea::Scan => bench::scan(quick)?,
+        },
+    }
+    Ok(())
+}
+
+/// Runs setup and prints what it found and did.
+pub fn setup_and_report() -> anyhow::Result<setup::SetupReport> {
+    let report = setup::run().context("setup failed")?;
+    eprint!("{report}");
+    Ok(report)
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.clone(), PathBuf::from)
+}
+
+/// A `cargo` command in the workspace, with the environment setup chose for the eBPF build.
+pub fn cargo(env: &setup::SetupReport) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .current_dir(workspace_root())
+        .envs(env.env.iter().copied());
+    command
+}
+
+/// Runs `command`, failing with its description if it does not succeed.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
+    let env = setup_and_report()?;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "xtask: warning: not root; the privileged tests (eBPF, users, unprivileged scans) will fail. CI runs this as root."
+        );
+    }
+    run(cargo(&env).args(["build", "--workspace", "--all-targets"]))?;
+    run(cargo(&env)
+        .args(["test", "--workspace", "--no-fail-fast", "--"])
+        .args(cargo_test_args))?;
+    Ok(())
+}
+
+fn run_main_job() -> anyhow::Result<()> {
+    let env = setup_and_report()?;
+    run(cargo(&env).args(["build", "--release", "-p", "root-tracker"]))?;
+    let tracker = workspace_root().join("target/release/root-tracker");
+    let machine_db = PathBuf::from("/nix/var/nix/db/db.sqlite");
+    let demo;
+    let mut scan = Command::new(&tracker);
+    scan.arg("scan").arg("--summary");
+    if machine_db.exists() {
+        println!("xtask: scanning this machine's Nix store (/nix/store, /nix/var/nix)");
+        scan.env_remove("NIX_STORE_DIR").env_remove("NIX_STATE_DIR");
+    } else {
+        println!(
+            "xtask: no Nix store on this machine ({} is absent); building a demo store with nix-store",
+            machine_db.display()
+        );
+        demo = fixture::Fixture::demo().context("cannot build the demo store")?;
+        println!("xtask: demo store in {}", demo.root().display());
+        scan.arg("--store-dir")
+            .arg(demo.store_dir())
+            .arg("--state-dir")
+            .arg(demo.state_dir());
+        let mut roots = Command::new(&tracker);
+        roots
+            .arg("scan")
+            .arg("--store-dir")
+            .arg(demo.store_dir())
+            .arg("--state-dir")
+            .arg(demo.state_dir());
+        println!("xtask: root-tracker scan:");
+        // Exit 3 (incomplete) is reported by the tracker itself; the summary below says why.
+        let _ = roots.status().context("cannot run root-tracker")?;
+    }
+    println!("xtask: root-tracker scan --summary:");
+    let status = scan.status().context("cannot run root-tracker")?;
+    match status.code() {
+        Some(0) => println!("xtask: the scan is complete"),
+        Some(3) => println!(
+            "xtask: the scan is incomplete (see the message above): some potential roots could not be read"
+        ),
+        _ => bail!("root-tracker scan failed: {status}"),
+    }
+    Ok(())
+}
