@@ -17,6 +17,7 @@ use tests::{
 };
 
 /// Runs both, asserts byte equality and a truthful exit status, and returns Nix's output.
+#[expect(clippy::unwrap_used, reason = "a test helper: a panic is the test failing")]
 fn assert_same_roots(store: &HermeticStore) -> Vec<u8> {
     let (json, _) = store.scan_json();
     let ours = store.scan(&[]);
