@@ -36,8 +36,12 @@ pub const COUNTER_SENT: u32 = 0;
 /// Counter index: events that matched the filter but could not be written (ring buffer full).
 /// Non-zero means hints were lost; the tracker must treat its index as unsettled.
 pub const COUNTER_DROPPED: u32 = 1;
+/// Counter index: symlink requests whose target could not be read (a page fault at syscall
+/// entry, which cannot be served there), so the filter could not tell whether it was a store link.
+/// Non-zero means hints may have been lost, as for [`COUNTER_DROPPED`].
+pub const COUNTER_TARGET_UNREADABLE: u32 = 2;
 /// Number of counters in `COUNTERS`.
-pub const COUNTER_COUNT: u32 = 2;
+pub const COUNTER_COUNT: u32 = 3;
 
 /// `dirfd` value for the plain `symlink` syscall, which resolves relative link paths against the
 /// caller's working directory (Linux `AT_FDCWD`).

@@ -2,7 +2,8 @@
 //!
 //! `sys_enter_symlink` and `sys_enter_symlinkat` report symlink creations whose target starts
 //! with the store dir prefix (`STORE_PREFIX`, set by user space before attaching). Every matching
-//! request is either sent or counted as dropped, so lost hints are always visible.
+//! request is either sent or counted as dropped, and a request whose target cannot be read is
+//! counted too, so lost hints are always visible.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -19,8 +20,8 @@ mod kernel {
         programs::TracePointContext,
     };
     use root_tracker_ebpf::{
-        AT_FDCWD, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT, PATH_BYTES, RING_BUF_BYTES,
-        STORE_PREFIX_MAX, StorePrefix, SymlinkEvent, flags, syscall,
+        AT_FDCWD, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TARGET_UNREADABLE,
+        PATH_BYTES, RING_BUF_BYTES, STORE_PREFIX_MAX, StorePrefix, SymlinkEvent, flags, syscall,
     };
 
     #[map]
@@ -88,9 +89,15 @@ mod kernel {
         // SAFETY: `args.target` is the offset of a pointer-sized field in the tracepoint record.
         let target_ptr = unsafe { ctx.read_at::<u64>(args.target) }? as *const u8;
         // SAFETY: the helper reads at most `PATH_BYTES` bytes from user memory, faulting safely.
-        let target_len = unsafe { bpf_probe_read_user_str_bytes(target_ptr, &mut event.target) }
-            .map_err(i64::from)?
-            .len();
+        let target_len =
+            match unsafe { bpf_probe_read_user_str_bytes(target_ptr, &mut event.target) } {
+                Ok(target) => target.len(),
+                Err(error) => {
+                    // Not knowing whether it was a store link is a possibly lost hint: count it.
+                    count(COUNTER_TARGET_UNREADABLE);
+                    return Err(error.into());
+                }
+            };
         if !in_store(&event.target, target_len) {
             return Ok(());
         }

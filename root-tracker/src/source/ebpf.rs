@@ -2,8 +2,8 @@
 //! and reads their events from the ring buffer.
 //!
 //! Invariant: every symlink request whose target is in the store is either delivered or counted
-//! in [`DeliveryCounters::dropped`]; a caller that sees `dropped` grow must treat its index as
-//! unsettled. Events are hints taken at syscall entry (the request, not its result).
+//! in [`DeliveryCounters`] (`dropped`, `target_unreadable`); a caller that sees
+//! [`DeliveryCounters::lost_hints`] must treat its index as unsettled. Events are hints taken at syscall entry (the request, not its result).
 
 use std::{
     ffi::OsString,
@@ -25,9 +25,9 @@ use aya::{
     programs::{ProgramError, TracePoint},
 };
 use root_tracker_ebpf::{
-    COUNTER_DROPPED, COUNTER_SENT, MAP_COUNTERS, MAP_STORE_PREFIX, MAP_SYMLINK_EVENTS, PATH_BYTES,
-    PROG_SYS_ENTER_SYMLINK, PROG_SYS_ENTER_SYMLINKAT, STORE_PREFIX_MAX, StorePrefix, SymlinkEvent,
-    flags, syscall,
+    COUNTER_DROPPED, COUNTER_SENT, COUNTER_TARGET_UNREADABLE, MAP_COUNTERS, MAP_STORE_PREFIX,
+    MAP_SYMLINK_EVENTS, PATH_BYTES, PROG_SYS_ENTER_SYMLINK, PROG_SYS_ENTER_SYMLINKAT,
+    STORE_PREFIX_MAX, StorePrefix, SymlinkEvent, flags, syscall,
 };
 
 /// The eBPF object built by `build.rs`. Empty when the build was skipped (`AYA_BUILD_SKIP=1`).
@@ -147,6 +147,16 @@ pub struct DeliveryCounters {
     pub sent: u64,
     /// Matching events lost because the ring buffer was full. Non-zero means lost hints.
     pub dropped: u64,
+    /// Requests whose target could not be read at syscall entry (paged out), so the filter
+    /// could not judge them. Non-zero means hints may have been lost.
+    pub target_unreadable: u64,
+}
+
+impl DeliveryCounters {
+    /// Whether any hint may have been lost since attaching (the index must be rescanned).
+    pub fn lost_hints(&self) -> bool {
+        self.dropped != 0 || self.target_unreadable != 0
+    }
 }
 
 /// The symlink programs, attached. Dropping it detaches the programs and frees the maps.
@@ -219,7 +229,7 @@ impl SymlinkWatch {
         }
     }
 
-    /// Sums the per-CPU `sent` and `dropped` counters.
+    /// Sums the per-CPU counters over CPUs.
     pub fn counters(&self) -> Result<DeliveryCounters, EbpfError> {
         let sum = |index: u32| -> Result<u64, EbpfError> {
             let per_cpu = self
@@ -231,6 +241,7 @@ impl SymlinkWatch {
         Ok(DeliveryCounters {
             sent: sum(COUNTER_SENT)?,
             dropped: sum(COUNTER_DROPPED)?,
+            target_unreadable: sum(COUNTER_TARGET_UNREADABLE)?,
         })
     }
 
