@@ -4,8 +4,9 @@ mod bench;
 mod fixture;
 mod setup;
 
+use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -105,10 +106,67 @@ fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
         );
     }
     run(cargo(&env).args(["build", "--workspace", "--all-targets"]))?;
-    run(cargo(&env)
+    let mut command = cargo(&env);
+    command
         .args(["test", "--workspace", "--no-fail-fast", "--"])
-        .args(cargo_test_args))?;
+        .args(cargo_test_args)
+        .stdout(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    let mut totals = TestTotals::default();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("cannot read cargo test's output")?;
+            println!("{line}");
+            totals.add(&line);
+        }
+    }
+    let status = child.wait()?;
+    // One closing line for all test binaries, so CI does not judge the run by the last
+    // binary's summary (often a doc-test run with 0 tests).
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if totals.passed == 0 {
+        bail!("no test ran");
+    }
     Ok(())
+}
+
+/// Sums cargo test's `test result: ok. N passed; M failed; K ignored; ...` lines.
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let (Some(count), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(count) = count.parse::<u64>() else {
+                continue;
+            };
+            match what {
+                "passed" => self.passed += count,
+                "failed" => self.failed += count,
+                "ignored" => self.ignored += count,
+                _ => {}
+            }
+        }
+    }
 }
 
 fn run_main_job() -> anyhow::Result<()> {
