@@ -109,6 +109,9 @@ struct Findings<'a> {
 /// A directory with at least this many entries is walked by several threads.
 const PARALLEL_DIR_ENTRIES: usize = 4096;
 
+/// Threads for a parallel directory walk.
+const PARALLEL_WALK_THREADS: usize = 16;
+
 impl<'a> Findings<'a> {
     fn new(layout: &'a StoreLayout) -> Self {
         Self {
@@ -235,7 +238,10 @@ impl<'a> Findings<'a> {
         let workers = if self.is_worker || entries.len() < PARALLEL_DIR_ENTRIES {
             1
         } else {
-            std::thread::available_parallelism().map_or(1, usize::from)
+            // Cold, the walk waits on disk reads, not on the CPU: more threads than cores keep
+            // more reads in flight (measured: 100k indirect roots cold, 8.1 s with 2 threads,
+            // 3.2 s with 16; warm unchanged).
+            (entries.len() / 256).clamp(1, PARALLEL_WALK_THREADS)
         };
         if workers == 1 {
             for (name, file_type) in &entries {

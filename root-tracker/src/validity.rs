@@ -44,7 +44,7 @@ impl ValidPaths {
         // Lookups come in bursts of up to millions; a larger page cache and memory-mapped reads
         // keep them off the read(2) path. Both are per-connection and read-only safe.
         connection
-            .execute_batch("PRAGMA cache_size = -65536; PRAGMA mmap_size = 1073741824;")
+            .execute_batch("PRAGMA cache_size = -16384;")
             .map_err(open_error)?;
         // Fail now, not on the first root, if this is not a Nix database.
         connection
