@@ -183,3 +183,21 @@ fn each_watch_sees_only_its_own_store() {
     );
     second.assert_drained();
 }
+
+/// Attaching must leave the host's mounts as they were: where tracefs is missing, it is
+/// mounted only inside a private mount namespace of the attaching thread.
+#[test]
+fn attach_leaves_no_mount_behind() {
+    let tracefs_mounts = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(" - tracefs "))
+            .count()
+    };
+    let before = tracefs_mounts();
+    let attached = AttachedStore::new();
+    assert_eq!(tracefs_mounts(), before, "attach changed the host's mounts");
+    drop(attached);
+    assert_eq!(tracefs_mounts(), before);
+}

@@ -15,7 +15,6 @@ use std::{
     },
     path::{Path, PathBuf},
     ptr,
-    sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -171,16 +170,18 @@ impl SymlinkWatch {
     /// Loads the programs, sets the store prefix filter to `<store_dir>/` and attaches to
     /// `syscalls/sys_enter_symlink` and `syscalls/sys_enter_symlinkat`.
     ///
-    /// Needs root (`CAP_BPF` + `CAP_PERFMON`, or `CAP_SYS_ADMIN`). Mounts tracefs at
-    /// `/sys/kernel/tracing` if no tracefs is mounted. `RLIMIT_MEMLOCK` needs no care: aya raises
+    /// Needs root (`CAP_BPF` + `CAP_PERFMON`, or `CAP_SYS_ADMIN`). Where no tracefs is
+    /// mounted, mounts one in a private mount namespace only for the attach (see `with_tracefs`). `RLIMIT_MEMLOCK` needs no care: aya raises
     /// it on kernels older than 5.11, and newer kernels charge BPF memory to the cgroup.
     pub fn attach(store_dir: &Path) -> Result<Self, EbpfError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
         let prefix = store_prefix(store_dir)?;
-        ensure_tracefs()?;
+        with_tracefs(|| Self::load_and_attach(prefix))
+    }
 
+    fn load_and_attach(prefix: StorePrefix) -> Result<Self, EbpfError> {
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
 
         // The filter is set before attaching, so no event is judged by an empty prefix.
@@ -313,33 +314,57 @@ fn attach_tracepoint(ebpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfErro
     Ok(())
 }
 
-/// aya finds tracepoint ids through tracefs; mount it where the kernel expects it if no tracefs
-/// is visible (minimal systems and containers often lack it).
-fn ensure_tracefs() -> Result<(), EbpfError> {
-    // Serialised so that concurrent attaches do not stack several tracefs mounts.
-    static MOUNTING: Mutex<()> = Mutex::new(());
-    let _guard = MOUNTING.lock().unwrap_or_else(PoisonError::into_inner);
+/// aya finds tracepoint ids through tracefs. Where no tracefs is visible (minimal systems and
+/// containers often lack it), `attach` runs in a short-lived thread with a private mount
+/// namespace holding its own tracefs mount: the attached programs outlive the thread, the mount
+/// does not, and nothing is left mounted on the host even if we crash.
+fn with_tracefs<T: Send>(
+    attach: impl FnOnce() -> Result<T, EbpfError> + Send,
+) -> Result<T, EbpfError> {
     let populated = |dir: &str| {
         std::fs::read_dir(dir)
             .map(|mut entries| entries.next().is_some())
             .unwrap_or(false)
     };
     if populated(TRACEFS) || populated(TRACEFS_IN_DEBUGFS) {
-        return Ok(());
+        return attach();
     }
-    nix::mount::mount(
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                private_tracefs()?;
+                attach()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Gives the calling thread its own mount namespace, private all the way down so that nothing
+/// propagates back to the host, and mounts tracefs there.
+fn private_tracefs() -> Result<(), EbpfError> {
+    use nix::mount::{MsFlags, mount};
+    let tracefs_error = |source| EbpfError::Tracefs {
+        path: PathBuf::from(TRACEFS),
+        source,
+    };
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(tracefs_error)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(tracefs_error)?;
+    mount(
         Some("tracefs"),
         TRACEFS,
         Some("tracefs"),
-        nix::mount::MsFlags::MS_NOSUID
-            | nix::mount::MsFlags::MS_NODEV
-            | nix::mount::MsFlags::MS_NOEXEC,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(|source| EbpfError::Tracefs {
-        path: PathBuf::from(TRACEFS),
-        source,
-    })
+    .map_err(tracefs_error)
 }
 
 /// Decodes one ring-buffer record, checking its size and the lengths inside it.
