@@ -150,8 +150,8 @@ fn write_summary(
     )?;
     writeln!(
         out,
-        "roots: {} ({})",
-        report.roots.len(),
+        "roots: {} (found as: {})",
+        report.printed_len(),
         by_kind.join(", ")
     )?;
     writeln!(

@@ -89,16 +89,7 @@ pub fn scan(quick: bool) -> anyhow::Result<()> {
             command.args(["--gc", "--print-roots"]);
             command
         };
-        let ours = || {
-            let mut command = Command::new(&tracker);
-            command
-                .arg("scan")
-                .arg("--store-dir")
-                .arg(fixture.store_dir())
-                .arg("--state-dir")
-                .arg(fixture.state_dir());
-            command
-        };
+        let ours = || fixture.tracker_scan(&tracker);
         // Warm: one untimed run of each fills the caches.
         measure(&mut nix())?;
         measure(&mut ours())?;
@@ -157,13 +148,7 @@ pub fn scan(quick: bool) -> anyhow::Result<()> {
 
 /// A benchmark of a wrong answer is worthless: both must print the same roots.
 fn check_same_output(fixture: &Fixture, tracker: &Path, count: usize) -> anyhow::Result<()> {
-    let ours = Command::new(tracker)
-        .arg("scan")
-        .arg("--store-dir")
-        .arg(fixture.store_dir())
-        .arg("--state-dir")
-        .arg(fixture.state_dir())
-        .output()?;
+    let ours = fixture.tracker_scan(tracker).output()?;
     let nix = fixture.nix_store(&["--gc", "--print-roots"], None)?;
     if ours.stdout != nix {
         bail!("root-tracker scan and nix-store --gc --print-roots disagree on the benchmark store");

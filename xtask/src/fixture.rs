@@ -124,6 +124,18 @@ impl Fixture {
         self.root().join("state")
     }
 
+    /// `root-tracker scan` (the binary at `tracker`) aimed at this store.
+    pub fn tracker_scan(&self, tracker: &Path) -> Command {
+        let mut command = Command::new(tracker);
+        command
+            .arg("scan")
+            .arg("--store-dir")
+            .arg(self.store_dir())
+            .arg("--state-dir")
+            .arg(self.state_dir());
+        command
+    }
+
     /// A Nix tool aimed at this store.
     pub fn nix_command(&self, program: &str) -> Command {
         let mut command = Command::new(program);

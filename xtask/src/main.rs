@@ -175,11 +175,13 @@ fn run_main_job() -> anyhow::Result<()> {
     let tracker = workspace_root().join("target/release/root-tracker");
     let machine_db = PathBuf::from("/nix/var/nix/db/db.sqlite");
     let demo;
-    let mut scan = Command::new(&tracker);
-    scan.arg("scan").arg("--summary");
+    let mut scan;
     if machine_db.exists() {
         println!("xtask: scanning this machine's Nix store (/nix/store, /nix/var/nix)");
-        scan.env_remove("NIX_STORE_DIR").env_remove("NIX_STATE_DIR");
+        scan = Command::new(&tracker);
+        scan.arg("scan")
+            .env_remove("NIX_STORE_DIR")
+            .env_remove("NIX_STATE_DIR");
     } else {
         println!(
             "xtask: no Nix store on this machine ({} is absent); building a demo store with nix-store",
@@ -187,21 +189,15 @@ fn run_main_job() -> anyhow::Result<()> {
         );
         demo = fixture::Fixture::demo().context("cannot build the demo store")?;
         println!("xtask: demo store in {}", demo.root().display());
-        scan.arg("--store-dir")
-            .arg(demo.store_dir())
-            .arg("--state-dir")
-            .arg(demo.state_dir());
-        let mut roots = Command::new(&tracker);
-        roots
-            .arg("scan")
-            .arg("--store-dir")
-            .arg(demo.store_dir())
-            .arg("--state-dir")
-            .arg(demo.state_dir());
         println!("xtask: root-tracker scan:");
         // Exit 3 (incomplete) is reported by the tracker itself; the summary below says why.
-        let _ = roots.status().context("cannot run root-tracker")?;
+        let _ = demo
+            .tracker_scan(&tracker)
+            .status()
+            .context("cannot run root-tracker")?;
+        scan = demo.tracker_scan(&tracker);
     }
+    scan.arg("--summary");
     println!("xtask: root-tracker scan --summary:");
     let status = scan.status().context("cannot run root-tracker")?;
     match status.code() {
