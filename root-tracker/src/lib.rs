@@ -5,6 +5,7 @@
 //! `scan` command, and the reference the live index is tested against.
 
 pub mod cli;
+pub mod hint;
 pub mod layout;
 pub mod report;
 pub mod scan;

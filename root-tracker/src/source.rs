@@ -1,3 +1,66 @@
 //! Sources of hints: the kernel-side watchers that tell the tracker what may have changed.
+//!
+//! Every backend implements [`Source`]. The state directory's own trees (`gcroots/`,
+//! `profiles/`) are watched by the tracker itself with inotify, whatever the backend; sources
+//! cover the rest of the filesystem, where user links (indirect-root targets) live.
 
 pub mod ebpf;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::hint::Hint;
+
+/// What the tracker cares about; a source filters on it (in the kernel where it can).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Interest {
+    /// `<store>`: a symlink created anywhere whose target text starts with `<store>/` is reported.
+    pub store_dir: PathBuf,
+    /// Every component name of every path an indirect root goes through (`home`, `alice`,
+    /// `proj`, `result` for `/home/alice/proj/result`): a create, delete, rename or link of an
+    /// entry with one of these names is reported.
+    pub basenames: BTreeSet<Vec<u8>>,
+    /// The paths themselves (retainers of indirect roots, and the tracker's state dir): a
+    /// source that marks filesystems (fanotify) marks every filesystem holding one of them.
+    pub paths: Vec<PathBuf>,
+}
+
+/// Counters a source keeps, shown by `root-tracker status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SourceStats {
+    /// Events read from the kernel.
+    pub events: u64,
+    /// Events the kernel could not deliver (ring buffer full, queue overflow).
+    pub dropped: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfError),
+    #[error("{operation} failed")]
+    Io {
+        operation: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub trait Source: Send {
+    /// `"ebpf"` or `"fanotify"`.
+    fn name(&self) -> &'static str;
+
+    /// Replaces the interest; hints for operations after this call use the new one.
+    fn set_interest(&mut self, interest: &Interest) -> Result<(), SourceError>;
+
+    /// Waits up to `timeout` for hints and appends them to `out`; returns early once some
+    /// have arrived.
+    fn poll(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), SourceError>;
+
+    /// The fence (invariant 5): appends every hint for an operation that completed before this
+    /// call. If it cannot be sure by `deadline`, it appends a [`Hint::Lost`] instead of guessing.
+    fn fence(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), SourceError>;
+
+    fn stats(&self) -> SourceStats;
+}
