@@ -6,9 +6,12 @@
 
 pub mod cli;
 pub mod hint;
+pub mod index;
 pub mod layout;
+pub mod reconcile;
 pub mod report;
 pub mod scan;
 pub mod source;
+pub mod state_watch;
 pub mod store_path;
 pub mod validity;

@@ -62,12 +62,7 @@ pub fn scan(layout: &StoreLayout, options: &ScanOptions) -> Result<ScanReport, S
     let mut findings = Findings::new(layout);
     findings.find_roots(&layout.gcroots_dir());
     findings.find_roots(&layout.profiles_dir());
-    if options.runtime {
-        runtime::find_runtime_roots(&mut findings, &options.proc_dir);
-    }
-    if options.temp {
-        temp::find_temp_roots(&mut findings);
-    }
+    findings.find_volatile_roots(options);
     let mut report = findings.into_report(&valid_paths)?;
     report.normalize();
     if let Some(first) = report.unreadable.first() {
@@ -88,20 +83,32 @@ pub fn scan(layout: &StoreLayout, options: &ScanOptions) -> Result<ScanReport, S
 }
 
 /// A root before its store path's validity is known.
-struct Candidate {
-    root: Root,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) root: Root,
     /// Temp roots are not checked against the database (Nix's `findTempRoots` does not).
-    check_validity: bool,
+    pub(crate) check_validity: bool,
 }
 
-/// Accumulates what the traversal sees; turned into a [`ScanReport`] at the end.
-struct Findings<'a> {
-    layout: &'a StoreLayout,
+/// A link that is not itself a root but whose target (`retainer`) decides whether it is one:
+/// a change at `retainer` (or above it) can make or unmake an indirect root.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Watched {
+    pub(crate) link: Vec<u8>,
+    pub(crate) retainer: Vec<u8>,
+}
+
+/// Accumulates what the traversal sees; turned into a [`ScanReport`] at the end. The live
+/// index keeps the same findings per `gcroots/`/`profiles/` entry.
+pub(crate) struct Findings<'a> {
+    pub(crate) layout: &'a StoreLayout,
     auto_dir: Vec<u8>,
-    candidates: Vec<Candidate>,
-    stale_links: Vec<StaleLink>,
-    stale_temp_roots: Vec<Vec<u8>>,
-    unreadable: Vec<Unreadable>,
+    pub(crate) candidates: Vec<Candidate>,
+    pub(crate) stale_links: Vec<StaleLink>,
+    pub(crate) stale_temp_roots: Vec<Vec<u8>>,
+    pub(crate) unreadable: Vec<Unreadable>,
+    /// Every indirect-root target examined, root or not (only the live index uses it).
+    pub(crate) watched: Vec<Watched>,
     /// Set in the threads of a parallel directory walk, which do not split further.
     is_worker: bool,
 }
@@ -113,7 +120,7 @@ const PARALLEL_DIR_ENTRIES: usize = 4096;
 const PARALLEL_WALK_THREADS: usize = 16;
 
 impl<'a> Findings<'a> {
-    fn new(layout: &'a StoreLayout) -> Self {
+    pub(crate) fn new(layout: &'a StoreLayout) -> Self {
         Self {
             layout,
             auto_dir: layout.auto_dir().into_os_string().into_vec(),
@@ -121,6 +128,7 @@ impl<'a> Findings<'a> {
             stale_links: Vec::new(),
             stale_temp_roots: Vec::new(),
             unreadable: Vec::new(),
+            watched: Vec::new(),
             is_worker: false,
         }
     }
@@ -191,7 +199,18 @@ impl<'a> Findings<'a> {
 
     /// Nix's `LocalStore::findRoots(path, DT_UNKNOWN, roots)` for a root tree (`gcroots/`,
     /// `profiles/`): the tree itself is lstat'ed, so a symlinked tree is a link, not a directory.
-    fn find_roots(&mut self, path: &Path) {
+    /// Runtime and temp roots: cheap to read (no user directories), and changing with every
+    /// process, so the live index reads them at query time instead of tracking them.
+    pub(crate) fn find_volatile_roots(&mut self, options: &ScanOptions) {
+        if options.runtime {
+            runtime::find_runtime_roots(self, &options.proc_dir);
+        }
+        if options.temp {
+            temp::find_temp_roots(self);
+        }
+    }
+
+    pub(crate) fn find_roots(&mut self, path: &Path) {
         let file_type = match fs::symlink_metadata(path) {
             Ok(metadata) => metadata.file_type(),
             Err(error) => return self.io_error(path, None, "lstat", error),
@@ -279,8 +298,9 @@ impl<'a> Findings<'a> {
         }
     }
 
-    fn merge(&mut self, part: Findings<'_>) {
+    pub(crate) fn merge(&mut self, part: Findings<'_>) {
         self.candidates.extend(part.candidates);
+        self.watched.extend(part.watched);
         self.stale_links.extend(part.stale_links);
         self.stale_temp_roots.extend(part.stale_temp_roots);
         self.unreadable.extend(part.unreadable);
@@ -350,6 +370,10 @@ impl<'a> Findings<'a> {
             return;
         }
         let resolved = abs_path(target, dir_of(link));
+        self.watched.push(Watched {
+            link: link.to_vec(),
+            retainer: resolved.clone(),
+        });
         let resolved_path = Path::new(OsStr::from_bytes(&resolved));
         // Nix does lstat, then readlink if it is a symlink; one readlink answers both:
         // EINVAL means it exists and is not a symlink, ENOENT/ENOTDIR that it does not exist.
@@ -374,7 +398,7 @@ impl<'a> Findings<'a> {
     }
 
     /// Splits candidates into registered roots and unregistered ones, as `isValidPath` decides.
-    fn into_report(self, valid_paths: &ValidPaths) -> Result<ScanReport, ScanError> {
+    pub(crate) fn into_report(self, valid_paths: &ValidPaths) -> Result<ScanReport, ScanError> {
         let mut targets: Vec<&StorePath> = self
             .candidates
             .iter()

@@ -1,0 +1,343 @@
+//! The live root index: for every entry under `gcroots/` and `profiles/`, what examining it
+//! found (roots, stale links, unreadable entries) and which paths outside the state directory
+//! (indirect-root targets) its answer depends on.
+//!
+//! Invariant: the index holds exactly what a scan of the state trees would find, for every
+//! entry whose hints have been applied. It is kept in memory and written through to SQLite
+//! (WAL) so that a restarted tracker has its last answer; a restart is unsettled until one
+//! rescan (the filesystem may have changed while nobody watched).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+
+use crate::layout::StoreLayout;
+use crate::report::{Retainer, Root, RootKind, StaleLink, Unreadable};
+use crate::scan::{Candidate, Findings};
+use crate::source::Interest;
+use crate::store_path::{base_name_of, dir_of};
+
+/// What examining one state-tree entry found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct EntryFindings {
+    roots: Vec<Root>,
+    stale: Vec<StaleLink>,
+    unreadable: Vec<Unreadable>,
+    /// The indirect-root targets this entry's answer depends on (as written and canonical).
+    watched: BTreeSet<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot open the index database {path:?}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot write the index database")]
+    Write(#[source] rusqlite::Error),
+}
+
+pub struct Index {
+    entries: BTreeMap<Vec<u8>, EntryFindings>,
+    /// Watched path (raw or canonical retainer) → entries depending on it.
+    by_watched: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+    /// Component name of a watched path → entries depending on it.
+    by_component: HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+    db: Connection,
+    generation: u64,
+    /// Set when a watched path was added or removed (sources need a new interest).
+    watched_changed: bool,
+}
+
+impl Index {
+    /// Opens (or creates) the index database at `path`; the in-memory index starts empty and
+    /// is filled by the bootstrap scan.
+    pub fn open(path: &Path) -> Result<Self, IndexError> {
+        let open_error = |source| IndexError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let db = Connection::open(path).map_err(open_error)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
+             CREATE TABLE IF NOT EXISTS roots (
+                 link BLOB NOT NULL, retainer BLOB NOT NULL, target BLOB NOT NULL,
+                 kind TEXT NOT NULL, generation INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS roots_by_link ON roots (link);
+             CREATE TABLE IF NOT EXISTS watched (
+                 link BLOB NOT NULL, path BLOB NOT NULL, generation INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS watched_by_link ON watched (link);",
+        )
+        .map_err(open_error)?;
+        let generation = db
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |row| {
+                row.get::<_, i64>(0)
+            })
+            .map_or(0, |value| u64::try_from(value).unwrap_or(0));
+        Ok(Self {
+            entries: BTreeMap::new(),
+            by_watched: BTreeMap::new(),
+            by_component: HashMap::new(),
+            db,
+            generation,
+            watched_changed: false,
+        })
+    }
+
+    /// Number of distinct watched paths.
+    pub fn watched_len(&self) -> usize {
+        self.by_watched.len()
+    }
+
+    /// Takes (and clears) the flag set when a watched path appeared or disappeared.
+    pub fn take_watched_changed(&mut self) -> bool {
+        std::mem::take(&mut self.watched_changed)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Replaces everything known at or below `subtree` (a state-tree path) with `findings`,
+    /// which must come from examining exactly that subtree. One generation, one transaction.
+    pub(crate) fn replace_subtree(&mut self, subtree: &[u8], findings: Findings<'_>) -> Result<(), IndexError> {
+        self.generation += 1;
+        let removed: Vec<Vec<u8>> = self.keys_at_or_below(subtree);
+        for key in &removed {
+            self.remove_entry(key);
+        }
+        let mut grouped: BTreeMap<Vec<u8>, EntryFindings> = BTreeMap::new();
+        for Candidate { root, .. } in findings.candidates {
+            grouped.entry(root.link.clone()).or_default().roots.push(root);
+        }
+        for stale in findings.stale_links {
+            grouped.entry(stale.link.clone()).or_default().stale.push(stale);
+        }
+        for unreadable in findings.unreadable {
+            let key = unreadable.via.clone().unwrap_or_else(|| unreadable.path.clone());
+            grouped.entry(key).or_default().unreadable.push(unreadable);
+        }
+        let mut canonical_dirs = HashMap::new();
+        for watched in findings.watched {
+            let entry = grouped.entry(watched.link).or_default();
+            if let Some(canonical) = canonical_path(&watched.retainer, &mut canonical_dirs) {
+                entry.watched.insert(canonical);
+            }
+            entry.watched.insert(watched.retainer);
+        }
+        let generation = self.generation;
+        let transaction = self.db.transaction().map_err(IndexError::Write)?;
+        persist_removal(&transaction, &removed)?;
+        for (key, entry) in &grouped {
+            persist_entry(&transaction, key, entry, generation)?;
+        }
+        transaction
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?1)",
+                [i64::try_from(generation).unwrap_or(i64::MAX)],
+            )
+            .map_err(IndexError::Write)?;
+        transaction.commit().map_err(IndexError::Write)?;
+        for (key, entry) in grouped {
+            self.insert_entry(key, entry);
+        }
+        Ok(())
+    }
+
+    /// Entries whose answer depends on `path` (or on anything below it, for a directory).
+    pub fn entries_watching(&self, path: &[u8]) -> BTreeSet<Vec<u8>> {
+        let mut found = BTreeSet::new();
+        for (watched, entries) in self.by_watched.range(path.to_vec()..) {
+            if !watched.starts_with(path) {
+                break;
+            }
+            if watched.len() == path.len() || watched[path.len()] == b'/' {
+                found.extend(entries.iter().cloned());
+            }
+        }
+        found
+    }
+
+    /// Entries whose watched paths have a component named `name`.
+    pub fn entries_with_component(&self, name: &[u8]) -> BTreeSet<Vec<u8>> {
+        self.by_component.get(name).cloned().unwrap_or_default()
+    }
+
+    /// What sources should report, derived from what the index watches.
+    pub fn interest(&self, layout: &StoreLayout) -> Interest {
+        Interest {
+            store_dir: layout.store_dir().to_owned(),
+            basenames: self.by_component.keys().cloned().collect(),
+            paths: self
+                .by_watched
+                .keys()
+                .map(|path| PathBuf::from(OsStr::from_bytes(path)))
+                .collect(),
+        }
+    }
+
+    /// Everything the index holds, as scan findings (the static and indirect part of an answer).
+    pub(crate) fn add_to(&self, findings: &mut Findings<'_>) {
+        for entry in self.entries.values() {
+            findings
+                .candidates
+                .extend(entry.roots.iter().cloned().map(|root| Candidate {
+                    root,
+                    check_validity: true,
+                }));
+            findings.stale_links.extend(entry.stale.iter().cloned());
+            findings.unreadable.extend(entry.unreadable.iter().cloned());
+        }
+    }
+
+    pub fn count(&self, kind: RootKind) -> usize {
+        self.entries
+            .values()
+            .flat_map(|entry| &entry.roots)
+            .filter(|root| root.kind == kind)
+            .count()
+    }
+
+    fn keys_at_or_below(&self, subtree: &[u8]) -> Vec<Vec<u8>> {
+        self.entries
+            .range(subtree.to_vec()..)
+            .map(|(key, _)| key)
+            .take_while(|key| key.starts_with(subtree))
+            .filter(|key| key.len() == subtree.len() || key[subtree.len()] == b'/')
+            .cloned()
+            .collect()
+    }
+
+    fn remove_entry(&mut self, key: &[u8]) {
+        let Some(entry) = self.entries.remove(key) else {
+            return;
+        };
+        for watched in &entry.watched {
+            if self.by_watched.get(watched).is_some_and(|set| set.len() == 1) {
+                self.watched_changed = true;
+            }
+            remove_from(&mut self.by_watched, watched, key);
+            for component in components(watched) {
+                if let Some(set) = self.by_component.get_mut(component) {
+                    set.remove(key);
+                    if set.is_empty() {
+                        self.by_component.remove(component);
+                    }
+                }
+            }
+        }
+    }
+
+    fn insert_entry(&mut self, key: Vec<u8>, entry: EntryFindings) {
+        for watched in &entry.watched {
+            let dependents = self.by_watched.entry(watched.clone()).or_default();
+            if dependents.is_empty() {
+                self.watched_changed = true;
+            }
+            dependents.insert(key.clone());
+            for component in components(watched) {
+                self.by_component
+                    .entry(component.to_vec())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        self.entries.insert(key, entry);
+    }
+}
+
+fn remove_from(map: &mut BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>, watched: &[u8], key: &[u8]) {
+    if let Some(set) = map.get_mut(watched) {
+        set.remove(key);
+        if set.is_empty() {
+            map.remove(watched);
+        }
+    }
+}
+
+
+/// The names along a path: `/home/alice/result` → `home`, `alice`, `result`.
+fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.split(|&c| c == b'/').filter(|name| !name.is_empty())
+}
+
+/// `realpath(dir_of(path)) + "/" + base_name(path)`, when it differs from `path`: the same
+/// link reached through a symlinked directory, as a source reports it.
+fn canonical_path(path: &[u8], cache: &mut HashMap<Vec<u8>, Option<Vec<u8>>>) -> Option<Vec<u8>> {
+    let dir = dir_of(path);
+    let canonical_dir = cache
+        .entry(dir.to_vec())
+        .or_insert_with(|| {
+            std::fs::canonicalize(OsStr::from_bytes(dir))
+                .ok()
+                .map(|canonical| canonical.into_os_string().into_encoded_bytes())
+        })
+        .clone()?;
+    let canonical = [canonical_dir.as_slice(), b"/", base_name_of(path)].concat();
+    (canonical != path).then_some(canonical)
+}
+
+fn persist_removal(
+    transaction: &rusqlite::Transaction<'_>,
+    removed: &[Vec<u8>],
+) -> Result<(), IndexError> {
+    let mut delete_roots = transaction
+        .prepare_cached("DELETE FROM roots WHERE link = ?1")
+        .map_err(IndexError::Write)?;
+    let mut delete_watched = transaction
+        .prepare_cached("DELETE FROM watched WHERE link = ?1")
+        .map_err(IndexError::Write)?;
+    for key in removed {
+        delete_roots.execute([key]).map_err(IndexError::Write)?;
+        delete_watched.execute([key]).map_err(IndexError::Write)?;
+    }
+    Ok(())
+}
+
+fn persist_entry(
+    transaction: &rusqlite::Transaction<'_>,
+    key: &[u8],
+    entry: &EntryFindings,
+    generation: u64,
+) -> Result<(), IndexError> {
+    let generation = i64::try_from(generation).unwrap_or(i64::MAX);
+    let mut insert_root = transaction
+        .prepare_cached(
+            "INSERT INTO roots (link, retainer, target, kind, generation) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(IndexError::Write)?;
+    for root in &entry.roots {
+        let retainer = match &root.retainer {
+            Retainer::Path(path) => path.clone(),
+            Retainer::Temp(pid) => format!("{{temp:{pid}}}").into_bytes(),
+        };
+        insert_root
+            .execute(params![
+                key,
+                retainer,
+                root.target.base_name(),
+                root.kind.as_str(),
+                generation
+            ])
+            .map_err(IndexError::Write)?;
+    }
+    let mut insert_watched = transaction
+        .prepare_cached("INSERT INTO watched (link, path, generation) VALUES (?1, ?2, ?3)")
+        .map_err(IndexError::Write)?;
+    for watched in &entry.watched {
+        insert_watched
+            .execute(params![key, watched, generation])
+            .map_err(IndexError::Write)?;
+    }
+    Ok(())
+}

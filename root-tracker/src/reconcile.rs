@@ -1,0 +1,241 @@
+//! The reconciler: turns hints into index updates by re-reading the filesystem.
+//!
+//! Invariant (DESIGN.md 2): a hint is never the final word. A hint about a path in the state
+//! trees re-examines that subtree; a hint about any other path re-examines every state-tree
+//! entry whose answer depends on it (an indirect root's target, or a directory above it). A hint
+//! that says hints were lost, or that mounts changed, makes the index unsettled until a rescan.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+use std::time::SystemTime;
+
+use crate::hint::Hint;
+use crate::index::{Index, IndexError};
+use crate::layout::StoreLayout;
+use crate::report::ScanReport;
+use crate::scan::{Findings, ScanError, ScanOptions};
+use crate::store_path::{base_name_of, dir_of, is_in_dir};
+use crate::validity::ValidPaths;
+
+/// Whether the index can be trusted to hold every root.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Settled {
+    Settled,
+    Unsettled { reason: String },
+}
+
+/// Counters shown by `status`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ReconcileStats {
+    pub hints: u64,
+    /// State-tree entries re-examined because of a hint.
+    pub rechecks: u64,
+    pub rescans: u64,
+    /// Differences found by verification sweeps between the index and a fresh scan.
+    pub drift: u64,
+    pub verifications: u64,
+    #[serde(skip)]
+    pub last_rescan: Option<SystemTime>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+}
+
+pub struct Reconciler {
+    layout: StoreLayout,
+    index: Index,
+    settled: Settled,
+    stats: ReconcileStats,
+    /// Set when the watched paths changed, so sources need a new interest.
+    interest_changed: bool,
+}
+
+impl Reconciler {
+    /// Starts unsettled: nothing is known until the first rescan.
+    pub fn new(layout: StoreLayout, index: Index) -> Self {
+        Self {
+            layout,
+            index,
+            settled: Settled::Unsettled {
+                reason: "not scanned yet".to_owned(),
+            },
+            stats: ReconcileStats::default(),
+            interest_changed: true,
+        }
+    }
+
+    pub fn layout(&self) -> &StoreLayout {
+        &self.layout
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    pub fn settled(&self) -> &Settled {
+        &self.settled
+    }
+
+    pub fn stats(&self) -> &ReconcileStats {
+        &self.stats
+    }
+
+    /// Marks the index unsettled; the first reason is kept until a rescan.
+    pub fn unsettle(&mut self, reason: impl Into<String>) {
+        if self.settled == Settled::Settled {
+            let reason = reason.into();
+            tracing::warn!(%reason, "index unsettled");
+            self.settled = Settled::Unsettled { reason };
+        }
+    }
+
+    /// Takes (and clears) the "interest changed" flag.
+    pub fn take_interest_changed(&mut self) -> bool {
+        std::mem::take(&mut self.interest_changed)
+    }
+
+    /// The full traversal of the state trees; settles the index. Sources must already be
+    /// attached (invariant 4), so that nothing between this scan and the next hint is missed.
+    #[tracing::instrument(skip_all)]
+    pub fn rescan(&mut self) -> Result<(), ReconcileError> {
+        let started = std::time::Instant::now();
+        for tree in [self.layout.gcroots_dir(), self.layout.profiles_dir()] {
+            self.reexamine(tree.as_os_str().as_bytes())?;
+        }
+        self.settled = Settled::Settled;
+        self.stats.rescans += 1;
+        self.stats.last_rescan = Some(SystemTime::now());
+        self.interest_changed = true;
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "rescan settled the index");
+        Ok(())
+    }
+
+    /// Applies a batch of hints.
+    #[tracing::instrument(skip_all, fields(hints = hints.len()))]
+    pub fn apply(&mut self, hints: &[Hint]) -> Result<(), ReconcileError> {
+        self.stats.hints += hints.len() as u64;
+        let gcroots = self.layout.gcroots_dir().into_os_string().into_encoded_bytes();
+        let profiles = self.layout.profiles_dir().into_os_string().into_encoded_bytes();
+        let mut subtrees: BTreeSet<Vec<u8>> = BTreeSet::new();
+        let mut entries: BTreeSet<Vec<u8>> = BTreeSet::new();
+        for hint in hints {
+            match hint {
+                Hint::Path(path) => {
+                    let path = path.as_os_str().as_bytes();
+                    if path == gcroots.as_slice()
+                        || path == profiles.as_slice()
+                        || is_in_dir(path, &gcroots)
+                        || is_in_dir(path, &profiles)
+                    {
+                        subtrees.insert(path.to_vec());
+                    } else if is_in_dir(&gcroots, path) || is_in_dir(&profiles, path) {
+                        // A directory above the state trees changed: everything may have moved.
+                        self.unsettle(format!(
+                            "{} changed above the state trees",
+                            String::from_utf8_lossy(path)
+                        ));
+                    }
+                    entries.extend(self.index.entries_watching(path));
+                    match canonical(path) {
+                        Some(canonical) => entries.extend(self.index.entries_watching(&canonical)),
+                        // Its directory is gone, so we cannot tell which link it was: be broad.
+                        None => entries.extend(self.index.entries_with_component(base_name_of(path))),
+                    }
+                }
+                Hint::Basename(name) => {
+                    entries.extend(self.index.entries_with_component(name.as_bytes()));
+                }
+                Hint::MountsChanged => self.unsettle("mounts changed"),
+                Hint::Lost { reason } => self.unsettle(reason.clone()),
+            }
+        }
+        // Keep only the outermost subtrees; an entry inside one is re-examined with it.
+        let mut outermost: Vec<Vec<u8>> = Vec::new();
+        for subtree in subtrees {
+            if !outermost.iter().any(|outer| is_in_dir(&subtree, outer)) {
+                outermost.push(subtree);
+            }
+        }
+        entries.retain(|entry| {
+            !outermost
+                .iter()
+                .any(|outer| entry == outer || is_in_dir(entry, outer))
+        });
+        self.stats.rechecks += (outermost.len() + entries.len()) as u64;
+        for path in outermost.iter().chain(&entries) {
+            self.reexamine(path)?;
+        }
+        Ok(())
+    }
+
+    /// Re-reads `path` (a state-tree entry or subtree) and replaces what the index knows of it.
+    fn reexamine(&mut self, path: &[u8]) -> Result<(), ReconcileError> {
+        let mut findings = Findings::new(&self.layout);
+        findings.find_roots(Path::new(OsStr::from_bytes(path)));
+        self.index.replace_subtree(path, findings)?;
+        if self.index.take_watched_changed() {
+            self.interest_changed = true;
+        }
+        Ok(())
+    }
+
+    /// The answer to a query: the index's static and indirect roots plus the runtime and temp
+    /// roots read now, checked against the store database.
+    pub fn answer(&self, options: &ScanOptions) -> Result<ScanReport, ReconcileError> {
+        let valid_paths = ValidPaths::open(&self.layout.db_path()).map_err(ScanError::from)?;
+        let mut findings = Findings::new(&self.layout);
+        self.index.add_to(&mut findings);
+        findings.find_volatile_roots(options);
+        let mut report = findings.into_report(&valid_paths)?;
+        report.normalize();
+        Ok(report)
+    }
+
+    /// Compares the index with a fresh traversal of the state trees and counts differences
+    /// (which should never happen). Differences are logged and repaired by a rescan.
+    pub fn verify(&mut self) -> Result<u64, ReconcileError> {
+        let options = ScanOptions {
+            runtime: false,
+            temp: false,
+            ..ScanOptions::default()
+        };
+        let valid_paths = ValidPaths::open(&self.layout.db_path()).map_err(ScanError::from)?;
+        let mut from_index = Findings::new(&self.layout);
+        self.index.add_to(&mut from_index);
+        let mut indexed = from_index.into_report(&valid_paths)?;
+        indexed.normalize();
+        let mut fresh = crate::scan::scan(&self.layout, &options)?;
+        fresh.normalize();
+        let drift = symmetric_difference(&indexed.roots, &fresh.roots)
+            + symmetric_difference(&indexed.unregistered, &fresh.unregistered)
+            + symmetric_difference(&indexed.stale_links, &fresh.stale_links)
+            + symmetric_difference(&indexed.unreadable, &fresh.unreadable);
+        self.stats.verifications += 1;
+        if drift > 0 {
+            self.stats.drift += drift;
+            tracing::error!(drift, "the index drifted from the filesystem; rescanning");
+            self.rescan()?;
+        }
+        Ok(drift)
+    }
+}
+
+fn symmetric_difference<T: Ord>(a: &[T], b: &[T]) -> u64 {
+    let a: BTreeSet<&T> = a.iter().collect();
+    let b: BTreeSet<&T> = b.iter().collect();
+    a.symmetric_difference(&b).count() as u64
+}
+
+/// `realpath(dir_of(path)) + "/" + base_name(path)`; `None` if the directory is gone.
+fn canonical(path: &[u8]) -> Option<Vec<u8>> {
+    let dir = std::fs::canonicalize(OsStr::from_bytes(dir_of(path))).ok()?;
+    Some([dir.as_os_str().as_bytes(), b"/", base_name_of(path)].concat())
+}
