@@ -5,6 +5,7 @@
 //! cover the rest of the filesystem, where user links (indirect-root targets) live.
 
 pub mod ebpf;
+pub mod fanotify;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ pub struct SourceStats {
 pub enum SourceError {
     #[error(transparent)]
     Ebpf(#[from] ebpf::EbpfError),
+    #[error(transparent)]
+    Fanotify(#[from] fanotify::FanotifyError),
     #[error("{operation} failed")]
     Io {
         operation: &'static str,
