@@ -398,7 +398,14 @@ impl FanotifySource {
             // be a root, so only a watched name is worth a hint.
             Resolution::Gone => watched.then(|| Hint::Basename(name_os.to_owned())),
             // We could not look: fail towards reporting.
-            Resolution::Unknown => Some(Hint::Basename(name_os.to_owned())),
+            Resolution::Unknown if watched => Some(Hint::Basename(name_os.to_owned())),
+            // A new entry we could not look at may be a symlink into the store; a bare name
+            // cannot stand for it (no indexed root goes through an unwatched name), so only a
+            // rescan can tell. Said once per drain.
+            Resolution::Unknown => resolver.first_unchecked_entry().then(|| Hint::Lost {
+                reason: "fanotify: a new entry's directory could not be resolved to check it"
+                    .to_owned(),
+            }),
             // A filesystem we no longer need (a mark we could not remove): no root is there.
             Resolution::NotMarked => None,
         }
@@ -716,6 +723,8 @@ struct Resolver<'m> {
     /// directory we know no longer leads there.
     mounts: HashMap<Fsid, Option<OwnedFd>>,
     dirs: HashMap<(Fsid, i32, Vec<u8>), Cached>,
+    /// Whether an entry that could not be checked was already reported as lost.
+    unchecked_reported: bool,
 }
 
 impl<'m> Resolver<'m> {
@@ -724,7 +733,13 @@ impl<'m> Resolver<'m> {
             marked,
             mounts: HashMap::new(),
             dirs: HashMap::new(),
+            unchecked_reported: false,
         }
+    }
+
+    /// `true` the first time it is called in a drain.
+    fn first_unchecked_entry(&mut self) -> bool {
+        !std::mem::replace(&mut self.unchecked_reported, true)
     }
 
     fn resolve(&mut self, record: &DirEntryRecord<'_>) -> Resolution<'_> {
