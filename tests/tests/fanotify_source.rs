@@ -25,8 +25,8 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use root_tracker::{
     hint::Hint,
     source::{
-        Interest, Source as _,
-        fanotify::{FanotifySource, RenameEvents},
+        Interest, Source as _, SourceError,
+        fanotify::{FanotifyError, FanotifySource, RenameEvents},
     },
 };
 use tempfile::TempDir;
@@ -101,18 +101,25 @@ fn name(bytes: &[u8]) -> &OsStr {
     OsStr::from_bytes(bytes)
 }
 
-/// Fences and returns the hints about `roots` (paths beneath them, bare names, losses).
-fn fence_under(source: &mut FanotifySource, roots: &[&Path]) -> BTreeSet<Hint> {
+/// Fences and returns every hint.
+fn fence(source: &mut FanotifySource) -> Vec<Hint> {
     let mut hints = Vec::new();
     source
         .fence(Instant::now() + FENCE_DEADLINE, &mut hints)
         .unwrap();
     hints
+}
+
+/// Fences and returns the hints about `roots`: paths beneath them, and losses. Bare names are
+/// left out: they may come from any process's work on the marked `/` (a deleted directory that
+/// held a watched name), and carry no filesystem to tell them apart.
+fn fence_under(source: &mut FanotifySource, roots: &[&Path]) -> BTreeSet<Hint> {
+    fence(source)
         .into_iter()
         .filter(|hint| match hint {
             Hint::Path(path) => roots.iter().any(|root| path.starts_with(root)),
-            Hint::Basename(_) | Hint::Lost { .. } => true,
-            Hint::MountsChanged => false,
+            Hint::Lost { .. } => true,
+            Hint::Basename(_) | Hint::MountsChanged => false,
         })
         .collect()
 }
@@ -272,7 +279,7 @@ fn entries_of_a_deleted_directory_are_still_reported() {
     std::fs::remove_file(&result).unwrap();
     std::fs::remove_dir(&dir).unwrap();
 
-    let hints = fence_under(&mut source, &[root]);
+    let hints = fence(&mut source);
     assert!(
         hints.contains(&Hint::Path(dir.clone())),
         "the directory itself: {hints:?}"
@@ -363,13 +370,28 @@ fn a_mount_under_a_watched_path_is_reported_and_marked() {
 
     mount_tmpfs(&proj);
     let _nested = NestedTmpfs(proj.clone());
-    let mut hints = Vec::new();
-    source
-        .fence(Instant::now() + FENCE_DEADLINE, &mut hints)
-        .unwrap();
+    let hints = fence(&mut source);
     assert!(hints.contains(&Hint::MountsChanged), "{hints:?}");
 
     // The new filesystem holds a watched path, so it is marked now.
     symlink("/elsewhere", &result).unwrap();
     assert_eq!(fence_under(&mut source, &[root]), paths(&[&result]));
+}
+
+#[test]
+fn a_filesystem_that_cannot_be_marked_is_an_error() {
+    // procfs encodes no file handles, so fanotify cannot report its directories: changes there
+    // would go unseen, and the caller must hear about it rather than trust a quiet source.
+    let error = FanotifySource::new(&interest(
+        Path::new("/nix/store"),
+        &[b"result"],
+        &[Path::new("/proc/sys/result")],
+    ))
+    .unwrap_err();
+    match error {
+        SourceError::Fanotify(FanotifyError::Mark { path, .. }) => {
+            assert!(path.starts_with("/proc"), "{path:?}");
+        }
+        other => panic!("expected a mark error, got {other:?}"),
+    }
 }
