@@ -2,97 +2,211 @@
 //!
 //! Every record that crosses the ring buffer is defined here once, `#[repr(C)]`, so both sides
 //! agree on its layout; user space reads records with a length check and `read_unaligned`.
+//! Every record starts with an [`EventHeader`] whose `kind` says which struct it is.
 //! Paths are raw bytes as the process passed them: never assume UTF-8.
 #![no_std]
 
-/// Bytes reserved for one path in an event, NUL included. The kernel refuses path arguments of
-/// `PATH_MAX` (4096) bytes or more, so a path the syscall accepts always fits.
-pub const PATH_BYTES: usize = 4096;
+/// Bytes kept of one path in a [`PathEvent`]. A longer path is sent as its last `PATH_BYTES`
+/// bytes with [`flags::path_truncated`] set: its last component (at most 255 bytes) is still
+/// there, so user space can still name the entry by basename.
+pub const PATH_BYTES: usize = 512;
+
+/// The kernel refuses path arguments of `PATH_MAX` (4096) bytes or more; the programs read a
+/// long path whole into a per-CPU scratch buffer of this size to learn its length.
+pub const LONG_PATH_BYTES: usize = 4096;
 
 /// Longest store dir prefix (store dir plus the trailing `/`) the kernel-side filter accepts.
 /// Kept small because the filter compares it byte by byte in a bounded loop.
 pub const STORE_PREFIX_MAX: usize = 256;
 
-/// Size of the `SYMLINK_EVENTS` ring buffer. A power-of-two multiple of the page size, as the
-/// kernel requires; at about 8 KiB per event this holds a burst of ~500 symlink creations.
+/// Default size of the `EVENTS` ring buffer. A power-of-two multiple of the page size, as the
+/// kernel requires; at about 1 KiB per path event this holds a burst of ~4000 operations.
+/// User space may choose another size at load time.
 pub const RING_BUF_BYTES: u32 = 4 * 1024 * 1024;
 
-/// Name of the ring buffer map that carries [`SymlinkEvent`]s.
-pub const MAP_SYMLINK_EVENTS: &str = "SYMLINK_EVENTS";
+/// Entries of `IN_FLIGHT`: threads inside a relevant syscall at the same time.
+pub const IN_FLIGHT_MAX: u32 = 16 * 1024;
+/// Entries of `WATCHED_BASENAMES`.
+pub const WATCHED_BASENAMES_MAX: u32 = 64 * 1024;
+
+/// Name of the ring buffer map carrying every record.
+pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the one-entry array map holding the [`StorePrefix`] filter.
 pub const MAP_STORE_PREFIX: &str = "STORE_PREFIX";
+/// Name of the one-entry array map holding the [`Config`].
+pub const MAP_CONFIG: &str = "CONFIG";
 /// Name of the per-CPU array map of `u64` counters indexed by `COUNTER_*`.
 pub const MAP_COUNTERS: &str = "COUNTERS";
-/// Name of the scratch per-CPU map the programs build an event in before sending it.
-pub const MAP_SCRATCH: &str = "SCRATCH";
+/// Name of the hash map `u64` ([`name_hash`] of a watched basename) → `u8` (unused, 1).
+pub const MAP_WATCHED_BASENAMES: &str = "WATCHED_BASENAMES";
+/// Name of the hash map `pid_tgid` → [`InFlight`]: threads inside a relevant syscall.
+pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
 
-/// Program attached to `syscalls/sys_enter_symlink`.
-pub const PROG_SYS_ENTER_SYMLINK: &str = "sys_enter_symlink";
-/// Program attached to `syscalls/sys_enter_symlinkat`.
-pub const PROG_SYS_ENTER_SYMLINKAT: &str = "sys_enter_symlinkat";
+/// The syscall tracepoints (category `syscalls`) as (entry, exit) pairs; each program is named
+/// after its tracepoint. User space attaches every exit before any entry, so that every
+/// thread recorded at entry has its exit seen. `umount2` traces as `umount`.
+pub const SYSCALL_PROGRAMS: [(&str, &str); 13] = [
+    ("sys_enter_symlink", "sys_exit_symlink"),
+    ("sys_enter_symlinkat", "sys_exit_symlinkat"),
+    ("sys_enter_unlink", "sys_exit_unlink"),
+    ("sys_enter_unlinkat", "sys_exit_unlinkat"),
+    ("sys_enter_rmdir", "sys_exit_rmdir"),
+    ("sys_enter_rename", "sys_exit_rename"),
+    ("sys_enter_renameat", "sys_exit_renameat"),
+    ("sys_enter_renameat2", "sys_exit_renameat2"),
+    ("sys_enter_link", "sys_exit_link"),
+    ("sys_enter_linkat", "sys_exit_linkat"),
+    ("sys_enter_mount", "sys_exit_mount"),
+    ("sys_enter_umount", "sys_exit_umount"),
+    ("sys_enter_move_mount", "sys_exit_move_mount"),
+];
+/// Tracepoint category of [`SYSCALL_PROGRAMS`].
+pub const SYSCALLS_CATEGORY: &str = "syscalls";
+/// Program attached to `io_uring/io_uring_submit_req`.
+pub const PROG_IO_URING_SUBMIT_REQ: &str = "io_uring_submit_req";
+/// Tracepoint category of [`PROG_IO_URING_SUBMIT_REQ`].
+pub const IO_URING_CATEGORY: &str = "io_uring";
 
-/// Counter index: events written to the ring buffer.
+/// Counter index: records written to the ring buffer.
 pub const COUNTER_SENT: u32 = 0;
-/// Counter index: events that matched the filter but could not be written (ring buffer full).
-/// Non-zero means hints were lost; the tracker must treat its index as unsettled.
+/// Counter index: relevant records that could not be written (ring buffer full).
+/// An increase means hints were lost; the tracker must treat its index as unsettled.
 pub const COUNTER_DROPPED: u32 = 1;
-/// Counter index: symlink requests whose target could not be read (a page fault at syscall
-/// entry, which cannot be served there), so the filter could not tell whether it was a store link.
-/// Non-zero means hints may have been lost, as for [`COUNTER_DROPPED`].
-pub const COUNTER_TARGET_UNREADABLE: u32 = 2;
+/// Counter index: operations whose relevance or entry could not be told: a path or symlink
+/// target that could not be read (a page fault at syscall entry, which cannot be served there),
+/// or a truncated path whose last component is not whole. An increase means lost hints.
+pub const COUNTER_UNREADABLE: u32 = 2;
+/// Counter index: paths longer than [`PATH_BYTES`], sent as their tail. Informational: the
+/// event still names the entry by basename.
+pub const COUNTER_TRUNCATED: u32 = 3;
+/// Counter index: relevant operations that could not be tracked because `IN_FLIGHT` was
+/// full; their exit is never reported. An increase means lost hints.
+pub const COUNTER_UNTRACKED: u32 = 4;
 /// Number of counters in `COUNTERS`.
-pub const COUNTER_COUNT: u32 = 3;
+pub const COUNTER_COUNT: u32 = 5;
 
-/// `dirfd` value for the plain `symlink` syscall, which resolves relative link paths against the
-/// caller's working directory (Linux `AT_FDCWD`).
+/// `dirfd` value meaning "relative to the working directory" (Linux `AT_FDCWD`); also used for
+/// syscalls without a dirfd argument (`symlink`, `unlink`, `rename`, …).
 pub const AT_FDCWD: i32 = -100;
 
-/// Which syscall produced a [`SymlinkEvent`] (`SymlinkEvent::syscall`).
-pub mod syscall {
-    /// `symlink(target, linkpath)`.
+/// Values of [`EventHeader::kind`].
+pub mod kind {
+    /// A [`crate::PathEvent`]: a relevant syscall was entered.
+    pub const ENTER: u32 = 1;
+    /// An [`crate::ExitEvent`]: a syscall whose `ENTER` was sent returned.
+    pub const EXIT: u32 = 2;
+    /// An [`crate::EventHeader`] alone, `op` holding an io_uring opcode from [`crate::io_uring`]:
+    /// a path operation was submitted to io_uring, which the syscall tracepoints never see.
+    pub const IO_URING: u32 = 3;
+}
+
+/// Values of [`EventHeader::op`] for `ENTER` and `EXIT` records.
+pub mod op {
     pub const SYMLINK: u32 = 1;
-    /// `symlinkat(target, newdirfd, linkpath)`.
     pub const SYMLINKAT: u32 = 2;
+    pub const UNLINK: u32 = 3;
+    pub const UNLINKAT: u32 = 4;
+    pub const RMDIR: u32 = 5;
+    pub const RENAME: u32 = 6;
+    pub const RENAMEAT: u32 = 7;
+    pub const RENAMEAT2: u32 = 8;
+    pub const LINK: u32 = 9;
+    pub const LINKAT: u32 = 10;
+    pub const MOUNT: u32 = 11;
+    /// `umount2` (tracepoint `sys_enter_umount`).
+    pub const UMOUNT: u32 = 12;
+    pub const MOVE_MOUNT: u32 = 13;
 }
 
-/// Bits of `SymlinkEvent::flags`.
+/// io_uring opcodes (`IORING_OP_*` in `linux/io_uring.h`) of path operations.
+pub mod io_uring {
+    pub const RENAMEAT: u32 = 35;
+    pub const UNLINKAT: u32 = 36;
+    pub const MKDIRAT: u32 = 37;
+    pub const SYMLINKAT: u32 = 38;
+    pub const LINKAT: u32 = 39;
+    /// Lowest and highest opcode the program reports.
+    pub const FIRST: u32 = RENAMEAT;
+    pub const LAST: u32 = LINKAT;
+}
+
+/// Bits of [`PathEvent::flags`].
 pub mod flags {
-    /// The link path could not be read (a fault in the caller's memory); `link_path_len` is 0.
-    /// The event still says "a store symlink may have appeared", but not where.
-    pub const LINK_PATH_UNREADABLE: u32 = 1 << 0;
-    /// The link path filled the whole buffer and may have been cut short.
-    pub const LINK_PATH_TRUNCATED: u32 = 1 << 1;
-    /// The target filled the whole buffer and may have been cut short.
-    pub const TARGET_TRUNCATED: u32 = 1 << 2;
+    /// Path `index` (0 or 1) could not be read, or was truncated without a whole last
+    /// component: the event cannot name the entry.
+    pub const fn path_unreadable(index: usize) -> u32 {
+        1 << (2 * index)
+    }
+    /// Path `index` was longer than [`crate::PATH_BYTES`]; the buffer holds its tail.
+    pub const fn path_truncated(index: usize) -> u32 {
+        1 << (2 * index + 1)
+    }
+    /// The symlink target could not be read, so the filter could not judge it.
+    pub const TARGET_UNREADABLE: u32 = 1 << 4;
 }
 
-/// One `symlink`/`symlinkat` request whose target starts with the store dir prefix.
-///
-/// Seen at syscall entry: the request, not its result. It is a hint; the reconciler re-reads the
-/// link from the filesystem.
+/// First part of every ring buffer record.
 #[repr(C)]
-#[derive(Clone, Copy)]
-pub struct SymlinkEvent {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of the [`kind`] constants.
+    pub kind: u32,
+    /// One of the [`op`] constants, or an io_uring opcode for [`kind::IO_URING`].
+    pub op: u32,
     /// Thread group id (the process id user space sees).
     pub tgid: u32,
     /// Thread id.
     pub tid: u32,
-    /// One of the [`syscall`] constants.
-    pub syscall: u32,
-    /// Directory fd the link path is relative to; [`AT_FDCWD`] for `symlink`.
-    pub dirfd: i32,
-    /// Bytes of `target` in use, without the terminating NUL.
-    pub target_len: u32,
-    /// Bytes of `link_path` in use, without the terminating NUL.
-    pub link_path_len: u32,
+}
+
+/// A relevant syscall entered ([`kind::ENTER`]). Mount operations carry no paths.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathEvent {
+    pub header: EventHeader,
+    /// The syscall number (`__syscall_nr` of the tracepoint), to recognise the thread in
+    /// `/proc/<pid>/task/<tid>/syscall` while it is still inside the call.
+    pub syscall_nr: i32,
     /// Bits from [`flags`].
     pub flags: u32,
+    /// Directory fd each path is relative to; [`AT_FDCWD`] where the syscall has none.
+    pub dirfd: [i32; 2],
+    /// Bytes of each path in use (no NUL counted); 0 for an absent path.
+    pub path_len: [u32; 2],
+    /// The paths as passed: the created, removed or old entry first, the new one of a rename
+    /// or link second.
+    pub path: [[u8; PATH_BYTES]; 2],
+}
+
+/// A syscall whose `ENTER` record was sent returned ([`kind::EXIT`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// The syscall's return value: 0 on success, `-errno` on failure.
+    pub ret: i64,
+}
+
+/// What the kernel side remembers about a thread between syscall entry and exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// One of the [`op`] constants.
+    pub op: u32,
     /// Explicit padding so the struct has no uninitialised bytes.
     pub reserved: u32,
-    /// The symlink's target (`oldname`), NUL-terminated within `PATH_BYTES`.
-    pub target: [u8; PATH_BYTES],
-    /// The link's path (`newname`), NUL-terminated within `PATH_BYTES`.
-    pub link_path: [u8; PATH_BYTES],
+}
+
+/// Load-time settings user space writes before attaching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Offset of the `u8 opcode` field in the `io_uring/io_uring_submit_req` tracepoint record,
+    /// read from its `format` file (it differs between kernel versions). 0: not configured,
+    /// every submission is reported as if it were a path operation (fail closed).
+    pub io_uring_opcode_offset: u32,
+    /// Explicit padding.
+    pub reserved: u32,
 }
 
 /// The store dir prefix the kernel-side filter matches targets against: the store dir followed
@@ -134,14 +248,40 @@ impl StorePrefix {
     }
 }
 
+/// Start value of [`name_hash`] (64-bit FNV-1a offset basis).
+pub const NAME_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// One step of [`name_hash`]: FNV-1a with the 64-bit prime.
+#[inline(always)]
+pub const fn name_hash_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// The key of a basename in `WATCHED_BASENAMES`. The kernel side hashes the last component
+/// of a path in one forward pass, which the verifier accepts cheaply (a byte-keyed map would
+/// need variable offsets into the path). A collision only makes an unwatched name look
+/// watched: an extra hint, which is harmless.
+pub const fn name_hash(name: &[u8]) -> u64 {
+    let mut hash = NAME_HASH_START;
+    let mut i = 0;
+    while i < name.len() {
+        hash = name_hash_step(hash, name[i]);
+        i += 1;
+    }
+    hash
+}
+
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: `SymlinkEvent` is `#[repr(C)]`, `Copy`, made only of integers and byte arrays,
-    // and has no implicit padding (`reserved` fills the gap before the arrays).
-    unsafe impl aya::Pod for super::SymlinkEvent {}
-    // SAFETY: `StorePrefix` is `#[repr(C)]`, `Copy`, a `u32` followed by a byte array whose
-    // length is a multiple of 4, so it has no padding.
+    // SAFETY (all impls below): each type is `#[repr(C)]`, `Copy`, made only of integers and
+    // integer arrays, and has no padding (explicit `reserved` fields fill the gaps; the
+    // layout test checks the sizes).
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::StorePrefix {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::InFlight {}
 }
 
 #[cfg(test)]
@@ -150,7 +290,11 @@ mod tests {
 
     #[test]
     fn layout_has_no_padding() {
-        assert_eq!(core::mem::size_of::<SymlinkEvent>(), 32 + 2 * PATH_BYTES);
+        assert_eq!(core::mem::size_of::<EventHeader>(), 16);
+        assert_eq!(core::mem::size_of::<PathEvent>(), 40 + 2 * PATH_BYTES);
+        assert_eq!(core::mem::size_of::<ExitEvent>(), 24);
+        assert_eq!(core::mem::size_of::<InFlight>(), 8);
+        assert_eq!(core::mem::size_of::<Config>(), 8);
         assert_eq!(core::mem::size_of::<StorePrefix>(), 4 + STORE_PREFIX_MAX);
     }
 
@@ -164,5 +308,13 @@ mod tests {
         );
         assert!(StorePrefix::for_store_dir(&[b'a'; STORE_PREFIX_MAX]).is_none());
         assert!(StorePrefix::for_store_dir(&[b'a'; STORE_PREFIX_MAX - 1]).is_some());
+    }
+
+    #[test]
+    fn name_hash_is_fnv1a() {
+        assert_eq!(name_hash(b""), NAME_HASH_START);
+        // Reference value of 64-bit FNV-1a for "a".
+        assert_eq!(name_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(name_hash(b"result"), name_hash(b"resulu"));
     }
 }

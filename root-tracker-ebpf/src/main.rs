@@ -1,9 +1,13 @@
 //! The eBPF programs. Built for `bpfel-unknown-none` by `root-tracker`'s build script.
 //!
-//! `sys_enter_symlink` and `sys_enter_symlinkat` report symlink creations whose target starts
-//! with the store dir prefix (`STORE_PREFIX`, set by user space before attaching). Every matching
-//! request is either sent or counted as dropped, and a request whose target cannot be read is
-//! counted too, so lost hints are always visible.
+//! `sys_enter_*` programs judge a path syscall at entry: relevant are symlink creations whose
+//! target starts with the store dir prefix, and operations whose path argument ends in a
+//! watched basename (`WATCHED_BASENAMES`); mount operations always are. A relevant entry is
+//! recorded per thread in `IN_FLIGHT` and sent as an `ENTER` record; the matching `sys_exit_*`
+//! program sends an `EXIT` record with the return value, so user space knows when the change is
+//! done. `io_uring_submit_req` reports io_uring path operations, which no syscall tracepoint
+//! sees. Invariant: every relevant operation is sent, or counted (dropped, unreadable,
+//! untracked), so lost hints are always visible.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -14,138 +18,425 @@ fn main() {}
 #[cfg(target_arch = "bpf")]
 mod kernel {
     use aya_ebpf::{
-        helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user_str_bytes},
+        helpers::{
+            bpf_get_current_pid_tgid, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+        },
         macros::{map, tracepoint},
-        maps::{Array, PerCpuArray, RingBuf},
+        maps::{Array, HashMap, PerCpuArray, RingBuf},
         programs::TracePointContext,
     };
     use root_tracker_ebpf::{
-        AT_FDCWD, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TARGET_UNREADABLE,
-        PATH_BYTES, RING_BUF_BYTES, STORE_PREFIX_MAX, StorePrefix, SymlinkEvent, flags, syscall,
+        AT_FDCWD, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED,
+        COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IN_FLIGHT_MAX,
+        InFlight, LONG_PATH_BYTES, NAME_HASH_START, PATH_BYTES, PathEvent, RING_BUF_BYTES,
+        STORE_PREFIX_MAX, StorePrefix, WATCHED_BASENAMES_MAX, flags, io_uring, kind,
+        name_hash_step, op,
     };
 
     #[map]
-    static SYMLINK_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
+    static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
 
     #[map]
     static STORE_PREFIX: Array<StorePrefix> = Array::with_max_entries(1, 0);
 
     #[map]
+    static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+    #[map]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
-    /// An event is 8 KiB, far over the 512-byte BPF stack, so it is built in a per-CPU slot and
-    /// copied into the ring buffer only once the filter has matched.
     #[map]
-    static SCRATCH: PerCpuArray<SymlinkEvent> = PerCpuArray::with_max_entries(1, 0);
+    static WATCHED_BASENAMES: HashMap<u64, u8> =
+        HashMap::with_max_entries(WATCHED_BASENAMES_MAX, 0);
 
-    /// Byte offsets of the arguments in the syscall tracepoint records
-    /// (`/sys/kernel/tracing/events/syscalls/sys_enter_symlink{,at}/format`); each argument is
-    /// an 8-byte slot after the 8-byte common header and the syscall number.
-    const ARG0: usize = 16;
-    const ARG1: usize = 24;
-    const ARG2: usize = 32;
+    #[map]
+    static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(IN_FLIGHT_MAX, 0);
 
-    /// Where a syscall keeps the arguments the programs read.
-    struct Args {
-        syscall: u32,
-        target: usize,
+    /// Target bytes read for the store prefix check: enough to compare the longest prefix.
+    const TARGET_BYTES: usize = STORE_PREFIX_MAX + 8;
+
+    /// Per-CPU working memory: an event is over 1 KiB, past the 512-byte BPF stack, so it is
+    /// built here and copied into the ring buffer only once the filter has matched.
+    #[repr(C)]
+    struct Scratch {
+        event: PathEvent,
+        long_path: [u8; LONG_PATH_BYTES],
+        target: [u8; TARGET_BYTES],
+    }
+
+    #[map]
+    static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+    /// Byte offsets in the syscall tracepoint records
+    /// (`/sys/kernel/tracing/events/syscalls/sys_{enter,exit}_*/format`): the syscall number
+    /// after the 8-byte common header, then 8-byte argument slots (or the return value).
+    const SYSCALL_NR: usize = 8;
+    const fn arg(n: usize) -> usize {
+        16 + 8 * n
+    }
+    const RET: usize = 16;
+
+    /// One path argument: where its pointer is, and its directory fd if the syscall has one.
+    #[derive(Clone, Copy)]
+    struct PathArg {
         dirfd: Option<usize>,
-        link_path: usize,
+        name: usize,
     }
 
-    #[tracepoint(category = "syscalls", name = "sys_enter_symlink")]
-    pub fn sys_enter_symlink(ctx: TracePointContext) -> u32 {
-        let args = Args {
-            syscall: syscall::SYMLINK,
-            target: ARG0,
-            dirfd: None,
-            link_path: ARG1,
+    /// What a `sys_enter_*` program reads.
+    struct Spec {
+        op: u32,
+        /// Offset of the symlink target pointer (symlink calls only).
+        target: Option<usize>,
+        paths: [Option<PathArg>; 2],
+        /// Mount operations: relevant whatever their arguments.
+        always: bool,
+    }
+
+    const fn plain(name: usize) -> Option<PathArg> {
+        Some(PathArg { dirfd: None, name })
+    }
+    const fn at(dirfd: usize, name: usize) -> Option<PathArg> {
+        Some(PathArg {
+            dirfd: Some(dirfd),
+            name,
+        })
+    }
+    const fn spec(op: u32, paths: [Option<PathArg>; 2]) -> Spec {
+        Spec {
+            op,
+            target: None,
+            paths,
+            always: false,
+        }
+    }
+    const fn mount_spec(op: u32) -> Spec {
+        Spec {
+            op,
+            target: None,
+            paths: [None, None],
+            always: true,
+        }
+    }
+
+    macro_rules! programs {
+        ($($enter:ident, $exit:ident => $spec:expr;)*) => {$(
+            #[tracepoint]
+            pub fn $enter(ctx: TracePointContext) -> u32 {
+                let _ = report_enter(&ctx, &$spec);
+                0
+            }
+
+            #[tracepoint]
+            pub fn $exit(ctx: TracePointContext) -> u32 {
+                report_exit(&ctx);
+                0
+            }
+        )*};
+    }
+
+    programs! {
+        sys_enter_symlink, sys_exit_symlink => Spec {
+            target: Some(arg(0)),
+            ..spec(op::SYMLINK, [plain(arg(1)), None])
         };
-        let _ = report_symlink(&ctx, &args);
-        0
-    }
-
-    #[tracepoint(category = "syscalls", name = "sys_enter_symlinkat")]
-    pub fn sys_enter_symlinkat(ctx: TracePointContext) -> u32 {
-        let args = Args {
-            syscall: syscall::SYMLINKAT,
-            target: ARG0,
-            dirfd: Some(ARG1),
-            link_path: ARG2,
+        sys_enter_symlinkat, sys_exit_symlinkat => Spec {
+            target: Some(arg(0)),
+            ..spec(op::SYMLINKAT, [at(arg(1), arg(2)), None])
         };
-        let _ = report_symlink(&ctx, &args);
-        0
+        sys_enter_unlink, sys_exit_unlink => spec(op::UNLINK, [plain(arg(0)), None]);
+        sys_enter_unlinkat, sys_exit_unlinkat => spec(op::UNLINKAT, [at(arg(0), arg(1)), None]);
+        sys_enter_rmdir, sys_exit_rmdir => spec(op::RMDIR, [plain(arg(0)), None]);
+        sys_enter_rename, sys_exit_rename =>
+            spec(op::RENAME, [plain(arg(0)), plain(arg(1))]);
+        sys_enter_renameat, sys_exit_renameat =>
+            spec(op::RENAMEAT, [at(arg(0), arg(1)), at(arg(2), arg(3))]);
+        sys_enter_renameat2, sys_exit_renameat2 =>
+            spec(op::RENAMEAT2, [at(arg(0), arg(1)), at(arg(2), arg(3))]);
+        sys_enter_link, sys_exit_link => spec(op::LINK, [plain(arg(0)), plain(arg(1))]);
+        sys_enter_linkat, sys_exit_linkat =>
+            spec(op::LINKAT, [at(arg(0), arg(1)), at(arg(2), arg(3))]);
+        sys_enter_mount, sys_exit_mount => mount_spec(op::MOUNT);
+        sys_enter_umount, sys_exit_umount => mount_spec(op::UMOUNT);
+        sys_enter_move_mount, sys_exit_move_mount => mount_spec(op::MOVE_MOUNT);
     }
 
-    /// Reads the target; if it is in the store, reads the rest and sends the event.
+    /// How a path argument bears on relevance.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Verdict {
+        Unwatched,
+        Watched,
+        /// Could not be read or its last component is cut: must be reported.
+        Unknown,
+    }
+
+    /// Judges a syscall at entry and, if relevant, records the thread and sends `ENTER`.
     #[inline(always)]
-    fn report_symlink(ctx: &TracePointContext, args: &Args) -> Result<(), i64> {
-        let event_ptr = SCRATCH.get_ptr_mut(0).ok_or(0)?;
+    fn report_enter(ctx: &TracePointContext, spec: &Spec) -> Result<(), i64> {
+        let scratch_ptr = SCRATCH.get_ptr_mut(0).ok_or(0)?;
         // SAFETY: the map lookup returned a non-null pointer to this CPU's slot, which lives as
         // long as the map; the program runs to completion on this CPU (syscall tracepoints do
-        // not nest), so nothing else aliases the slot meanwhile.
-        let event = unsafe { &mut *event_ptr };
+        // not nest: the kernel's `bpf_prog_active` guard), so nothing else aliases the slot.
+        let scratch = unsafe { &mut *scratch_ptr };
+        let event = &mut scratch.event;
+        event.flags = 0;
+        event.dirfd = [AT_FDCWD; 2];
+        event.path_len = [0; 2];
 
-        // SAFETY: `args.target` is the offset of a pointer-sized field in the tracepoint record.
-        let target_ptr = unsafe { ctx.read_at::<u64>(args.target) }? as *const u8;
-        // SAFETY: the helper reads at most `PATH_BYTES` bytes from user memory, faulting safely.
-        let target_len =
-            match unsafe { bpf_probe_read_user_str_bytes(target_ptr, &mut event.target) } {
-                Ok(target) => target.len(),
-                Err(error) => {
-                    // Not knowing whether it was a store link is a possibly lost hint: count it.
-                    count(COUNTER_TARGET_UNREADABLE);
-                    return Err(error.into());
+        let mut relevant = spec.always;
+        if let Some(offset) = spec.target {
+            match target_in_store(ctx, offset, &mut scratch.target) {
+                Verdict::Watched => relevant = true,
+                Verdict::Unknown => {
+                    event.flags |= flags::TARGET_UNREADABLE;
+                    count(COUNTER_UNREADABLE);
+                    relevant = true;
                 }
-            };
-        if !in_store(&event.target, target_len) {
+                Verdict::Unwatched => {}
+            }
+        }
+        if let Some(arg) = spec.paths[0] {
+            if read_path::<0>(ctx, arg, event, &mut scratch.long_path) != Verdict::Unwatched {
+                relevant = true;
+            }
+        }
+        if let Some(arg) = spec.paths[1] {
+            if read_path::<1>(ctx, arg, event, &mut scratch.long_path) != Verdict::Unwatched {
+                relevant = true;
+            }
+        }
+        if !relevant {
             return Ok(());
         }
 
         let pid_tgid = bpf_get_current_pid_tgid();
-        event.tgid = (pid_tgid >> 32) as u32;
-        event.tid = pid_tgid as u32;
-        event.syscall = args.syscall;
-        event.dirfd = match args.dirfd {
-            // The record slot is a sign-extended `int`; truncating keeps its value.
-            // SAFETY: `offset` is the offset of an 8-byte field in the tracepoint record.
-            Some(offset) => unsafe { ctx.read_at::<u64>(offset) }? as i32,
-            None => AT_FDCWD,
+        event.header = EventHeader {
+            kind: kind::ENTER,
+            op: spec.op,
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
         };
-        event.target_len = target_len as u32;
-        event.flags = 0;
-        event.reserved = 0;
-        if target_len >= PATH_BYTES - 1 {
-            event.flags |= flags::TARGET_TRUNCATED;
-        }
+        // SAFETY: `SYSCALL_NR` is the offset of the `int __syscall_nr` field in the record.
+        event.syscall_nr = unsafe { ctx.read_at::<i32>(SYSCALL_NR) }.unwrap_or(-1);
 
-        // SAFETY: `args.link_path` is the offset of a pointer-sized field in the record.
-        let link_ptr = unsafe { ctx.read_at::<u64>(args.link_path) }? as *const u8;
-        // SAFETY: as for the target: bounded read of user memory that may fault.
-        match unsafe { bpf_probe_read_user_str_bytes(link_ptr, &mut event.link_path) } {
-            Ok(link_path) => {
-                event.link_path_len = link_path.len() as u32;
-                if link_path.len() >= PATH_BYTES - 1 {
-                    event.flags |= flags::LINK_PATH_TRUNCATED;
-                }
-            }
+        let in_flight = InFlight {
+            op: spec.op,
+            reserved: 0,
+        };
+        // Recorded before sending, so the exit program finds it whatever the interleaving.
+        if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
+            // Without the record no EXIT would come and user space would wait in vain:
+            // count the operation as lost instead.
+            count(COUNTER_UNTRACKED);
+            return Ok(());
+        }
+        match EVENTS.output::<PathEvent>(&*event, 0) {
+            Ok(()) => count(COUNTER_SENT),
             Err(_) => {
-                event.link_path_len = 0;
-                event.flags |= flags::LINK_PATH_UNREADABLE;
+                count(COUNTER_DROPPED);
+                let _ = IN_FLIGHT.remove(&pid_tgid);
             }
         }
+        Ok(())
+    }
 
-        match SYMLINK_EVENTS.output::<SymlinkEvent>(&*event, 0) {
+    /// Sends `EXIT` for a thread whose entry was relevant.
+    #[inline(always)]
+    fn report_exit(ctx: &TracePointContext) {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        // SAFETY: the value is copied out at once; a concurrent delete of this key can only
+        // come from this thread, which is here.
+        let Some(in_flight) = (unsafe { IN_FLIGHT.get(&pid_tgid) }).copied() else {
+            return;
+        };
+        let _ = IN_FLIGHT.remove(&pid_tgid);
+        let event = ExitEvent {
+            header: EventHeader {
+                kind: kind::EXIT,
+                op: in_flight.op,
+                tgid: (pid_tgid >> 32) as u32,
+                tid: pid_tgid as u32,
+            },
+            // SAFETY: `RET` is the offset of the `long ret` field of `sys_exit_*` records.
+            // Unreadable (never seen) is reported as a failure code that user space cannot
+            // take for success.
+            ret: unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(i64::MIN),
+        };
+        send(&event);
+    }
+
+    #[tracepoint]
+    pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
+        let offset = CONFIG
+            .get(0)
+            .map_or(0, |config| config.io_uring_opcode_offset);
+        let opcode = if offset == 0 {
+            None
+        } else {
+            // SAFETY: the offset of the `u8 opcode` field, read from the tracepoint's format
+            // file by user space; `read_at` faults safely (probe read) if it were wrong.
+            unsafe { ctx.read_at::<u8>(offset as usize) }
+                .ok()
+                .map(u32::from)
+        };
+        // An opcode that cannot be read is reported (as 0): fail closed.
+        if let Some(opcode) = opcode {
+            if !(io_uring::FIRST..=io_uring::LAST).contains(&opcode) {
+                return 0;
+            }
+        }
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let header = EventHeader {
+            kind: kind::IO_URING,
+            op: opcode.unwrap_or(0),
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+        };
+        send(&header);
+        0
+    }
+
+    /// Writes a small record to the ring buffer, counting it as sent or dropped.
+    #[inline(always)]
+    fn send<T>(record: &T) {
+        match EVENTS.output::<T>(record, 0) {
             Ok(()) => count(COUNTER_SENT),
             Err(_) => count(COUNTER_DROPPED),
         }
-        Ok(())
+    }
+
+    /// Reads path argument `INDEX` into the event and judges its last component.
+    #[inline(always)]
+    fn read_path<const INDEX: usize>(
+        ctx: &TracePointContext,
+        arg: PathArg,
+        event: &mut PathEvent,
+        long_path: &mut [u8; LONG_PATH_BYTES],
+    ) -> Verdict {
+        if let Some(offset) = arg.dirfd {
+            // The slot holds a sign-extended `int`; truncating keeps its value.
+            // SAFETY: `offset` is the offset of an 8-byte argument slot in the record.
+            event.dirfd[INDEX] =
+                unsafe { ctx.read_at::<u64>(offset) }.map_or(AT_FDCWD, |fd| fd as i32);
+        }
+        // SAFETY: `arg.name` is the offset of a pointer-sized argument slot in the record.
+        let Ok(pointer) = (unsafe { ctx.read_at::<u64>(arg.name) }) else {
+            return unknown::<INDEX>(event);
+        };
+        let pointer = pointer as *const u8;
+        let buffer = &mut event.path[INDEX];
+        // SAFETY: the helper reads at most `PATH_BYTES` bytes of user memory, faulting safely.
+        let mut len = match unsafe { bpf_probe_read_user_str_bytes(pointer, buffer) } {
+            Ok(path) => path.len(),
+            Err(_) => return unknown::<INDEX>(event),
+        };
+        let mut truncated = false;
+        if len >= PATH_BYTES - 1 {
+            // Possibly longer: learn the whole length, then keep the tail, which holds the
+            // last component.
+            // SAFETY: bounded read of user memory that may fault, as above.
+            let full = match unsafe { bpf_probe_read_user_str_bytes(pointer, long_path) } {
+                Ok(path) => path.len(),
+                Err(_) => return unknown::<INDEX>(event),
+            };
+            if full > PATH_BYTES - 1 {
+                let start = full - PATH_BYTES;
+                // SAFETY: `pointer + start .. pointer + full` lies inside the string just
+                // read; the helper faults safely anyway.
+                if unsafe { bpf_probe_read_user_buf(pointer.wrapping_add(start), buffer) }.is_err()
+                {
+                    return unknown::<INDEX>(event);
+                }
+                len = PATH_BYTES;
+                truncated = true;
+                event.flags |= flags::path_truncated(INDEX);
+                count(COUNTER_TRUNCATED);
+            }
+        }
+        event.path_len[INDEX] = len as u32;
+
+        match last_component_hash(&event.path[INDEX], truncated) {
+            Some(hash) => {
+                // SAFETY: only presence is tested; the value is not read.
+                if unsafe { WATCHED_BASENAMES.get(&hash) }.is_some() {
+                    Verdict::Watched
+                } else {
+                    Verdict::Unwatched
+                }
+            }
+            None => unknown::<INDEX>(event),
+        }
+    }
+
+    /// Marks path `INDEX` unreadable and counts it: the event cannot name the entry.
+    #[inline(always)]
+    fn unknown<const INDEX: usize>(event: &mut PathEvent) -> Verdict {
+        event.flags |= flags::path_unreadable(INDEX);
+        count(COUNTER_UNREADABLE);
+        Verdict::Unknown
+    }
+
+    /// `name_hash` of the last component of the NUL-terminated `path` (trailing slashes ignored), in one
+    /// forward pass with a constant bound, which the verifier checks cheaply. `None` when the
+    /// path is a cut tail whose last component may be cut too (no `/` before it).
+    #[inline(always)]
+    fn last_component_hash(path: &[u8; PATH_BYTES], truncated: bool) -> Option<u64> {
+        let mut hash = NAME_HASH_START;
+        let mut after_slash = false;
+        // A component that begins the buffer is whole unless the buffer is a cut tail.
+        let mut whole = !truncated;
+        let mut i = 0;
+        while i < PATH_BYTES {
+            // The end is found by the NUL the read helper wrote (a cut tail has none and fills
+            // the buffer), not by comparing with the length: exits at a data-dependent index
+            // would each refine the length differently and defeat the verifier's pruning.
+            let Some(&byte) = path.get(i) else { break };
+            if byte == 0 {
+                break;
+            }
+            if byte == b'/' {
+                after_slash = true;
+            } else {
+                if after_slash {
+                    hash = NAME_HASH_START;
+                    whole = true;
+                    after_slash = false;
+                }
+                hash = name_hash_step(hash, byte);
+            }
+            i += 1;
+        }
+        whole.then_some(hash)
+    }
+
+    /// Reads the symlink target and tells whether it starts with the store prefix
+    /// (`Watched`), does not (`Unwatched`), or could not be read (`Unknown`).
+    #[inline(always)]
+    fn target_in_store(
+        ctx: &TracePointContext,
+        offset: usize,
+        target: &mut [u8; TARGET_BYTES],
+    ) -> Verdict {
+        // SAFETY: `offset` is the offset of a pointer-sized argument slot in the record.
+        let Ok(pointer) = (unsafe { ctx.read_at::<u64>(offset) }) else {
+            return Verdict::Unknown;
+        };
+        // SAFETY: bounded read of user memory that may fault.
+        let len = match unsafe { bpf_probe_read_user_str_bytes(pointer as *const u8, target) } {
+            Ok(bytes) => bytes.len(),
+            Err(_) => return Verdict::Unknown,
+        };
+        if in_store(target, len) {
+            Verdict::Watched
+        } else {
+            Verdict::Unwatched
+        }
     }
 
     /// Whether the first `target_len` bytes of `target` start with the configured store prefix.
     /// An unconfigured prefix (`len == 0`) matches nothing.
     #[inline(always)]
-    fn in_store(target: &[u8; PATH_BYTES], target_len: usize) -> bool {
+    fn in_store(target: &[u8; TARGET_BYTES], target_len: usize) -> bool {
         let Some(prefix) = STORE_PREFIX.get(0) else {
             return false;
         };

@@ -1,11 +1,13 @@
-//! eBPF source: loads the `root-tracker-ebpf` programs, attaches them to the syscall tracepoints
-//! and reads their events from the ring buffer.
+//! eBPF source: loads the `root-tracker-ebpf` programs, attaches them to the syscall and
+//! io_uring tracepoints, and turns their ring-buffer records into [`Hint`]s.
 //!
-//! Invariant: every symlink request whose target is in the store is either delivered or counted
-//! in [`DeliveryCounters`] (`dropped`, `target_unreadable`); a caller that sees
-//! [`DeliveryCounters::lost_hints`] must treat its index as unsettled. Events are hints taken at syscall entry (the request, not its result).
+//! Invariant: every relevant operation is either delivered (an `ENTER` record, then an `EXIT`
+//! record once the syscall returned) or counted in [`DeliveryCounters`]; any increase of a
+//! loss counter becomes a [`Hint::Lost`]. Hints are emitted at `EXIT`, when the change is done,
+//! and [`Source::fence`] waits for every operation seen entering to exit.
 
 use std::{
+    collections::{BTreeSet, HashMap},
     ffi::OsString,
     io,
     mem::size_of,
@@ -19,27 +21,41 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
-    maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{ProgramError, TracePoint},
 };
 use root_tracker_ebpf::{
-    COUNTER_DROPPED, COUNTER_SENT, COUNTER_TARGET_UNREADABLE, MAP_COUNTERS, MAP_STORE_PREFIX,
-    MAP_SYMLINK_EVENTS, PATH_BYTES, PROG_SYS_ENTER_SYMLINK, PROG_SYS_ENTER_SYMLINKAT,
-    STORE_PREFIX_MAX, StorePrefix, SymlinkEvent, flags, syscall,
+    AT_FDCWD, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
+    COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IO_URING_CATEGORY, MAP_CONFIG, MAP_COUNTERS,
+    MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_SUBMIT_REQ,
+    PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix,
+    flags, io_uring, kind, name_hash, op,
+};
+
+use crate::{
+    hint::Hint,
+    source::{Interest, Source, SourceError, SourceStats},
 };
 
 /// The eBPF object built by `build.rs`. Empty when the build was skipped (`AYA_BUILD_SKIP=1`).
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/root-tracker-ebpf"));
 
-/// Tracepoint category of the syscall entry tracepoints.
-const SYSCALLS: &str = "syscalls";
-
-/// Where tracepoint ids are read from; mounted by [`SymlinkWatch::attach`] when absent.
+/// Where tracepoint ids are read from; mounted by [`EbpfSource::attach`] when absent.
 const TRACEFS: &str = "/sys/kernel/tracing";
 /// Older systems mount tracefs only here (aya looks at both).
 const TRACEFS_IN_DEBUGFS: &str = "/sys/kernel/debug/tracing";
+/// The io_uring tracepoint's format file, relative to a tracefs root.
+const IO_URING_FORMAT: &str = "events/io_uring/io_uring_submit_req/format";
+
+/// Longest single wait of [`Source::fence`] before it re-checks whether the operations it
+/// waits for are still inside their syscalls.
+const FENCE_RECHECK: Duration = Duration::from_millis(20);
+
+/// Longest name a directory entry can have (Linux `NAME_MAX`): longer names cannot exist, so
+/// they are never watched.
+const NAME_MAX: usize = 255;
 
 /// Why the eBPF source could not be set up or read.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +69,10 @@ pub enum EbpfError {
     /// The kernel-side filter holds at most `STORE_PREFIX_MAX` bytes of prefix.
     #[error("store dir {store_dir:?} is too long for the eBPF filter (at most {max} bytes)")]
     StoreDirTooLong { store_dir: PathBuf, max: usize },
+    /// The kernel wants a ring buffer size that is a power of two and a multiple of the page
+    /// size.
+    #[error("ring buffer size {bytes} is not a power of two multiple of the page size")]
+    RingBufSize { bytes: u32 },
     /// Tracepoints are found through tracefs; it was absent and could not be mounted.
     #[error("tracefs is not mounted and mounting it at {path:?} failed")]
     Tracefs {
@@ -77,17 +97,18 @@ pub enum EbpfError {
     #[error("eBPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     /// The verifier rejected a program, or attaching it to its tracepoint failed.
-    #[error("eBPF program {name} could not be loaded or attached to {SYSCALLS}/{name}")]
+    #[error("eBPF program {name} could not be loaded or attached to {category}/{name}")]
     Program {
         name: &'static str,
+        category: &'static str,
         #[source]
         source: Box<ProgramError>,
     },
     /// Waiting for the ring buffer failed.
-    #[error("polling the {MAP_SYMLINK_EVENTS} ring buffer failed")]
+    #[error("polling the {MAP_EVENTS} ring buffer failed")]
     Poll(#[source] io::Error),
-    /// A record does not have the shape of a `SymlinkEvent`: the object and this code disagree.
-    #[error("malformed {MAP_SYMLINK_EVENTS} record ({len} bytes): {reason}")]
+    /// A record does not have the shape this code expects: the object and this code disagree.
+    #[error("malformed {MAP_EVENTS} record ({len} bytes): {reason}")]
     MalformedEvent { len: usize, reason: &'static str },
 }
 
@@ -98,136 +119,248 @@ impl EbpfError {
             source: Box::new(source),
         }
     }
+}
 
-    fn program(name: &'static str, source: ProgramError) -> Self {
-        Self::Program {
-            name,
-            source: Box::new(source),
+/// Load-time choices for [`EbpfSource::attach_with`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EbpfOptions {
+    /// Size of the ring buffer in bytes: a power of two multiple of the page size. An `ENTER`
+    /// record of a path operation takes about 1 KiB.
+    pub ring_buf_bytes: u32,
+}
+
+impl Default for EbpfOptions {
+    fn default() -> Self {
+        Self {
+            ring_buf_bytes: RING_BUF_BYTES,
         }
     }
 }
 
-/// Which syscall made a [`SymlinkRequest`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SymlinkSyscall {
-    /// `symlink(target, link_path)`: a relative link path is relative to the working directory.
-    Symlink,
-    /// `symlinkat(target, dirfd, link_path)`: a relative link path is relative to `dirfd`.
-    Symlinkat,
+/// Whether an optional hook is in place, and why not.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Probe {
+    /// Loaded and attached.
+    Attached,
+    /// The kernel has no such hook, so nothing can go unseen through it (e.g. no
+    /// `io_uring/io_uring_submit_req` tracepoint: a kernel without io_uring).
+    Absent { reason: String },
 }
 
-/// One symlink creation request whose target starts with `<store dir>/`, as the process made it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SymlinkRequest {
-    /// Process id (thread group id) of the caller.
-    pub pid: u32,
-    /// Thread id of the caller.
-    pub tid: u32,
-    /// The syscall used.
-    pub syscall: SymlinkSyscall,
-    /// Directory fd (in the caller's fd table) a relative `link_path` is resolved against;
-    /// `libc::AT_FDCWD` for `symlink`.
-    pub dirfd: i32,
-    /// The link text (symlink target), raw bytes.
-    pub target: OsString,
-    /// The path of the new link as passed, raw bytes; possibly relative (see `dirfd`).
-    pub link_path: PathBuf,
-    /// The link path could not be read from the caller's memory (`link_path` is empty): the
-    /// event only says that some store symlink may have appeared.
-    pub link_path_unreadable: bool,
-    /// A path filled its whole buffer and may be cut short.
-    pub truncated: bool,
+/// What the kernel supports, as found at attach time; shown by `root-tracker status`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Checks {
+    /// The `io_uring/io_uring_submit_req` program.
+    pub io_uring_submit: Probe,
+    /// Offset of `opcode` in the io_uring tracepoint record, from its format file; `None`
+    /// when unknown, in which case every io_uring submission is reported as lost hints.
+    pub io_uring_opcode_offset: Option<u32>,
 }
 
 /// Per-CPU counters of the programs, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryCounters {
-    /// Events written to the ring buffer.
+    /// Records written to the ring buffer.
     pub sent: u64,
-    /// Matching events lost because the ring buffer was full. Non-zero means lost hints.
+    /// Relevant records lost because the ring buffer was full.
     pub dropped: u64,
-    /// Requests whose target could not be read at syscall entry (paged out), so the filter
-    /// could not judge them. Non-zero means hints may have been lost.
-    pub target_unreadable: u64,
+    /// Operations whose path or symlink target could not be read, so they could not be named.
+    pub unreadable: u64,
+    /// Paths longer than the event's buffer, sent as their tail (informational).
+    pub truncated: u64,
+    /// Relevant operations not tracked because the in-flight map was full.
+    pub untracked: u64,
 }
 
 impl DeliveryCounters {
     /// Whether any hint may have been lost since attaching (the index must be rescanned).
     pub fn lost_hints(&self) -> bool {
-        self.dropped != 0 || self.target_unreadable != 0
+        self.dropped != 0 || self.unreadable != 0 || self.untracked != 0
+    }
+
+    /// A [`Hint::Lost`] for every loss counter that grew from `earlier` to `self`.
+    fn losses_since(&self, earlier: &Self, out: &mut Vec<Hint>) {
+        let grew = |now: u64, then: u64, what: &str| {
+            (now > then).then(|| Hint::Lost {
+                reason: format!("eBPF: {} {what}", now - then),
+            })
+        };
+        out.extend(grew(
+            self.dropped,
+            earlier.dropped,
+            "events dropped (ring buffer full)",
+        ));
+        out.extend(grew(
+            self.unreadable,
+            earlier.unreadable,
+            "operations with an unreadable path",
+        ));
+        out.extend(grew(
+            self.untracked,
+            earlier.untracked,
+            "operations untracked (in-flight map full)",
+        ));
     }
 }
 
-/// The symlink programs, attached. Dropping it detaches the programs and frees the maps.
-pub struct SymlinkWatch {
+/// A relevant operation seen entering and not yet seen exiting.
+#[derive(Debug)]
+struct InFlightOp {
+    /// The syscall number, to recognise the thread in `/proc/<pid>/task/<tid>/syscall`.
+    syscall_nr: i32,
+    /// What to report once it succeeded (resolved at entry, while the caller's fds and working
+    /// directory are most likely still those it used).
+    hints: Vec<Hint>,
+}
+
+/// One decoded ring-buffer record.
+#[derive(Debug, PartialEq, Eq)]
+enum Record {
+    Enter(Enter),
+    Exit { tgid: u32, tid: u32, ret: i64 },
+    IoUring { opcode: u32 },
+}
+
+/// A decoded `ENTER` record.
+#[derive(Debug, PartialEq, Eq)]
+struct Enter {
+    op: u32,
+    tgid: u32,
+    tid: u32,
+    syscall_nr: i32,
+    flags: u32,
+    paths: [Option<RawPath>; 2],
+}
+
+/// A path argument as the process passed it.
+#[derive(Debug, PartialEq, Eq)]
+struct RawPath {
+    dirfd: i32,
+    bytes: Vec<u8>,
+}
+
+/// The eBPF programs, attached. Dropping it detaches the programs and frees the maps.
+pub struct EbpfSource {
     events: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    store_prefix: Array<MapData, StorePrefix>,
+    watched_basenames: BpfHashMap<MapData, u64, u8>,
+    /// Hashes currently in `WATCHED_BASENAMES`, to add and remove by difference.
+    watched_hashes: BTreeSet<u64>,
+    /// Keyed by `pid_tgid` (tgid in the high half), as the kernel side keys its map.
+    in_flight: HashMap<u64, InFlightOp>,
+    /// Counters as of the last check: an increase since is reported as lost hints.
+    last_counters: DeliveryCounters,
+    records_read: u64,
+    checks: Checks,
     /// Owns the programs and their tracepoint links; aya detaches the links when it drops.
     _ebpf: Ebpf,
 }
 
-impl SymlinkWatch {
-    /// Loads the programs, sets the store prefix filter to `<store_dir>/` and attaches to
-    /// `syscalls/sys_enter_symlink` and `syscalls/sys_enter_symlinkat`.
+impl EbpfSource {
+    /// [`Self::attach_with`] default options.
+    pub fn attach(interest: &Interest) -> Result<Self, EbpfError> {
+        Self::attach_with(interest, &EbpfOptions::default())
+    }
+
+    /// Loads the programs, fills the filters from `interest` and attaches every exit program,
+    /// then every entry program (so that each entry recorded has its exit seen), then the
+    /// io_uring program.
     ///
-    /// Needs root (`CAP_BPF` + `CAP_PERFMON`, or `CAP_SYS_ADMIN`). Where no tracefs is
-    /// mounted, mounts one in a private mount namespace only for the attach (see `with_tracefs`). `RLIMIT_MEMLOCK` needs no care: aya raises
-    /// it on kernels older than 5.11, and newer kernels charge BPF memory to the cgroup.
-    pub fn attach(store_dir: &Path) -> Result<Self, EbpfError> {
+    /// Needs root (`CAP_BPF` + `CAP_PERFMON`, or `CAP_SYS_ADMIN`; `CAP_SYS_PTRACE` to resolve
+    /// relative paths through `/proc`). Where no tracefs is mounted, mounts one in a private
+    /// mount namespace only for the attach (see `with_tracefs`). `RLIMIT_MEMLOCK` needs no
+    /// care: aya raises it on kernels older than 5.11, and newer kernels charge BPF memory to
+    /// the cgroup. Process ids in events are those of the initial pid namespace, so the tracker
+    /// must run there.
+    pub fn attach_with(interest: &Interest, options: &EbpfOptions) -> Result<Self, EbpfError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
         }
-        let prefix = store_prefix(store_dir)?;
-        with_tracefs(|| Self::load_and_attach(prefix))
+        let page = page_size();
+        let bytes = options.ring_buf_bytes;
+        if !bytes.is_power_of_two() || u64::from(bytes) % page != 0 {
+            return Err(EbpfError::RingBufSize { bytes });
+        }
+        let prefix = store_prefix(&interest.store_dir)?;
+        with_tracefs(|| Self::load_and_attach(interest, prefix, bytes))
     }
 
-    fn load_and_attach(prefix: StorePrefix) -> Result<Self, EbpfError> {
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| EbpfError::Load(Box::new(e)))?;
+    fn load_and_attach(
+        interest: &Interest,
+        prefix: StorePrefix,
+        ring_buf_bytes: u32,
+    ) -> Result<Self, EbpfError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_EVENTS, ring_buf_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| EbpfError::Load(Box::new(e)))?;
 
-        // The filter is set before attaching, so no event is judged by an empty prefix.
-        let prefix_map = ebpf
-            .map_mut(MAP_STORE_PREFIX)
-            .ok_or(EbpfError::MissingMap {
-                name: MAP_STORE_PREFIX,
-            })?;
-        let mut prefix_array = Array::<_, StorePrefix>::try_from(prefix_map)
+        // Every filter is set before attaching, so no event is judged by an empty one.
+        let io_uring_opcode_offset = io_uring_opcode_offset();
+        let mut config = Array::<_, Config>::try_from(take_map(&mut ebpf, MAP_CONFIG)?)
+            .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
+        let config_value = Config {
+            io_uring_opcode_offset: io_uring_opcode_offset.unwrap_or(0),
+            reserved: 0,
+        };
+        config
+            .set(0, config_value, 0)
+            .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
+
+        let mut store_prefix = Array::try_from(take_map(&mut ebpf, MAP_STORE_PREFIX)?)
             .map_err(|e| EbpfError::map(MAP_STORE_PREFIX, e))?;
-        prefix_array
+        store_prefix
             .set(0, prefix, 0)
             .map_err(|e| EbpfError::map(MAP_STORE_PREFIX, e))?;
-
-        let events = take_map(&mut ebpf, MAP_SYMLINK_EVENTS)?;
-        let events =
-            RingBuf::try_from(events).map_err(|e| EbpfError::map(MAP_SYMLINK_EVENTS, e))?;
-        let counters = take_map(&mut ebpf, MAP_COUNTERS)?;
-        let counters = PerCpuArray::<_, u64>::try_from(counters)
+        let watched_basenames = BpfHashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_BASENAMES)?)
+            .map_err(|e| EbpfError::map(MAP_WATCHED_BASENAMES, e))?;
+        let events = RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?)
+            .map_err(|e| EbpfError::map(MAP_EVENTS, e))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, MAP_COUNTERS)?)
             .map_err(|e| EbpfError::map(MAP_COUNTERS, e))?;
 
-        for name in [PROG_SYS_ENTER_SYMLINK, PROG_SYS_ENTER_SYMLINKAT] {
-            attach_tracepoint(&mut ebpf, name)?;
-        }
-        Ok(Self {
+        let mut source = Self {
             events,
             counters,
+            store_prefix,
+            watched_basenames,
+            watched_hashes: BTreeSet::new(),
+            in_flight: HashMap::new(),
+            last_counters: DeliveryCounters::default(),
+            records_read: 0,
+            checks: Checks {
+                io_uring_submit: Probe::Attached,
+                io_uring_opcode_offset,
+            },
             _ebpf: ebpf,
-        })
+        };
+        source.set_basenames(&interest.basenames)?;
+
+        for (_, exit) in SYSCALL_PROGRAMS {
+            attach_tracepoint(&mut source._ebpf, SYSCALLS_CATEGORY, exit)?;
+        }
+        for (enter, _) in SYSCALL_PROGRAMS {
+            attach_tracepoint(&mut source._ebpf, SYSCALLS_CATEGORY, enter)?;
+        }
+        if tracefs_file(IO_URING_FORMAT).is_some() {
+            attach_tracepoint(
+                &mut source._ebpf,
+                IO_URING_CATEGORY,
+                PROG_IO_URING_SUBMIT_REQ,
+            )?;
+        } else {
+            source.checks.io_uring_submit = Probe::Absent {
+                reason: format!("no tracepoint {IO_URING_CATEGORY}/{PROG_IO_URING_SUBMIT_REQ}"),
+            };
+        }
+        Ok(source)
     }
 
-    /// Returns the next event, waiting up to `timeout` for one; `Ok(None)` on timeout.
-    /// Events from one thread arrive in the order it made the requests.
-    pub fn next_request(&mut self, timeout: Duration) -> Result<Option<SymlinkRequest>, EbpfError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(record) = self.events.next() {
-                // Decoding copies the record, so it is consumed when `record` drops here.
-                return decode(&record).map(Some);
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() || !self.wait_readable(remaining)? {
-                // One last look: a record may have landed just as the wait ended.
-                return self.events.next().map(|record| decode(&record)).transpose();
-            }
-        }
+    /// What the kernel supports, as found at attach time.
+    pub fn checks(&self) -> &Checks {
+        &self.checks
     }
 
     /// Sums the per-CPU counters over CPUs.
@@ -242,8 +375,101 @@ impl SymlinkWatch {
         Ok(DeliveryCounters {
             sent: sum(COUNTER_SENT)?,
             dropped: sum(COUNTER_DROPPED)?,
-            target_unreadable: sum(COUNTER_TARGET_UNREADABLE)?,
+            unreadable: sum(COUNTER_UNREADABLE)?,
+            truncated: sum(COUNTER_TRUNCATED)?,
+            untracked: sum(COUNTER_UNTRACKED)?,
         })
+    }
+
+    /// Makes `WATCHED_BASENAMES` hold exactly the hashes of `basenames` (names that cannot
+    /// be a directory entry are skipped: nothing can be created under them).
+    fn set_basenames(&mut self, basenames: &BTreeSet<Vec<u8>>) -> Result<(), EbpfError> {
+        let wanted: BTreeSet<u64> = basenames
+            .iter()
+            .filter(|name| is_entry_name(name))
+            .map(|name| name_hash(name))
+            .collect();
+        for hash in wanted.difference(&self.watched_hashes) {
+            self.watched_basenames
+                .insert(hash, 1, 0)
+                .map_err(|e| EbpfError::map(MAP_WATCHED_BASENAMES, e))?;
+        }
+        for hash in self.watched_hashes.difference(&wanted) {
+            self.watched_basenames
+                .remove(hash)
+                .map_err(|e| EbpfError::map(MAP_WATCHED_BASENAMES, e))?;
+        }
+        self.watched_hashes = wanted;
+        Ok(())
+    }
+
+    /// Reads every record available now; returns how many.
+    fn drain(&mut self, out: &mut Vec<Hint>) -> Result<usize, EbpfError> {
+        let mut read = 0;
+        loop {
+            let record = match self.events.next() {
+                // Decoding copies the record, so it is consumed when `item` drops here.
+                Some(item) => decode(&item)?,
+                None => return Ok(read),
+            };
+            read += 1;
+            self.records_read += 1;
+            self.handle(record, out);
+        }
+    }
+
+    fn handle(&mut self, record: Record, out: &mut Vec<Hint>) {
+        match record {
+            Record::Enter(enter) => {
+                let key = pid_tgid(enter.tgid, enter.tid);
+                let op = InFlightOp {
+                    syscall_nr: enter.syscall_nr,
+                    hints: hints_for(&enter),
+                };
+                // A thread is in one syscall at a time: an older entry for it is stale (its
+                // exit was dropped, which the counters report).
+                self.in_flight.insert(key, op);
+            }
+            Record::Exit { tgid, tid, ret } => {
+                if let Some(op) = self.in_flight.remove(&pid_tgid(tgid, tid)) {
+                    // A failed call changed nothing.
+                    if ret >= 0 {
+                        out.extend(op.hints);
+                    }
+                }
+            }
+            Record::IoUring { opcode } => out.push(Hint::Lost {
+                reason: format!("io_uring {}", io_uring_name(opcode)),
+            }),
+        }
+    }
+
+    /// Reports lost hints if a loss counter grew since the last check.
+    fn check_counters(&mut self, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
+        let now = self.counters()?;
+        now.losses_since(&self.last_counters, out);
+        self.last_counters = now;
+        Ok(())
+    }
+
+    /// Forgets in-flight operations whose thread is provably no longer inside the syscall:
+    /// their exit record was then either read already or dropped (and counted).
+    fn forget_finished(&mut self, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
+        let finished: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(key, op)| !thread_in_syscall(**key, op.syscall_nr))
+            .map(|(key, _)| *key)
+            .collect();
+        if finished.is_empty() {
+            return Ok(());
+        }
+        // The exit record, if any, was committed before the thread left the syscall.
+        self.drain(out)?;
+        for key in finished {
+            self.in_flight.remove(&key);
+        }
+        Ok(())
     }
 
     /// Waits until the ring buffer has data or `timeout` passes; `true` if it became readable.
@@ -273,6 +499,315 @@ impl SymlinkWatch {
             }
         }
     }
+
+    fn poll_inner(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
+        let deadline = Instant::now() + timeout;
+        let before = out.len();
+        loop {
+            self.drain(out)?;
+            if out.len() > before {
+                break;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || !self.wait_readable(remaining)? {
+                // One last look: a record may have landed just as the wait ended.
+                self.drain(out)?;
+                break;
+            }
+        }
+        self.check_counters(out)
+    }
+
+    fn fence_inner(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
+        // Every operation that completed before this call has its records in the buffer now:
+        // the exit program runs before the syscall returns.
+        self.drain(out)?;
+        while !self.in_flight.is_empty() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                self.forget_finished(out)?;
+                if !self.in_flight.is_empty() {
+                    out.push(Hint::Lost {
+                        reason: format!(
+                            "eBPF: {} operation(s) still in flight",
+                            self.in_flight.len()
+                        ),
+                    });
+                }
+                break;
+            }
+            if self.wait_readable(remaining.min(FENCE_RECHECK))? {
+                self.drain(out)?;
+            } else {
+                self.forget_finished(out)?;
+            }
+        }
+        self.check_counters(out)
+    }
+}
+
+impl Source for EbpfSource {
+    fn name(&self) -> &'static str {
+        "ebpf"
+    }
+
+    fn set_interest(&mut self, interest: &Interest) -> Result<(), SourceError> {
+        let prefix = store_prefix(&interest.store_dir)?;
+        self.store_prefix
+            .set(0, prefix, 0)
+            .map_err(|e| EbpfError::map(MAP_STORE_PREFIX, e))?;
+        self.set_basenames(&interest.basenames)?;
+        Ok(())
+    }
+
+    fn poll(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), SourceError> {
+        Ok(self.poll_inner(timeout, out)?)
+    }
+
+    fn fence(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), SourceError> {
+        Ok(self.fence_inner(deadline, out)?)
+    }
+
+    fn stats(&self) -> SourceStats {
+        SourceStats {
+            events: self.records_read,
+            dropped: self.last_counters.dropped,
+        }
+    }
+}
+
+fn pid_tgid(tgid: u32, tid: u32) -> u64 {
+    (u64::from(tgid) << 32) | u64::from(tid)
+}
+
+/// Whether the thread `key` (`pid_tgid`) may still be inside syscall `syscall_nr`, from
+/// `/proc/<pid>/task/<tid>/syscall` ("<nr> <args…>", "-1 …" outside a syscall, or "running").
+/// Anything but a definite "elsewhere" or "gone" counts as still inside.
+fn thread_in_syscall(key: u64, syscall_nr: i32) -> bool {
+    let (tgid, tid) = (key >> 32, key & u64::from(u32::MAX));
+    let path = format!("/proc/{tgid}/task/{tid}/syscall");
+    match std::fs::read(&path) {
+        Ok(contents) => {
+            let first = contents
+                .split(|b| b.is_ascii_whitespace())
+                .next()
+                .unwrap_or_default();
+            match std::str::from_utf8(first).ok().map(str::parse::<i64>) {
+                Some(Ok(nr)) => nr == i64::from(syscall_nr),
+                _ => true,
+            }
+        }
+        Err(error) => error.kind() != io::ErrorKind::NotFound,
+    }
+}
+
+/// The hints an operation yields once it succeeded.
+fn hints_for(enter: &Enter) -> Vec<Hint> {
+    match enter.op {
+        op::MOUNT | op::UMOUNT | op::MOVE_MOUNT => return vec![Hint::MountsChanged],
+        _ => {}
+    }
+    let mut hints = Vec::new();
+    if enter.flags & flags::TARGET_UNREADABLE != 0 {
+        hints.push(Hint::Lost {
+            reason: format!("eBPF: {} target unreadable", op_name(enter.op)),
+        });
+    }
+    // A hard link changes only its new name; the old entry stays as it was.
+    let first = if matches!(enter.op, op::LINK | op::LINKAT) {
+        1
+    } else {
+        0
+    };
+    for (index, path) in enter.paths.iter().enumerate().skip(first) {
+        let Some(path) = path else { continue };
+        if enter.flags & flags::path_unreadable(index) != 0 {
+            hints.push(Hint::Lost {
+                reason: format!("eBPF: {} path unreadable", op_name(enter.op)),
+            });
+        } else if enter.flags & flags::path_truncated(index) != 0 {
+            // Only the tail is known; the kernel side checked it holds a whole last component.
+            hints.push(match last_component(&path.bytes) {
+                Some(name) => Hint::Basename(OsString::from_vec(name.to_vec())),
+                None => Hint::Lost {
+                    reason: format!("eBPF: {} path too long to name", op_name(enter.op)),
+                },
+            });
+        } else {
+            hints.push(resolve(enter.tgid, enter.tid, path));
+        }
+    }
+    hints
+}
+
+/// Names a path argument: absolute as is; relative against the caller's directory fd or
+/// working directory, read from `/proc`; or, if that is gone, by its last component.
+fn resolve(tgid: u32, tid: u32, path: &RawPath) -> Hint {
+    let bytes = trim_trailing_slashes(&path.bytes);
+    if bytes.first() == Some(&b'/') {
+        return Hint::Path(PathBuf::from(OsString::from_vec(bytes.to_vec())));
+    }
+    let task = format!("/proc/{tgid}/task/{tid}");
+    let base = if path.dirfd == AT_FDCWD {
+        format!("{task}/cwd")
+    } else {
+        format!("{task}/fd/{}", path.dirfd)
+    };
+    match std::fs::read_link(&base) {
+        // A removed directory reads as "<path> (deleted)", which names nothing reliably.
+        Ok(dir) if dir.is_absolute() && !dir.as_os_str().as_bytes().ends_with(b" (deleted)") => {
+            if bytes.is_empty() {
+                Hint::Path(dir)
+            } else {
+                Hint::Path(dir.join(Path::new(std::ffi::OsStr::from_bytes(bytes))))
+            }
+        }
+        _ => match last_component(bytes) {
+            Some(name) => Hint::Basename(OsString::from_vec(name.to_vec())),
+            None => Hint::Lost {
+                reason: "eBPF: relative path whose directory is gone".to_owned(),
+            },
+        },
+    }
+}
+
+/// `path` without trailing slashes, keeping a lone `/`.
+fn trim_trailing_slashes(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b != b'/') {
+        Some(last) => &path[..=last],
+        None => &path[..path.len().min(1)],
+    }
+}
+
+/// The last component of `path` (trailing slashes ignored); `None` for `/` or an empty path.
+fn last_component(path: &[u8]) -> Option<&[u8]> {
+    let path = trim_trailing_slashes(path);
+    let name = match path.iter().rposition(|&b| b == b'/') {
+        Some(slash) => &path[slash + 1..],
+        None => path,
+    };
+    (!name.is_empty()).then_some(name)
+}
+
+/// Whether `name` can be the name of a directory entry (so worth watching).
+fn is_entry_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= NAME_MAX
+        && name != b"."
+        && name != b".."
+        && !name.contains(&b'/')
+        && !name.contains(&0)
+}
+
+fn op_name(op: u32) -> &'static str {
+    match op {
+        op::SYMLINK => "symlink",
+        op::SYMLINKAT => "symlinkat",
+        op::UNLINK => "unlink",
+        op::UNLINKAT => "unlinkat",
+        op::RMDIR => "rmdir",
+        op::RENAME => "rename",
+        op::RENAMEAT => "renameat",
+        op::RENAMEAT2 => "renameat2",
+        op::LINK => "link",
+        op::LINKAT => "linkat",
+        op::MOUNT => "mount",
+        op::UMOUNT => "umount2",
+        op::MOVE_MOUNT => "move_mount",
+        _ => "unknown operation",
+    }
+}
+
+fn io_uring_name(opcode: u32) -> String {
+    match opcode {
+        io_uring::RENAMEAT => "renameat".to_owned(),
+        io_uring::UNLINKAT => "unlinkat".to_owned(),
+        io_uring::MKDIRAT => "mkdirat".to_owned(),
+        io_uring::SYMLINKAT => "symlinkat".to_owned(),
+        io_uring::LINKAT => "linkat".to_owned(),
+        // The opcode offset was unknown: any submission is reported.
+        0 => "submission (opcode unknown)".to_owned(),
+        other => format!("opcode {other}"),
+    }
+}
+
+/// How many paths an operation's `ENTER` record carries.
+fn path_count(op: u32) -> Option<usize> {
+    match op {
+        op::SYMLINK | op::SYMLINKAT | op::UNLINK | op::UNLINKAT | op::RMDIR => Some(1),
+        op::RENAME | op::RENAMEAT | op::RENAMEAT2 | op::LINK | op::LINKAT => Some(2),
+        op::MOUNT | op::UMOUNT | op::MOVE_MOUNT => Some(0),
+        _ => None,
+    }
+}
+
+/// Decodes one ring-buffer record, checking its size and the lengths inside it.
+fn decode(record: &[u8]) -> Result<Record, EbpfError> {
+    let malformed = |reason| EbpfError::MalformedEvent {
+        len: record.len(),
+        reason,
+    };
+    let header: EventHeader = read_record(record).ok_or_else(|| malformed("no header"))?;
+    match header.kind {
+        kind::ENTER => {
+            let event: PathEvent =
+                read_record(record).ok_or_else(|| malformed("shorter than a PathEvent"))?;
+            let count = path_count(header.op).ok_or_else(|| malformed("unknown operation"))?;
+            let mut paths = [None, None];
+            for (index, slot) in paths.iter_mut().enumerate().take(count) {
+                let len = usize::try_from(event.path_len[index])
+                    .ok()
+                    .filter(|&len| len <= PATH_BYTES)
+                    .ok_or_else(|| malformed("path length exceeds its buffer"))?;
+                *slot = Some(RawPath {
+                    dirfd: event.dirfd[index],
+                    bytes: event.path[index][..len].to_vec(),
+                });
+            }
+            Ok(Record::Enter(Enter {
+                op: header.op,
+                tgid: header.tgid,
+                tid: header.tid,
+                syscall_nr: event.syscall_nr,
+                flags: event.flags,
+                paths,
+            }))
+        }
+        kind::EXIT => {
+            let event: ExitEvent =
+                read_record(record).ok_or_else(|| malformed("shorter than an ExitEvent"))?;
+            Ok(Record::Exit {
+                tgid: header.tgid,
+                tid: header.tid,
+                ret: event.ret,
+            })
+        }
+        kind::IO_URING => Ok(Record::IoUring { opcode: header.op }),
+        _ => Err(malformed("unknown record kind")),
+    }
+}
+
+/// Marker for the record types [`read_record`] may produce.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` and made only of integers and integer arrays, so every bit
+/// pattern is a valid value.
+unsafe trait PlainRecord: Copy {}
+// SAFETY: `#[repr(C)]`, four `u32`s.
+unsafe impl PlainRecord for EventHeader {}
+// SAFETY: `#[repr(C)]`, a header, integers and byte arrays.
+unsafe impl PlainRecord for PathEvent {}
+// SAFETY: `#[repr(C)]`, a header and an `i64`.
+unsafe impl PlainRecord for ExitEvent {}
+
+/// Copies a `T` from the start of `record` if it is long enough.
+fn read_record<T: PlainRecord>(record: &[u8]) -> Option<T> {
+    if record.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: `record` holds at least `size_of::<T>()` bytes (checked above), the read does not
+    // need alignment, and every bit pattern is a valid `T` (`PlainRecord`).
+    Some(unsafe { ptr::read_unaligned(record.as_ptr().cast::<T>()) })
 }
 
 /// `<store_dir>/` as the kernel-side filter wants it.
@@ -294,24 +829,62 @@ fn store_prefix(store_dir: &Path) -> Result<StorePrefix, EbpfError> {
     })
 }
 
+fn page_size() -> u64 {
+    // SAFETY: `sysconf` has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).unwrap_or(4096)
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
     ebpf.take_map(name).ok_or(EbpfError::MissingMap { name })
 }
 
-/// Loads program `name` (named after its tracepoint) and attaches it to `syscalls/<name>`.
+/// Loads program `name` (named after its tracepoint) and attaches it to `<category>/<name>`.
 /// The link stays owned by the program inside `ebpf`, so dropping `ebpf` detaches it.
-fn attach_tracepoint(ebpf: &mut Ebpf, name: &'static str) -> Result<(), EbpfError> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    category: &'static str,
+    name: &'static str,
+) -> Result<(), EbpfError> {
+    let error = |source| EbpfError::Program {
+        name,
+        category,
+        source: Box::new(source),
+    };
     let program = ebpf
         .program_mut(name)
         .ok_or(EbpfError::MissingProgram { name })?;
-    let tracepoint: &mut TracePoint = program
-        .try_into()
-        .map_err(|e| EbpfError::program(name, e))?;
-    tracepoint.load().map_err(|e| EbpfError::program(name, e))?;
-    tracepoint
-        .attach(SYSCALLS, name)
-        .map_err(|e| EbpfError::program(name, e))?;
+    let tracepoint: &mut TracePoint = program.try_into().map_err(error)?;
+    tracepoint.load().map_err(error)?;
+    tracepoint.attach(category, name).map_err(error)?;
     Ok(())
+}
+
+/// The contents of `relative` under whichever tracefs root is visible.
+fn tracefs_file(relative: &str) -> Option<String> {
+    [TRACEFS, TRACEFS_IN_DEBUGFS]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(Path::new(root).join(relative)).ok())
+}
+
+/// The offset of the one-byte `opcode` field of `io_uring_submit_req`, which differs between
+/// kernel versions; `None` if the format file is absent or says something unexpected.
+fn io_uring_opcode_offset() -> Option<u32> {
+    parse_field_offset(&tracefs_file(IO_URING_FORMAT)?, "opcode", 1)
+}
+
+/// Finds `field:<type> <name>;\toffset:N;\tsize:<size>;` in a tracepoint format file.
+fn parse_field_offset(format: &str, name: &str, size: u32) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let declaration = parts.next()?.strip_prefix("field:")?;
+        if declaration.rsplit(' ').next()? != name {
+            return None;
+        }
+        let offset = parts.next()?.strip_prefix("offset:")?.parse().ok()?;
+        let field_size: u32 = parts.next()?.strip_prefix("size:")?.parse().ok()?;
+        (field_size == size).then_some(offset)
+    })
 }
 
 /// aya finds tracepoint ids through tracefs. Where no tracefs is visible (minimal systems and
@@ -367,104 +940,201 @@ fn private_tracefs() -> Result<(), EbpfError> {
     .map_err(tracefs_error)
 }
 
-/// Decodes one ring-buffer record, checking its size and the lengths inside it.
-fn decode(record: &[u8]) -> Result<SymlinkRequest, EbpfError> {
-    let malformed = |reason| EbpfError::MalformedEvent {
-        len: record.len(),
-        reason,
-    };
-    if record.len() < size_of::<SymlinkEvent>() {
-        return Err(malformed("shorter than a SymlinkEvent"));
-    }
-    // SAFETY: `record` holds at least `size_of::<SymlinkEvent>()` bytes (checked above), the
-    // read does not need alignment, and every bit pattern is a valid `SymlinkEvent` (integers
-    // and byte arrays only).
-    let event = unsafe { ptr::read_unaligned(record.as_ptr().cast::<SymlinkEvent>()) };
-
-    let syscall = match event.syscall {
-        syscall::SYMLINK => SymlinkSyscall::Symlink,
-        syscall::SYMLINKAT => SymlinkSyscall::Symlinkat,
-        _ => return Err(malformed("unknown syscall kind")),
-    };
-    let target = bytes_prefix(&event.target, event.target_len)
-        .ok_or_else(|| malformed("target length exceeds its buffer"))?;
-    let link_path = bytes_prefix(&event.link_path, event.link_path_len)
-        .ok_or_else(|| malformed("link path length exceeds its buffer"))?;
-    Ok(SymlinkRequest {
-        pid: event.tgid,
-        tid: event.tid,
-        syscall,
-        dirfd: event.dirfd,
-        target: OsString::from_vec(target.to_vec()),
-        link_path: PathBuf::from(OsString::from_vec(link_path.to_vec())),
-        link_path_unreadable: event.flags & flags::LINK_PATH_UNREADABLE != 0,
-        truncated: event.flags & (flags::TARGET_TRUNCATED | flags::LINK_PATH_TRUNCATED) != 0,
-    })
-}
-
-/// The first `len` bytes of `buffer`, if `len` fits.
-fn bytes_prefix(buffer: &[u8; PATH_BYTES], len: u32) -> Option<&[u8]> {
-    buffer.get(..usize::try_from(len).ok()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event_bytes(event: &SymlinkEvent) -> Vec<u8> {
-        // SAFETY: `SymlinkEvent` is plain old data without padding, and the slice covers exactly
-        // the value `event` borrows for the slice's lifetime.
+    fn as_bytes<T: PlainRecord>(value: &T) -> Vec<u8> {
+        // SAFETY: `T` is plain old data without padding (the layout tests of the eBPF crate),
+        // and the slice covers exactly the value borrowed for the slice's lifetime.
         let bytes = unsafe {
-            std::slice::from_raw_parts(ptr::from_ref(event).cast::<u8>(), size_of::<SymlinkEvent>())
+            std::slice::from_raw_parts(ptr::from_ref(value).cast::<u8>(), size_of::<T>())
         };
         bytes.to_vec()
     }
 
-    fn event(target: &[u8], link: &[u8]) -> SymlinkEvent {
-        let mut event = SymlinkEvent {
-            tgid: 7,
-            tid: 8,
-            syscall: syscall::SYMLINKAT,
-            dirfd: 3,
-            target_len: target.len() as u32,
-            link_path_len: link.len() as u32,
+    fn enter(op: u32, paths: &[(i32, &[u8])]) -> PathEvent {
+        let mut event = PathEvent {
+            header: EventHeader {
+                kind: kind::ENTER,
+                op,
+                tgid: 7,
+                tid: 8,
+            },
+            syscall_nr: 82,
             flags: 0,
-            reserved: 0,
-            target: [0; PATH_BYTES],
-            link_path: [0; PATH_BYTES],
+            dirfd: [AT_FDCWD; 2],
+            path_len: [0; 2],
+            path: [[0; PATH_BYTES]; 2],
         };
-        event.target[..target.len()].copy_from_slice(target);
-        event.link_path[..link.len()].copy_from_slice(link);
+        for (index, (dirfd, path)) in paths.iter().enumerate() {
+            event.dirfd[index] = *dirfd;
+            event.path_len[index] = path.len() as u32;
+            event.path[index][..path.len()].copy_from_slice(path);
+        }
         event
     }
 
     #[test]
-    fn decodes_unaligned_record_with_raw_bytes() {
-        let link = b"dir/li\nnk\xff";
+    fn decodes_unaligned_enter_with_raw_bytes() {
+        let old = b"/a/li\nnk\xff";
         let mut record = vec![0u8; 1];
-        record.extend(event_bytes(&event(b"/nix/store/abc-foo", link)));
-        let request = decode(&record[1..]).unwrap();
-        assert_eq!(request.pid, 7);
-        assert_eq!(request.syscall, SymlinkSyscall::Symlinkat);
-        assert_eq!(request.dirfd, 3);
-        assert_eq!(request.target.as_bytes(), b"/nix/store/abc-foo");
-        assert_eq!(request.link_path.as_os_str().as_bytes(), link);
-        assert!(!request.truncated && !request.link_path_unreadable);
+        record.extend(as_bytes(&enter(
+            op::RENAMEAT2,
+            &[(AT_FDCWD, old), (3, b"new")],
+        )));
+        let Record::Enter(decoded) = decode(&record[1..]).unwrap() else {
+            panic!("not an enter record");
+        };
+        assert_eq!(
+            (decoded.tgid, decoded.tid, decoded.op),
+            (7, 8, op::RENAMEAT2)
+        );
+        assert_eq!(decoded.syscall_nr, 82);
+        let paths: Vec<_> = decoded.paths.iter().flatten().collect();
+        assert_eq!(paths[0].bytes, old);
+        assert_eq!((paths[1].dirfd, &paths[1].bytes[..]), (3, &b"new"[..]));
+    }
+
+    #[test]
+    fn decodes_exit_and_io_uring() {
+        let exit = ExitEvent {
+            header: EventHeader {
+                kind: kind::EXIT,
+                op: op::UNLINK,
+                tgid: 1,
+                tid: 2,
+            },
+            ret: -2,
+        };
+        assert_eq!(
+            decode(&as_bytes(&exit)).unwrap(),
+            Record::Exit {
+                tgid: 1,
+                tid: 2,
+                ret: -2
+            }
+        );
+        let io = EventHeader {
+            kind: kind::IO_URING,
+            op: io_uring::UNLINKAT,
+            tgid: 1,
+            tid: 1,
+        };
+        assert_eq!(
+            decode(&as_bytes(&io)).unwrap(),
+            Record::IoUring {
+                opcode: io_uring::UNLINKAT
+            }
+        );
     }
 
     #[test]
     fn rejects_short_records_and_bad_lengths() {
-        let bytes = event_bytes(&event(b"/s/x", b"l"));
+        let bytes = as_bytes(&enter(op::UNLINK, &[(AT_FDCWD, b"/x")]));
         assert!(matches!(
             decode(&bytes[..bytes.len() - 1]),
             Err(EbpfError::MalformedEvent { .. })
         ));
-        let mut bad = event(b"/s/x", b"l");
-        bad.target_len = PATH_BYTES as u32 + 1;
-        assert!(matches!(
-            decode(&event_bytes(&bad)),
-            Err(EbpfError::MalformedEvent { .. })
+        assert!(decode(&bytes[..3]).is_err());
+        let mut bad = enter(op::UNLINK, &[(AT_FDCWD, b"/x")]);
+        bad.path_len[0] = PATH_BYTES as u32 + 1;
+        assert!(decode(&as_bytes(&bad)).is_err());
+        let mut unknown = enter(op::UNLINK, &[]);
+        unknown.header.kind = 99;
+        assert!(decode(&as_bytes(&unknown)).is_err());
+    }
+
+    #[test]
+    fn hints_are_named_by_path_basename_or_lost() {
+        let decoded = |event: &PathEvent| match decode(&as_bytes(event)).unwrap() {
+            Record::Enter(enter) => enter,
+            other => panic!("{other:?}"),
+        };
+        // Absolute paths are taken as they are; a link reports only its new name.
+        let link = decoded(&enter(
+            op::LINK,
+            &[(AT_FDCWD, b"/old"), (AT_FDCWD, b"/new/")],
         ));
+        assert_eq!(hints_for(&link), vec![Hint::Path("/new".into())]);
+        // A relative path of a process that is gone is named by its basename.
+        let mut gone = decoded(&enter(op::UNLINKAT, &[(5, b"dir/name")]));
+        gone.tgid = u32::MAX;
+        gone.tid = u32::MAX;
+        assert_eq!(hints_for(&gone), vec![Hint::Basename("name".into())]);
+        // A cut path is named by its last component; an unreadable one is lost.
+        let mut long = enter(op::UNLINK, &[(AT_FDCWD, b"ong/component/result")]);
+        long.flags = flags::path_truncated(0);
+        assert_eq!(
+            hints_for(&decoded(&long)),
+            vec![Hint::Basename("result".into())]
+        );
+        let mut unreadable = enter(op::UNLINK, &[]);
+        unreadable.flags = flags::path_unreadable(0);
+        assert!(matches!(
+            hints_for(&decoded(&unreadable))[..],
+            [Hint::Lost { .. }]
+        ));
+        let mount = decoded(&enter(op::UMOUNT, &[]));
+        assert_eq!(hints_for(&mount), vec![Hint::MountsChanged]);
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_our_cwd() {
+        let enter = Enter {
+            op: op::UNLINK,
+            tgid: std::process::id(),
+            tid: std::process::id(),
+            syscall_nr: 0,
+            flags: 0,
+            paths: [
+                Some(RawPath {
+                    dirfd: AT_FDCWD,
+                    bytes: b"sub/na\nme".to_vec(),
+                }),
+                None,
+            ],
+        };
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(hints_for(&enter), vec![Hint::Path(cwd.join("sub/na\nme"))]);
+    }
+
+    #[test]
+    fn names_and_components() {
+        assert_eq!(last_component(b"/a/b//"), Some(&b"b"[..]));
+        assert_eq!(last_component(b"b"), Some(&b"b"[..]));
+        assert_eq!(last_component(b"///"), None);
+        assert_eq!(last_component(b""), None);
+        assert!(is_entry_name(b"result"));
+        assert!(!is_entry_name(b".."));
+        assert!(!is_entry_name(b"a/b"));
+        assert!(!is_entry_name(&[b'a'; NAME_MAX + 1]));
+    }
+
+    #[test]
+    fn io_uring_format_offset() {
+        let format = "name: io_uring_submit_req\nformat:\n\
+            \tfield:unsigned long long user_data;\toffset:24;\tsize:8;\tsigned:0;\n\
+            \tfield:u8 opcode;\toffset:32;\tsize:1;\tsigned:0;\n";
+        assert_eq!(parse_field_offset(format, "opcode", 1), Some(32));
+        assert_eq!(parse_field_offset(format, "opcode", 2), None);
+        assert_eq!(parse_field_offset(format, "missing", 1), None);
+    }
+
+    #[test]
+    fn counter_growth_is_lost() {
+        let before = DeliveryCounters::default();
+        let after = DeliveryCounters {
+            dropped: 3,
+            truncated: 9,
+            ..before
+        };
+        let mut out = Vec::new();
+        after.losses_since(&before, &mut out);
+        assert!(matches!(&out[..], [Hint::Lost { reason }] if reason.contains("dropped")));
+        out.clear();
+        after.losses_since(&after, &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]
