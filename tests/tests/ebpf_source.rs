@@ -1,9 +1,11 @@
-//! The eBPF symlink source against the real kernel: store-target symlinks made with `symlink`
-//! and `symlinkat` arrive with their raw bytes and our pid, other symlinks are filtered in the
-//! kernel, and the per-CPU sent counter moves. Needs root (CI runs as root).
+//! The eBPF source against the real kernel: every path operation on a watched basename yields
+//! its `Hint::Path` by the time a fence returns, unwatched names yield nothing, mounts yield
+//! `MountsChanged`, io_uring and a full ring buffer yield `Hint::Lost`. Needs root (CI runs as
+//! root).
 //!
-//! Every test uses its own temporary store dir, so tests running in parallel (each with its own
-//! attached programs and maps) only ever see their own events.
+//! Every test has its own home and store dir and its own attached programs. The programs see
+//! the whole machine, so tests running in parallel may see each other's mounts and io_uring
+//! submissions; assertions therefore look only at hints naming the test's own home.
 
 #![expect(
     clippy::unwrap_used,
@@ -11,177 +13,458 @@
 )]
 
 use std::{
-    ffi::OsStr,
-    os::unix::{ffi::OsStrExt as _, fs::symlink},
+    collections::BTreeSet,
+    ffi::{CString, OsStr},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::{ffi::OsStrExt as _, fs::symlink},
+    },
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use nix::{
-    fcntl::{OFlag, open},
+    fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, open, renameat, renameat2},
+    mount::{MntFlags, MsFlags, mount, umount2},
     sys::stat::Mode,
-    unistd::symlinkat,
+    unistd::{UnlinkatFlags, linkat, symlinkat, unlinkat},
 };
-use root_tracker::source::ebpf::{SymlinkRequest, SymlinkSyscall, SymlinkWatch};
-use std::os::fd::AsRawFd as _;
+use root_tracker::{
+    hint::Hint,
+    source::{
+        Interest, Source as _,
+        ebpf::{EbpfOptions, EbpfSource, Probe},
+    },
+};
 use tempfile::TempDir;
 
-/// Generous: an event normally arrives within microseconds; this bounds a broken run.
-const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Generous: a fence normally returns within microseconds; this bounds a broken run.
+const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A hermetic store dir with the programs attached to it. Field order is drop order: the
-/// programs are detached before the directories are removed, also when a test panics.
-struct AttachedStore {
-    watch: SymlinkWatch,
+/// A home and a store dir with the programs attached. Field order is drop order: the programs
+/// are detached before the directories are removed, also when a test panics.
+struct Fixture {
+    source: EbpfSource,
+    interest: Interest,
     store: PathBuf,
-    links: PathBuf,
+    home: PathBuf,
     _dir: TempDir,
 }
 
-impl AttachedStore {
-    fn new() -> Self {
+impl Fixture {
+    fn new(watched: &[&[u8]]) -> Self {
+        Self::with_options(watched, &EbpfOptions::default())
+    }
+
+    fn with_options(watched: &[&[u8]], options: &EbpfOptions) -> Self {
         assert!(
             nix::unistd::geteuid().is_root(),
             "the eBPF tests load BPF programs and must run as root (CI does); \
-             run them with `sudo -E cargo test -p tests --test ebpf_symlink`"
+             run them with `sudo -E cargo test -p tests --test ebpf_source`"
         );
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        let links = dir.path().join("links");
+        // Canonical, as the kernel names directories in /proc.
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let store = root.join("store");
+        let home = root.join("home");
         std::fs::create_dir(&store).unwrap();
-        std::fs::create_dir(&links).unwrap();
-        let watch = SymlinkWatch::attach(&store).unwrap();
+        std::fs::create_dir(&home).unwrap();
+        let interest = Interest {
+            store_dir: store.clone(),
+            basenames: watched.iter().map(|name| name.to_vec()).collect(),
+            paths: vec![home.clone()],
+        };
+        let source = EbpfSource::attach_with(&interest, options).unwrap();
         Self {
-            watch,
+            source,
+            interest,
             store,
-            links,
+            home,
             _dir: dir,
         }
     }
 
-    fn next(&mut self) -> SymlinkRequest {
-        self.watch
-            .next_request(EVENT_TIMEOUT)
-            .unwrap()
-            .expect("no symlink event within the timeout")
+    /// Every hint for what happened before this call.
+    fn fence(&mut self) -> Vec<Hint> {
+        let mut hints = Vec::new();
+        self.source
+            .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
+            .unwrap();
+        hints
     }
 
-    /// Asserts nothing is queued. Only meaningful right after a store link was received that was
-    /// created after every link that could have produced an unwanted event (FIFO per thread).
-    fn assert_drained(&mut self) {
-        let extra = self.watch.next_request(Duration::ZERO).unwrap();
-        assert!(extra.is_none(), "unexpected event: {extra:?}");
+    /// The hints of a fence that name an entry under this fixture's home (by path), or any
+    /// basename (a basename does not say where).
+    fn fence_own(&mut self) -> BTreeSet<Hint> {
+        let home = self.home.clone();
+        self.fence()
+            .into_iter()
+            .filter(|hint| match hint {
+                Hint::Path(path) => path.starts_with(&home),
+                Hint::Basename(_) => true,
+                _ => false,
+            })
+            .collect()
+    }
+
+    fn path(&self, name: &[u8]) -> PathBuf {
+        self.home.join(OsStr::from_bytes(name))
+    }
+
+    fn store_path(&self) -> PathBuf {
+        self.store.join("0a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p-foo")
+    }
+
+    fn open_home(&self) -> OwnedFd {
+        open_dir(&self.home)
     }
 }
 
-fn bytes(path: &Path) -> &[u8] {
-    path.as_os_str().as_bytes()
-}
-
-#[test]
-fn symlink_into_store_arrives_and_other_targets_are_filtered() {
-    let mut fixture = AttachedStore::new();
-    let store_bytes = bytes(&fixture.store).to_vec();
-
-    // Targets the kernel must filter out: outside the store, a sibling that shares the store
-    // dir's name as a prefix but not its `/`, the store dir itself, and relative link text
-    // (never in the store, as in Nix).
-    let mut sibling = store_bytes.clone();
-    sibling.extend_from_slice(b"x/abc-foo");
-    let outside = [
-        b"/elsewhere/abc-foo".to_vec(),
-        sibling,
-        store_bytes.clone(),
-        b"../store/abc-foo".to_vec(),
-    ];
-    for (i, target) in outside.iter().enumerate() {
-        symlink(
-            OsStr::from_bytes(target),
-            fixture.links.join(format!("outside-{i}")),
-        )
-        .unwrap();
-    }
-
-    // Created after all of those by the same thread, so it is the first event if they were
-    // filtered.
-    let target = fixture.store.join("0a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p-foo");
-    let link = fixture.links.join("result");
-    symlink(&target, &link).unwrap();
-
-    let request = fixture.next();
-    assert_eq!(request.target.as_bytes(), bytes(&target));
-    assert_eq!(bytes(&request.link_path), bytes(&link));
-    assert_eq!(request.pid, std::process::id());
-    assert_eq!(request.syscall, SymlinkSyscall::Symlink);
-    assert_eq!(request.dirfd, libc::AT_FDCWD);
-    assert!(!request.truncated && !request.link_path_unreadable);
-    fixture.assert_drained();
-
-    let counters = fixture.watch.counters().unwrap();
-    assert_eq!(counters.sent, 1, "{counters:?}");
-    assert!(!counters.lost_hints(), "{counters:?}");
-}
-
-#[test]
-fn symlinkat_keeps_dirfd_and_raw_link_name_bytes() {
-    let mut fixture = AttachedStore::new();
-    let dir = open(
-        &fixture.links,
+fn open_dir(path: &Path) -> OwnedFd {
+    open(
+        path,
         OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .unwrap();
+    .unwrap()
+}
 
-    // A subpath of a store path roots the store path; the link name holds a newline, a tab and
-    // bytes that are not UTF-8.
-    let target = fixture
-        .store
-        .join("0a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p-pkg/bin/tool");
-    let name: &[u8] = b"res\nult\t\xff\xfe";
-    symlinkat(&target, &dir, OsStr::from_bytes(name)).unwrap();
-    assert!(fixture.links.join(OsStr::from_bytes(name)).is_symlink());
+fn paths(hints: &[&Path]) -> BTreeSet<Hint> {
+    hints.iter().map(|p| Hint::Path(p.to_path_buf())).collect()
+}
 
-    let request = fixture.next();
-    assert_eq!(request.syscall, SymlinkSyscall::Symlinkat);
-    assert_eq!(request.dirfd, dir.as_raw_fd());
-    assert_eq!(request.target.as_bytes(), bytes(&target));
-    assert_eq!(bytes(&request.link_path), name);
-    assert_eq!(request.pid, std::process::id());
-
-    // symlinkat with AT_FDCWD and an absolute link path is reported too.
-    let second_target = fixture.store.join("1a1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p-bar");
-    let second_link = fixture.links.join("second");
-    symlinkat(&second_target, nix::fcntl::AT_FDCWD, &second_link).unwrap();
-    let request = fixture.next();
-    assert_eq!(request.dirfd, libc::AT_FDCWD);
-    assert_eq!(request.target.as_bytes(), bytes(&second_target));
-    assert_eq!(bytes(&request.link_path), bytes(&second_link));
-    fixture.assert_drained();
-
-    let counters = fixture.watch.counters().unwrap();
-    assert_eq!(counters.sent, 2, "{counters:?}");
-    assert!(!counters.lost_hints(), "{counters:?}");
+fn os(name: &[u8]) -> &OsStr {
+    OsStr::from_bytes(name)
 }
 
 #[test]
-fn each_watch_sees_only_its_own_store() {
-    let mut first = AttachedStore::new();
-    let mut second = AttachedStore::new();
+fn symlink_and_symlinkat_are_reported_and_filtered() {
+    let odd: &[u8] = b"res\nult\t\xff\xfe";
+    let mut fixture = Fixture::new(&[b"result", odd]);
+    let target = fixture.store_path();
+    let home = fixture.open_home();
 
-    // Into the second store first, then the first: the first watch must see only its own link.
-    symlink(second.store.join("abc-two"), second.links.join("two")).unwrap();
-    symlink(first.store.join("abc-one"), first.links.join("one")).unwrap();
+    // Reported: a watched name to anywhere; any name into the store (with dirfd and raw bytes).
+    symlink("/elsewhere", fixture.path(b"result")).unwrap();
+    symlinkat(&target, &home, os(b"into-store")).unwrap();
+    symlinkat(&target, &home, os(odd)).unwrap();
+    // Not reported: an unwatched name outside the store, or whose relative text is not in it.
+    symlink("/elsewhere", fixture.path(b"other")).unwrap();
+    symlinkat("../store/abc-foo", &home, os(b"relative")).unwrap();
+
+    let hints = fixture.fence_own();
+    let expected = paths(&[
+        &fixture.path(b"result"),
+        &fixture.path(b"into-store"),
+        &fixture.path(odd),
+    ]);
+    assert_eq!(hints, expected);
+}
+
+#[test]
+fn unlink_unlinkat_and_rmdir_are_reported() {
+    let mut fixture = Fixture::new(&[b"result", b"proj", b"gone"]);
+    let home = fixture.open_home();
+    for name in [&b"result"[..], b"other", b"twin"] {
+        symlink("/x", fixture.path(name)).unwrap();
+    }
+    std::fs::create_dir(fixture.path(b"proj")).unwrap();
+    std::fs::create_dir(fixture.path(b"gone")).unwrap();
+    std::fs::create_dir(fixture.path(b"plain")).unwrap();
+    fixture.fence();
+
+    std::fs::remove_file(fixture.path(b"result")).unwrap();
+    unlinkat(&home, "proj", UnlinkatFlags::RemoveDir).unwrap();
+    std::fs::remove_dir(fixture.path(b"gone")).unwrap();
+    // Unwatched: nothing.
+    unlinkat(&home, "other", UnlinkatFlags::NoRemoveDir).unwrap();
+    std::fs::remove_dir(fixture.path(b"plain")).unwrap();
+    // Failed operations change nothing and are not reported.
+    assert!(std::fs::remove_file(fixture.path(b"result")).is_err());
+
+    let expected = paths(&[
+        &fixture.path(b"result"),
+        &fixture.path(b"proj"),
+        &fixture.path(b"gone"),
+    ]);
+    assert_eq!(fixture.fence_own(), expected);
+}
+
+#[test]
+fn rename_renameat_and_renameat2_report_both_names() {
+    let mut fixture = Fixture::new(&[b"result"]);
+    let home = fixture.open_home();
+    for name in [&b"a"[..], b"b", b"c", b"d", b"x"] {
+        symlink("/x", fixture.path(name)).unwrap();
+    }
+    fixture.fence();
+
+    // Into a watched name, and out of it again.
+    std::fs::rename(fixture.path(b"a"), fixture.path(b"result")).unwrap();
+    renameat(&home, "result", &home, "a2").unwrap();
+    assert_eq!(
+        fixture.fence_own(),
+        paths(&[
+            &fixture.path(b"a"),
+            &fixture.path(b"result"),
+            &fixture.path(b"a2"),
+        ])
+    );
+
+    // RENAME_NOREPLACE onto a free watched name, then RENAME_EXCHANGE with it.
+    renameat2(&home, "b", &home, "result", RenameFlags::RENAME_NOREPLACE).unwrap();
+    renameat2(&home, "c", &home, "result", RenameFlags::RENAME_EXCHANGE).unwrap();
+    // Unwatched names on both sides: nothing.
+    renameat2(&home, "d", &home, "x", RenameFlags::RENAME_EXCHANGE).unwrap();
+    assert_eq!(
+        fixture.fence_own(),
+        paths(&[
+            &fixture.path(b"b"),
+            &fixture.path(b"c"),
+            &fixture.path(b"result"),
+        ])
+    );
+}
+
+#[test]
+fn link_and_linkat_of_a_symlink_report_the_new_name() {
+    let mut fixture = Fixture::new(&[b"result", b"copy"]);
+    let home = fixture.open_home();
+    symlink(fixture.store_path(), fixture.path(b"result")).unwrap();
+    symlink("/x", fixture.path(b"plain")).unwrap();
+    fixture.fence();
+
+    std::fs::hard_link(fixture.path(b"result"), fixture.path(b"backup")).unwrap();
+    linkat(&home, "plain", &home, "copy", AtFlags::empty()).unwrap();
+    // Unwatched on both sides: nothing.
+    linkat(&home, "plain", &home, "plain2", AtFlags::empty()).unwrap();
+    assert!(fixture.path(b"copy").is_symlink());
 
     assert_eq!(
-        first.next().target.as_bytes(),
-        bytes(&first.store.join("abc-one"))
+        fixture.fence_own(),
+        paths(&[&fixture.path(b"backup"), &fixture.path(b"copy")])
     );
-    first.assert_drained();
+}
+
+/// A relative path is resolved against the caller's working directory (here a thread's own,
+/// after `unshare(CLONE_FS)`) or its dirfd, read from /proc while the caller is alive.
+#[test]
+fn relative_paths_resolve_against_cwd_and_dirfd() {
+    let mut fixture = Fixture::new(&[b"result"]);
+    let sub = fixture.path(b"proj");
+    std::fs::create_dir(&sub).unwrap();
+    symlink("/x", sub.join("a")).unwrap();
+    symlink("/x", sub.join("b")).unwrap();
+    fixture.fence();
+
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let worker_dir = sub.clone();
+    let worker = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).unwrap();
+        std::env::set_current_dir(&worker_dir).unwrap();
+        std::fs::rename("a", "result").unwrap();
+        done_tx.send(()).unwrap();
+        // Stay alive (with this cwd) until the fence has read our /proc entries.
+        let _ = release_rx.recv();
+    });
+    done_rx.recv().unwrap();
+    let from_cwd = fixture.fence_own();
+    drop(release_tx);
+    worker.join().unwrap();
+    assert_eq!(from_cwd, paths(&[&sub.join("a"), &sub.join("result")]));
+
+    // Relative to a dirfd, with a subdirectory in the relative part.
+    let home = fixture.open_home();
+    std::fs::remove_file(sub.join("result")).unwrap();
+    fixture.fence();
+    renameat(&home, "proj/b", &home, "proj/result").unwrap();
     assert_eq!(
-        second.next().target.as_bytes(),
-        bytes(&second.store.join("abc-two"))
+        fixture.fence_own(),
+        paths(&[&sub.join("b"), &sub.join("result")])
     );
-    second.assert_drained();
+}
+
+/// A caller that is gone when its event is read cannot have its relative path resolved: the
+/// hint names the basename.
+#[test]
+fn relative_path_of_an_exited_process_is_named_by_basename() {
+    let mut fixture = Fixture::new(&[b"result"]);
+    symlink("/x", fixture.path(b"result")).unwrap();
+    fixture.fence();
+    let status = std::process::Command::new("rm")
+        .arg("result")
+        .current_dir(&fixture.home)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let hints = fixture.fence_own();
+    assert!(
+        hints.contains(&Hint::Basename("result".into()))
+            || hints.contains(&Hint::Path(fixture.path(b"result"))),
+        "{hints:?}"
+    );
+}
+
+#[test]
+fn set_interest_adds_and_removes_basenames() {
+    let mut fixture = Fixture::new(&[b"first"]);
+    for name in [&b"first"[..], b"second"] {
+        symlink("/x", fixture.path(name)).unwrap();
+    }
+    fixture.fence();
+    let mut interest = fixture.interest.clone();
+    interest.basenames = [b"second".to_vec()].into_iter().collect();
+    fixture.source.set_interest(&interest).unwrap();
+
+    std::fs::remove_file(fixture.path(b"first")).unwrap();
+    std::fs::remove_file(fixture.path(b"second")).unwrap();
+    assert_eq!(fixture.fence_own(), paths(&[&fixture.path(b"second")]));
+}
+
+/// A long path is sent as its tail; the hint then names its basename.
+#[test]
+fn long_path_is_named_by_basename() {
+    let mut fixture = Fixture::new(&[b"result"]);
+    let mut deep = fixture.home.clone();
+    for _ in 0..6 {
+        deep.push("d".repeat(100));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    symlink("/x", deep.join("result")).unwrap();
+    assert!(
+        fixture
+            .fence_own()
+            .contains(&Hint::Basename("result".into()))
+    );
+    std::fs::remove_file(deep.join("result")).unwrap();
+    assert!(
+        fixture
+            .fence_own()
+            .contains(&Hint::Basename("result".into()))
+    );
+}
+
+/// Unmounts in `Drop`, so a failing test leaves no mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn mount_and_umount_report_mounts_changed() {
+    let mut fixture = Fixture::new(&[]);
+    let point = fixture.path(b"mnt");
+    std::fs::create_dir(&point).unwrap();
+    fixture.fence();
+
+    mount(
+        Some("tmpfs"),
+        &point,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let mounted = Mounted(point.clone());
+    assert!(fixture.fence().contains(&Hint::MountsChanged));
+
+    drop(mounted);
+    assert!(fixture.fence().contains(&Hint::MountsChanged));
+}
+
+#[test]
+fn io_uring_unlinkat_is_lost() {
+    let mut fixture = Fixture::new(&[b"result"]);
+    assert_eq!(
+        fixture.source.checks().io_uring_submit,
+        Probe::Attached,
+        "this kernel has io_uring; its tracepoint must be attached"
+    );
+    symlink("/x", fixture.path(b"result")).unwrap();
+    fixture.fence();
+
+    let path = CString::new(fixture.path(b"result").as_os_str().as_bytes()).unwrap();
+    let mut ring = io_uring::IoUring::new(4).unwrap();
+    let unlink =
+        io_uring::opcode::UnlinkAt::new(io_uring::types::Fd(AT_FDCWD.as_raw_fd()), path.as_ptr())
+            .build()
+            .user_data(1);
+    // SAFETY: `path` outlives the submission: we wait for its completion below.
+    unsafe { ring.submission().push(&unlink).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let completion = ring.completion().next().unwrap();
+    assert_eq!(completion.result(), 0, "io_uring unlinkat failed");
+    assert!(!fixture.path(b"result").exists());
+
+    let hints = fixture.fence();
+    assert!(
+        hints.iter().any(
+            |hint| matches!(hint, Hint::Lost { reason } if reason.contains("io_uring unlinkat"))
+        ),
+        "{hints:?}"
+    );
+}
+
+#[test]
+fn full_ring_buffer_is_reported_as_lost() {
+    let page = u32::try_from(
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    // One page holds three path events: a burst of relevant operations must overflow it.
+    let mut fixture = Fixture::with_options(
+        &[],
+        &EbpfOptions {
+            ring_buf_bytes: page,
+        },
+    );
+    let target = fixture.store_path();
+    for i in 0..64 {
+        let link = fixture.path(format!("link-{i}").as_bytes());
+        symlink(&target, &link).unwrap();
+    }
+    let hints = fixture.fence();
+    assert!(
+        hints
+            .iter()
+            .any(|hint| matches!(hint, Hint::Lost { reason } if reason.contains("dropped"))),
+        "{hints:?}"
+    );
+    let counters = fixture.source.counters().unwrap();
+    assert!(
+        counters.dropped > 0 && counters.lost_hints(),
+        "{counters:?}"
+    );
+    // Reported once: the next fence has nothing new to say about drops.
+    let again = fixture.fence();
+    assert!(
+        !again
+            .iter()
+            .any(|hint| matches!(hint, Hint::Lost { reason } if reason.contains("dropped"))),
+        "{again:?}"
+    );
+}
+
+#[test]
+fn ring_buffer_size_must_be_a_power_of_two_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let interest = Interest {
+        store_dir: dir.path().to_owned(),
+        ..Interest::default()
+    };
+    let result = EbpfSource::attach_with(
+        &interest,
+        &EbpfOptions {
+            ring_buf_bytes: 3 * 4096,
+        },
+    );
+    assert!(result.is_err());
 }
 
 /// Attaching must leave the host's mounts as they were: where tracefs is missing, it is
@@ -196,7 +479,7 @@ fn attach_leaves_no_mount_behind() {
             .count()
     };
     let before = tracefs_mounts();
-    let attached = AttachedStore::new();
+    let attached = Fixture::new(&[]);
     assert_eq!(tracefs_mounts(), before, "attach changed the host's mounts");
     drop(attached);
     assert_eq!(tracefs_mounts(), before);
