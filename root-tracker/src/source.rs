@@ -5,6 +5,7 @@
 //! cover the rest of the filesystem, where user links (indirect-root targets) live.
 
 pub mod ebpf;
+pub mod replay;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
