@@ -80,9 +80,11 @@ impl Index {
         )
         .map_err(open_error)?;
         let generation = db
-            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'generation'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
             .map_or(0, |value| u64::try_from(value).unwrap_or(0));
         Ok(Self {
             entries: BTreeMap::new(),
@@ -110,7 +112,11 @@ impl Index {
 
     /// Replaces everything known at or below `subtree` (a state-tree path) with `findings`,
     /// which must come from examining exactly that subtree. One generation, one transaction.
-    pub(crate) fn replace_subtree(&mut self, subtree: &[u8], findings: Findings<'_>) -> Result<(), IndexError> {
+    pub(crate) fn replace_subtree(
+        &mut self,
+        subtree: &[u8],
+        findings: Findings<'_>,
+    ) -> Result<(), IndexError> {
         self.generation += 1;
         let removed: Vec<Vec<u8>> = self.keys_at_or_below(subtree);
         for key in &removed {
@@ -118,13 +124,24 @@ impl Index {
         }
         let mut grouped: BTreeMap<Vec<u8>, EntryFindings> = BTreeMap::new();
         for Candidate { root, .. } in findings.candidates {
-            grouped.entry(root.link.clone()).or_default().roots.push(root);
+            grouped
+                .entry(root.link.clone())
+                .or_default()
+                .roots
+                .push(root);
         }
         for stale in findings.stale_links {
-            grouped.entry(stale.link.clone()).or_default().stale.push(stale);
+            grouped
+                .entry(stale.link.clone())
+                .or_default()
+                .stale
+                .push(stale);
         }
         for unreadable in findings.unreadable {
-            let key = unreadable.via.clone().unwrap_or_else(|| unreadable.path.clone());
+            let key = unreadable
+                .via
+                .clone()
+                .unwrap_or_else(|| unreadable.path.clone());
             grouped.entry(key).or_default().unreadable.push(unreadable);
         }
         let mut canonical_dirs = HashMap::new();
@@ -223,7 +240,11 @@ impl Index {
             return;
         };
         for watched in &entry.watched {
-            if self.by_watched.get(watched).is_some_and(|set| set.len() == 1) {
+            if self
+                .by_watched
+                .get(watched)
+                .is_some_and(|set| set.len() == 1)
+            {
                 self.watched_changed = true;
             }
             remove_from(&mut self.by_watched, watched, key);
@@ -264,7 +285,6 @@ fn remove_from(map: &mut BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>, watched: &[u8], k
         }
     }
 }
-
 
 /// The names along a path: `/home/alice/result` → `home`, `alice`, `result`.
 fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {

@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod reconcile;
 pub mod report;
 pub mod scan;
+pub mod server;
 pub mod source;
 pub mod state_watch;
 pub mod store_path;

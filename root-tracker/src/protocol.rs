@@ -73,12 +73,24 @@ mod tests {
 
     #[test]
     fn requests_round_trip_and_reject_garbage() {
-        for request in [Request::Query { wait_ms: Some(0) }, Request::Query { wait_ms: None }, Request::Status] {
+        for request in [
+            Request::Query { wait_ms: Some(0) },
+            Request::Query { wait_ms: None },
+            Request::Status,
+        ] {
             let line = serde_json::to_vec(&request).unwrap();
             assert_eq!(parse_request(&line).unwrap(), request);
         }
-        assert_eq!(parse_request(br#"{"request":"query"}"#).unwrap(), Request::Query { wait_ms: None });
-        for bad in [&b"{"[..], b"{\"request\":\"delete\"}", b"\xff", b"{\"request\":\"status\",\"x\":1}"] {
+        assert_eq!(
+            parse_request(br#"{"request":"query"}"#).unwrap(),
+            Request::Query { wait_ms: None }
+        );
+        for bad in [
+            &b"{"[..],
+            b"{\"request\":\"delete\"}",
+            b"\xff",
+            b"{\"request\":\"status\",\"x\":1}",
+        ] {
             assert!(parse_request(bad).is_err(), "{bad:?}");
         }
     }

@@ -72,7 +72,9 @@ impl Tracker {
         jobs: Receiver<Job>,
         options: TrackerOptions,
     ) -> Self {
-        let next_verify = options.verify_interval.map(|interval| Instant::now() + interval);
+        let next_verify = options
+            .verify_interval
+            .map(|interval| Instant::now() + interval);
         Self {
             reconciler,
             source,
@@ -91,7 +93,10 @@ impl Tracker {
         while !shutdown.load(Ordering::Relaxed) {
             let mut hints = Vec::new();
             if let Err(error) = self.source.poll(self.options.poll_interval, &mut hints) {
-                hints.push(lost(format!("{} source failed: {error}", self.source.name())));
+                hints.push(lost(format!(
+                    "{} source failed: {error}",
+                    self.source.name()
+                )));
             }
             self.drain_state_watch(&mut hints);
             self.apply(&hints)?;
@@ -110,7 +115,10 @@ impl Tracker {
             }
             if self.next_verify.is_some_and(|due| Instant::now() >= due) {
                 self.reconciler.verify()?;
-                self.next_verify = self.options.verify_interval.map(|interval| Instant::now() + interval);
+                self.next_verify = self
+                    .options
+                    .verify_interval
+                    .map(|interval| Instant::now() + interval);
             }
         }
         Ok(())
@@ -135,8 +143,10 @@ impl Tracker {
         if self.reconciler.take_interest_changed() {
             let interest = self.reconciler.index().interest(self.reconciler.layout());
             if let Err(error) = self.source.set_interest(&interest) {
-                self.reconciler
-                    .unsettle(format!("cannot update the {} source's filter: {error}", self.source.name()));
+                self.reconciler.unsettle(format!(
+                    "cannot update the {} source's filter: {error}",
+                    self.source.name()
+                ));
             }
         }
     }
@@ -170,7 +180,10 @@ impl Tracker {
             let mut hints = Vec::new();
             let fence_deadline = deadline.max(Instant::now() + Duration::from_millis(100));
             if let Err(error) = self.source.fence(fence_deadline, &mut hints) {
-                hints.push(lost(format!("{} source failed: {error}", self.source.name())));
+                hints.push(lost(format!(
+                    "{} source failed: {error}",
+                    self.source.name()
+                )));
             }
             self.drain_state_watch(&mut hints);
             self.apply(&hints)?;
@@ -179,7 +192,9 @@ impl Tracker {
                 Settled::Unsettled { reason } if Instant::now() >= deadline => {
                     return Ok(Response::error(
                         ErrorKind::Unsettled,
-                        format!("the root index is unsettled ({reason}); not answering rather than guessing"),
+                        format!(
+                            "the root index is unsettled ({reason}); not answering rather than guessing"
+                        ),
                     ));
                 }
                 Settled::Unsettled { .. } => self.settle()?,
