@@ -89,6 +89,10 @@ struct RunArgs {
     /// How often the index is compared with a fresh scan (0: never).
     #[arg(long, default_value_t = 3600)]
     verify_interval_secs: u64,
+    /// Wait this long after hints were lost before rescanning unprompted (a query rescans at
+    /// once). Debounces event storms.
+    #[arg(long, default_value_t = 0)]
+    rescan_delay_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -292,6 +296,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         verify_interval: (args.verify_interval_secs > 0)
             .then(|| std::time::Duration::from_secs(args.verify_interval_secs)),
         backend_reason,
+        rescan_delay: std::time::Duration::from_millis(args.rescan_delay_ms),
         ..crate::tracker::TrackerOptions::default()
     };
     let tracker =

@@ -154,7 +154,7 @@ impl Index {
         }
         let generation = self.generation;
         let transaction = self.db.transaction().map_err(IndexError::Write)?;
-        persist_removal(&transaction, &removed)?;
+        persist_removal(&transaction, subtree)?;
         for (key, entry) in &grouped {
             persist_entry(&transaction, key, entry, generation)?;
         }
@@ -307,19 +307,22 @@ fn canonical_path(path: &[u8], cache: &mut HashMap<Vec<u8>, Option<Vec<u8>>>) ->
     (canonical != path).then_some(canonical)
 }
 
+/// Deletes every row at or below `subtree`, including rows a previous run left behind.
 fn persist_removal(
     transaction: &rusqlite::Transaction<'_>,
-    removed: &[Vec<u8>],
+    subtree: &[u8],
 ) -> Result<(), IndexError> {
-    let mut delete_roots = transaction
-        .prepare_cached("DELETE FROM roots WHERE link = ?1")
-        .map_err(IndexError::Write)?;
-    let mut delete_watched = transaction
-        .prepare_cached("DELETE FROM watched WHERE link = ?1")
-        .map_err(IndexError::Write)?;
-    for key in removed {
-        delete_roots.execute([key]).map_err(IndexError::Write)?;
-        delete_watched.execute([key]).map_err(IndexError::Write)?;
+    // Below `subtree` means starting with `subtree/`: the byte range [subtree/, subtree0),
+    // since '0' follows '/' in byte order.
+    let below_start = [subtree, b"/"].concat();
+    let below_end = [subtree, b"0"].concat();
+    for table in ["roots", "watched"] {
+        transaction
+            .execute(
+                &format!("DELETE FROM {table} WHERE link = ?1 OR (link >= ?2 AND link < ?3)"),
+                params![subtree, below_start, below_end],
+            )
+            .map_err(IndexError::Write)?;
     }
     Ok(())
 }
@@ -360,4 +363,50 @@ fn persist_entry(
             .map_err(IndexError::Write)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(db: &Path) -> i64 {
+        Connection::open(db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM roots", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_restart_replaces_rows_instead_of_adding_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout =
+            StoreLayout::new(&dir.path().join("store"), &dir.path().join("state")).unwrap();
+        let gcroots = layout.gcroots_dir();
+        std::fs::create_dir_all(gcroots.join("sub")).unwrap();
+        let target = layout
+            .store_dir()
+            .join("0123456789abcdfghijklmnpqrsvwxyz-x");
+        std::os::unix::fs::symlink(&target, gcroots.join("a")).unwrap();
+        std::os::unix::fs::symlink(&target, gcroots.join("sub/b")).unwrap();
+        let db = dir.path().join("index.sqlite");
+        let tree = gcroots.as_os_str().as_bytes().to_vec();
+        for _ in 0..2 {
+            let mut index = Index::open(&db).unwrap();
+            let mut findings = Findings::new(&layout);
+            findings.find_roots(&gcroots);
+            index.replace_subtree(&tree, findings).unwrap();
+            assert_eq!(index.count(RootKind::Static), 2);
+            assert_eq!(rows(&db), 2);
+        }
+        // Re-examining one entry replaces only its rows.
+        let mut index = Index::open(&db).unwrap();
+        let sub = gcroots.join("sub");
+        std::fs::remove_file(sub.join("b")).unwrap();
+        let mut findings = Findings::new(&layout);
+        findings.find_roots(&sub);
+        index
+            .replace_subtree(sub.as_os_str().as_bytes(), findings)
+            .unwrap();
+        assert_eq!(rows(&db), 1);
+    }
 }

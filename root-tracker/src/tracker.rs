@@ -38,6 +38,10 @@ pub struct TrackerOptions {
     pub poll_interval: Duration,
     /// Why this backend was chosen (shown by `status`).
     pub backend_reason: String,
+    /// How long to wait after the index becomes unsettled before rescanning on our own (a
+    /// query rescans at once). Debounces storms of lost hints; tests use it to observe the
+    /// unsettled state.
+    pub rescan_delay: Duration,
 }
 
 impl Default for TrackerOptions {
@@ -48,6 +52,7 @@ impl Default for TrackerOptions {
             verify_interval: Some(Duration::from_secs(3600)),
             poll_interval: Duration::from_millis(20),
             backend_reason: String::new(),
+            rescan_delay: Duration::ZERO,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct Tracker {
     started: SystemTime,
     last_fence: Option<Duration>,
     next_verify: Option<Instant>,
+    /// When the index was first seen unsettled since the last rescan.
+    unsettled_since: Option<Instant>,
 }
 
 impl Tracker {
@@ -84,6 +91,7 @@ impl Tracker {
             started: SystemTime::now(),
             last_fence: None,
             next_verify,
+            unsettled_since: None,
         }
     }
 
@@ -100,8 +108,13 @@ impl Tracker {
             }
             self.drain_state_watch(&mut hints);
             self.apply(&hints)?;
-            if *self.reconciler.settled() != Settled::Settled {
-                self.settle()?;
+            if *self.reconciler.settled() == Settled::Settled {
+                self.unsettled_since = None;
+            } else {
+                let since = *self.unsettled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.options.rescan_delay {
+                    self.settle()?;
+                }
             }
             loop {
                 match self.jobs.try_recv() {
@@ -153,6 +166,7 @@ impl Tracker {
 
     /// Rescans, then fences again: hints lost during the rescan unsettle it anew.
     fn settle(&mut self) -> Result<(), ReconcileError> {
+        self.unsettled_since = None;
         self.reconciler.rescan()?;
         self.push_interest();
         Ok(())
