@@ -380,7 +380,7 @@ fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
     use crate::protocol::{Request, Response};
     match ask(
         &args.socket.socket,
-        &Request::Status,
+        &Request::Status {},
         std::time::Duration::from_secs(60),
     )? {
         Response::Status { status } => {

@@ -32,7 +32,7 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         wait_ms: Option<u64>,
     },
-    Status,
+    Status {},
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,7 +76,7 @@ mod tests {
         for request in [
             Request::Query { wait_ms: Some(0) },
             Request::Query { wait_ms: None },
-            Request::Status,
+            Request::Status {},
         ] {
             let line = serde_json::to_vec(&request).unwrap();
             assert_eq!(parse_request(&line).unwrap(), request);

@@ -174,7 +174,7 @@ impl Tracker {
 
     fn handle(&mut self, request: Request) -> Result<Response, ReconcileError> {
         Ok(match request {
-            Request::Status => Response::Status {
+            Request::Status {} => Response::Status {
                 status: self.status(),
             },
             Request::Query { wait_ms } => {

@@ -203,7 +203,7 @@ fn lost_hints_are_settled_by_a_rescan_before_answering() {
         })
         .unwrap();
     assert!(roots(&running).is_empty());
-    match ask(&running.socket, &Request::Status) {
+    match ask(&running.socket, &Request::Status {}) {
         Response::Status { status } => {
             assert_eq!(status["settled"]["state"], "settled");
             assert!(
@@ -247,7 +247,7 @@ fn bad_requests_cost_only_their_connection() {
     ));
     // Still serving.
     assert!(matches!(
-        ask(&running.socket, &Request::Status),
+        ask(&running.socket, &Request::Status {}),
         Response::Status { .. }
     ));
 }
