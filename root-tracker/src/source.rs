@@ -5,6 +5,7 @@
 //! cover the rest of the filesystem, where user links (indirect-root targets) live.
 
 pub mod ebpf;
+pub mod fanotify;
 pub mod replay;
 
 use std::collections::BTreeSet;
@@ -40,6 +41,8 @@ pub struct SourceStats {
 pub enum SourceError {
     #[error(transparent)]
     Ebpf(#[from] ebpf::EbpfError),
+    #[error(transparent)]
+    Fanotify(#[from] fanotify::FanotifyError),
     #[error("{operation} failed")]
     Io {
         operation: &'static str,
