@@ -189,6 +189,15 @@ impl Reconciler {
         Ok(())
     }
 
+    /// Re-examines the given state-tree entries.
+    pub fn recheck(&mut self, entries: &BTreeSet<Vec<u8>>) -> Result<(), ReconcileError> {
+        self.stats.rechecks += entries.len() as u64;
+        for entry in entries {
+            self.reexamine(entry)?;
+        }
+        Ok(())
+    }
+
     /// Re-reads `path` (a state-tree entry or subtree) and replaces what the index knows of it.
     fn reexamine(&mut self, path: &[u8]) -> Result<(), ReconcileError> {
         let mut findings = Findings::new(&self.layout);

@@ -4,6 +4,9 @@
 //! Invariants: the source and the state watch are attached before the bootstrap scan
 //! (DESIGN.md 4); every answer is fenced (5) and never given while the index is unsettled.
 
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -68,6 +71,8 @@ pub struct Tracker {
     next_verify: Option<Instant>,
     /// When the index was first seen unsettled since the last rescan.
     unsettled_since: Option<Instant>,
+    /// The paths the source was last told to watch.
+    covered: BTreeSet<PathBuf>,
 }
 
 impl Tracker {
@@ -92,6 +97,7 @@ impl Tracker {
             last_fence: None,
             next_verify,
             unsettled_since: None,
+            covered: BTreeSet::new(),
         }
     }
 
@@ -148,28 +154,53 @@ impl Tracker {
             return Ok(());
         }
         self.reconciler.apply(hints)?;
-        self.push_interest();
-        Ok(())
+        self.push_interest()
     }
 
-    fn push_interest(&mut self) {
-        if self.reconciler.take_interest_changed() {
+    /// Gives the source the index's current interest, then re-examines every entry that
+    /// depends on a path the source did not cover before: "attach first, then scan" (DESIGN.md
+    /// invariant 4) for paths that became interesting after the bootstrap. A change made
+    /// between our read of such a path and the source starting to watch it is caught by this
+    /// second read. Repeats while re-examining finds new paths, a few rounds at most.
+    fn push_interest(&mut self) -> Result<(), ReconcileError> {
+        for _ in 0..8 {
+            if !self.reconciler.take_interest_changed() {
+                return Ok(());
+            }
             let interest = self.reconciler.index().interest(self.reconciler.layout());
             if let Err(error) = self.source.set_interest(&interest) {
                 self.reconciler.unsettle(format!(
                     "cannot update the {} source's filter: {error}",
                     self.source.name()
                 ));
+                return Ok(());
             }
+            let mut entries = BTreeSet::new();
+            for path in &interest.paths {
+                if !self.covered.contains(path) {
+                    entries.extend(
+                        self.reconciler
+                            .index()
+                            .entries_watching(path.as_os_str().as_bytes()),
+                    );
+                }
+            }
+            self.covered = interest.paths.into_iter().collect();
+            if entries.is_empty() {
+                return Ok(());
+            }
+            self.reconciler.recheck(&entries)?;
         }
+        self.reconciler
+            .unsettle("the set of watched paths kept changing while it was being watched");
+        Ok(())
     }
 
     /// Rescans, then fences again: hints lost during the rescan unsettle it anew.
     fn settle(&mut self) -> Result<(), ReconcileError> {
         self.unsettled_since = None;
         self.reconciler.rescan()?;
-        self.push_interest();
-        Ok(())
+        self.push_interest()
     }
 
     fn handle(&mut self, request: Request) -> Result<Response, ReconcileError> {

@@ -30,16 +30,17 @@ impl Rng {
     }
 }
 
+/// Fields drop in order: the overlay, then the second filesystem, then the store's temp dir.
 struct Workload {
+    /// A tmpfs mounted over one of the user directories, if any.
+    overlay: Option<TmpfsMount>,
+    _second_fs: TmpfsMount,
     store: HermeticStore,
     layout: StoreLayout,
     /// Registered store paths, and one that is not.
     targets: Vec<PathBuf>,
     /// Two filesystems for user links: the store's own, and a tmpfs.
     homes: [PathBuf; 2],
-    _second_fs: TmpfsMount,
-    /// A tmpfs mounted over one of the user directories, if any.
-    overlay: Option<TmpfsMount>,
     serial: u64,
 }
 
