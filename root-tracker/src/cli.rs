@@ -34,6 +34,89 @@ enum Command {
     /// does), the temp roots of live clients and the runtime roots in /proc. Nothing is
     /// changed: stale `gcroots/auto` links and dead temp-root files are reported, not deleted.
     Scan(ScanArgs),
+    /// Run the tracker: attach a kernel source, bootstrap the index with a scan, keep it live,
+    /// and answer `query` and `status` on a Unix socket.
+    ///
+    /// Needs root (or CAP_BPF/CAP_PERFMON for eBPF, CAP_SYS_ADMIN for fanotify, and
+    /// CAP_DAC_READ_SEARCH to read every user's links). Stops on SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Ask a running tracker for the roots, as of now (same output as `scan`).
+    ///
+    /// The answer is fenced: it reflects every filesystem change that completed before the
+    /// tracker received the request. If the tracker is unsettled (it lost events, or mounts
+    /// changed) it waits for its rescan, up to --wait-secs, and otherwise fails with exit 4.
+    Query(QueryArgs),
+    /// Show a running tracker's backend, settledness, counts and counters.
+    Status(StatusArgs),
+}
+
+/// Exit status of a query the tracker refused to answer because its index is unsettled.
+pub const EXIT_UNSETTLED: u8 = 4;
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Backend {
+    /// eBPF when it loads, else fanotify; `status` says which and why.
+    Auto,
+    Ebpf,
+    Fanotify,
+}
+
+#[derive(Args, Debug)]
+struct SocketArg {
+    /// The tracker's socket.
+    #[arg(long, default_value = "/run/root-tracker/socket")]
+    socket: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Which kernel source watches user links.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: Backend,
+    /// The index database (SQLite, WAL).
+    #[arg(long, default_value = "/var/lib/root-tracker/index.sqlite")]
+    db: PathBuf,
+    /// A uid (besides root) allowed to query; repeatable.
+    #[arg(long = "allow-uid")]
+    allow_uids: Vec<u32>,
+    /// How long a query waits for an unsettled index when the client does not say.
+    #[arg(long, default_value_t = 30)]
+    query_wait_secs: u64,
+    /// How often the index is compared with a fresh scan (0: never).
+    #[arg(long, default_value_t = 3600)]
+    verify_interval_secs: u64,
+    /// Wait this long after hints were lost before rescanning unprompted (a query rescans at
+    /// once). Debounces event storms.
+    #[arg(long, default_value_t = 0)]
+    rescan_delay_ms: u64,
+}
+
+#[derive(Args, Debug)]
+struct QueryArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Print JSON (the same object as `scan --json`).
+    #[arg(long)]
+    json: bool,
+    /// Fail at once if the index is unsettled instead of waiting for the rescan.
+    #[arg(long, conflicts_with = "wait_secs")]
+    no_wait: bool,
+    /// Wait at most this long for an unsettled index (default: the tracker's --query-wait-secs).
+    #[arg(long)]
+    wait_secs: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +173,9 @@ fn init_logging() {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Scan(args) => scan_command(args),
+        Command::Run(args) => run_command(args),
+        Command::Query(args) => query_command(args),
+        Command::Status(args) => status_command(args),
     }
 }
 
@@ -172,4 +258,177 @@ fn write_summary(
         }
     )?;
     writeln!(out, "time: {} ms", elapsed.as_millis())
+}
+
+fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    let layout = StoreLayout::new(&args.store.store_dir, &args.store.state_dir)?;
+    let index = crate::index::Index::open(&args.db)?;
+    let reconciler = crate::reconcile::Reconciler::new(layout.clone(), index);
+    // Attach first, then scan (invariant 4): the source with the interest the last index
+    // had is replaced by the bootstrap scan's interest right after the scan.
+    let interest = reconciler.index().interest(&layout);
+    let (source, backend_reason) = crate::source::open(
+        match args.backend {
+            Backend::Auto => crate::source::BackendChoice::Auto,
+            Backend::Ebpf => crate::source::BackendChoice::Ebpf,
+            Backend::Fanotify => crate::source::BackendChoice::Fanotify,
+        },
+        &interest,
+    )
+    .context("cannot attach a kernel source")?;
+    tracing::info!(backend = source.name(), reason = %backend_reason, "source attached");
+    let state_watch = crate::state_watch::StateWatch::new(&layout)?;
+    let (jobs, job_receiver) = std::sync::mpsc::channel();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let server = crate::server::serve(
+        &args.socket.socket,
+        crate::server::Access {
+            uids: args.allow_uids.into_iter().collect(),
+        },
+        jobs,
+        shutdown.clone(),
+    )?;
+    let options = crate::tracker::TrackerOptions {
+        default_query_wait: std::time::Duration::from_secs(args.query_wait_secs),
+        verify_interval: (args.verify_interval_secs > 0)
+            .then(|| std::time::Duration::from_secs(args.verify_interval_secs)),
+        backend_reason,
+        rescan_delay: std::time::Duration::from_millis(args.rescan_delay_ms),
+        ..crate::tracker::TrackerOptions::default()
+    };
+    let tracker =
+        crate::tracker::Tracker::new(reconciler, source, state_watch, job_receiver, options);
+    let result = tracker.run(&shutdown);
+    shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = server.join();
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends one request and reads one response line.
+fn ask(
+    socket: &std::path::Path,
+    request: &crate::protocol::Request,
+    timeout: std::time::Duration,
+) -> anyhow::Result<crate::protocol::Response> {
+    use std::io::{BufRead as _, BufReader};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to the tracker at {}", socket.display()))?;
+    stream.set_read_timeout(Some(timeout))?;
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    stream.write_all(&line).context("cannot send the request")?;
+    let mut response = Vec::new();
+    BufReader::new(&stream)
+        .read_until(b'\n', &mut response)
+        .context("no answer from the tracker")?;
+    serde_json::from_slice(&response).context("the tracker's answer is not valid JSON")
+}
+
+fn query_command(args: QueryArgs) -> anyhow::Result<ExitCode> {
+    use crate::protocol::{ErrorKind, Request, Response};
+    let wait_ms = if args.no_wait {
+        Some(0)
+    } else {
+        args.wait_secs.map(|secs| secs.saturating_mul(1000))
+    };
+    let timeout = std::time::Duration::from_millis(wait_ms.unwrap_or(300_000))
+        + std::time::Duration::from_secs(60);
+    match ask(&args.socket.socket, &Request::Query { wait_ms }, timeout)? {
+        Response::Roots { report } => {
+            let mut stdout = io::BufWriter::new(io::stdout().lock());
+            let written = if args.json {
+                serde_json::to_writer_pretty(&mut stdout, &report)
+                    .map_err(io::Error::from)
+                    .and_then(|()| stdout.write_all(b"\n"))
+            } else {
+                crate::report::write_print_roots_json(&report, &mut stdout)
+            };
+            match written.and_then(|()| stdout.flush()) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
+                Err(error) => return Err(error).context("cannot write to standard output"),
+            }
+            if report["complete"] == serde_json::Value::Bool(true) {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                let unreadable = report["unreadable"].as_array().map_or(0, Vec::len);
+                eprintln!(
+                    "root-tracker: incomplete: {unreadable} potential root(s) could not be read; the list above may be missing roots"
+                );
+                Ok(ExitCode::from(EXIT_INCOMPLETE))
+            }
+        }
+        Response::Error {
+            error: ErrorKind::Unsettled,
+            message,
+        } => {
+            eprintln!("root-tracker: {message}");
+            Ok(ExitCode::from(EXIT_UNSETTLED))
+        }
+        Response::Error { error, message } => {
+            anyhow::bail!("the tracker refused ({error:?}): {message}")
+        }
+        Response::Status { .. } => anyhow::bail!("the tracker answered a query with a status"),
+    }
+}
+
+fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    use crate::protocol::{Request, Response};
+    match ask(
+        &args.socket.socket,
+        &Request::Status {},
+        std::time::Duration::from_secs(60),
+    )? {
+        Response::Status { status } => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                let settled = &status["settled"];
+                println!(
+                    "backend: {} ({})",
+                    status["backend"].as_str().unwrap_or("?"),
+                    status["backend_reason"].as_str().unwrap_or("")
+                );
+                println!(
+                    "index: {}{}, generation {}",
+                    settled["state"].as_str().unwrap_or("?"),
+                    settled["reason"]
+                        .as_str()
+                        .map(|reason| format!(" ({reason})"))
+                        .unwrap_or_default(),
+                    status["generation"]
+                );
+                println!(
+                    "roots: static {}, indirect {}",
+                    status["roots"]["static"], status["roots"]["indirect"]
+                );
+                println!(
+                    "watching: {} paths, {} state dirs",
+                    status["watched_paths"], status["watched_state_dirs"]
+                );
+                println!(
+                    "events: {} seen, {} dropped",
+                    status["source"]["events"], status["source"]["dropped"]
+                );
+                println!(
+                    "reconciler: {} hints, {} rechecks, {} rescans, {} verifications, drift {}",
+                    status["reconciler"]["hints"],
+                    status["reconciler"]["rechecks"],
+                    status["reconciler"]["rescans"],
+                    status["reconciler"]["verifications"],
+                    status["reconciler"]["drift"]
+                );
+                println!("last fence: {} ms", status["last_fence_ms"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { error, message } => {
+            anyhow::bail!("the tracker refused ({error:?}): {message}")
+        }
+        Response::Roots { .. } => anyhow::bail!("the tracker answered a status request with roots"),
+    }
 }

@@ -80,9 +80,11 @@ impl Index {
         )
         .map_err(open_error)?;
         let generation = db
-            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |row| {
-                row.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'generation'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
             .map_or(0, |value| u64::try_from(value).unwrap_or(0));
         Ok(Self {
             entries: BTreeMap::new(),
@@ -110,7 +112,11 @@ impl Index {
 
     /// Replaces everything known at or below `subtree` (a state-tree path) with `findings`,
     /// which must come from examining exactly that subtree. One generation, one transaction.
-    pub(crate) fn replace_subtree(&mut self, subtree: &[u8], findings: Findings<'_>) -> Result<(), IndexError> {
+    pub(crate) fn replace_subtree(
+        &mut self,
+        subtree: &[u8],
+        findings: Findings<'_>,
+    ) -> Result<(), IndexError> {
         self.generation += 1;
         let removed: Vec<Vec<u8>> = self.keys_at_or_below(subtree);
         for key in &removed {
@@ -118,13 +124,24 @@ impl Index {
         }
         let mut grouped: BTreeMap<Vec<u8>, EntryFindings> = BTreeMap::new();
         for Candidate { root, .. } in findings.candidates {
-            grouped.entry(root.link.clone()).or_default().roots.push(root);
+            grouped
+                .entry(root.link.clone())
+                .or_default()
+                .roots
+                .push(root);
         }
         for stale in findings.stale_links {
-            grouped.entry(stale.link.clone()).or_default().stale.push(stale);
+            grouped
+                .entry(stale.link.clone())
+                .or_default()
+                .stale
+                .push(stale);
         }
         for unreadable in findings.unreadable {
-            let key = unreadable.via.clone().unwrap_or_else(|| unreadable.path.clone());
+            let key = unreadable
+                .via
+                .clone()
+                .unwrap_or_else(|| unreadable.path.clone());
             grouped.entry(key).or_default().unreadable.push(unreadable);
         }
         let mut canonical_dirs = HashMap::new();
@@ -137,7 +154,7 @@ impl Index {
         }
         let generation = self.generation;
         let transaction = self.db.transaction().map_err(IndexError::Write)?;
-        persist_removal(&transaction, &removed)?;
+        persist_removal(&transaction, subtree)?;
         for (key, entry) in &grouped {
             persist_entry(&transaction, key, entry, generation)?;
         }
@@ -223,7 +240,11 @@ impl Index {
             return;
         };
         for watched in &entry.watched {
-            if self.by_watched.get(watched).is_some_and(|set| set.len() == 1) {
+            if self
+                .by_watched
+                .get(watched)
+                .is_some_and(|set| set.len() == 1)
+            {
                 self.watched_changed = true;
             }
             remove_from(&mut self.by_watched, watched, key);
@@ -265,7 +286,6 @@ fn remove_from(map: &mut BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>, watched: &[u8], k
     }
 }
 
-
 /// The names along a path: `/home/alice/result` → `home`, `alice`, `result`.
 fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     path.split(|&c| c == b'/').filter(|name| !name.is_empty())
@@ -287,19 +307,22 @@ fn canonical_path(path: &[u8], cache: &mut HashMap<Vec<u8>, Option<Vec<u8>>>) ->
     (canonical != path).then_some(canonical)
 }
 
+/// Deletes every row at or below `subtree`, including rows a previous run left behind.
 fn persist_removal(
     transaction: &rusqlite::Transaction<'_>,
-    removed: &[Vec<u8>],
+    subtree: &[u8],
 ) -> Result<(), IndexError> {
-    let mut delete_roots = transaction
-        .prepare_cached("DELETE FROM roots WHERE link = ?1")
-        .map_err(IndexError::Write)?;
-    let mut delete_watched = transaction
-        .prepare_cached("DELETE FROM watched WHERE link = ?1")
-        .map_err(IndexError::Write)?;
-    for key in removed {
-        delete_roots.execute([key]).map_err(IndexError::Write)?;
-        delete_watched.execute([key]).map_err(IndexError::Write)?;
+    // Below `subtree` means starting with `subtree/`: the byte range [subtree/, subtree0),
+    // since '0' follows '/' in byte order.
+    let below_start = [subtree, b"/"].concat();
+    let below_end = [subtree, b"0"].concat();
+    for table in ["roots", "watched"] {
+        transaction
+            .execute(
+                &format!("DELETE FROM {table} WHERE link = ?1 OR (link >= ?2 AND link < ?3)"),
+                params![subtree, below_start, below_end],
+            )
+            .map_err(IndexError::Write)?;
     }
     Ok(())
 }
@@ -340,4 +363,50 @@ fn persist_entry(
             .map_err(IndexError::Write)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(db: &Path) -> i64 {
+        Connection::open(db)
+            .unwrap()
+            .query_row("SELECT count(*) FROM roots", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_restart_replaces_rows_instead_of_adding_to_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout =
+            StoreLayout::new(&dir.path().join("store"), &dir.path().join("state")).unwrap();
+        let gcroots = layout.gcroots_dir();
+        std::fs::create_dir_all(gcroots.join("sub")).unwrap();
+        let target = layout
+            .store_dir()
+            .join("0123456789abcdfghijklmnpqrsvwxyz-x");
+        std::os::unix::fs::symlink(&target, gcroots.join("a")).unwrap();
+        std::os::unix::fs::symlink(&target, gcroots.join("sub/b")).unwrap();
+        let db = dir.path().join("index.sqlite");
+        let tree = gcroots.as_os_str().as_bytes().to_vec();
+        for _ in 0..2 {
+            let mut index = Index::open(&db).unwrap();
+            let mut findings = Findings::new(&layout);
+            findings.find_roots(&gcroots);
+            index.replace_subtree(&tree, findings).unwrap();
+            assert_eq!(index.count(RootKind::Static), 2);
+            assert_eq!(rows(&db), 2);
+        }
+        // Re-examining one entry replaces only its rows.
+        let mut index = Index::open(&db).unwrap();
+        let sub = gcroots.join("sub");
+        std::fs::remove_file(sub.join("b")).unwrap();
+        let mut findings = Findings::new(&layout);
+        findings.find_roots(&sub);
+        index
+            .replace_subtree(sub.as_os_str().as_bytes(), findings)
+            .unwrap();
+        assert_eq!(rows(&db), 1);
+    }
 }

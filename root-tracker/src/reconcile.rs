@@ -114,7 +114,10 @@ impl Reconciler {
         self.stats.rescans += 1;
         self.stats.last_rescan = Some(SystemTime::now());
         self.interest_changed = true;
-        tracing::info!(ms = started.elapsed().as_millis() as u64, "rescan settled the index");
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "rescan settled the index"
+        );
         Ok(())
     }
 
@@ -122,8 +125,16 @@ impl Reconciler {
     #[tracing::instrument(skip_all, fields(hints = hints.len()))]
     pub fn apply(&mut self, hints: &[Hint]) -> Result<(), ReconcileError> {
         self.stats.hints += hints.len() as u64;
-        let gcroots = self.layout.gcroots_dir().into_os_string().into_encoded_bytes();
-        let profiles = self.layout.profiles_dir().into_os_string().into_encoded_bytes();
+        let gcroots = self
+            .layout
+            .gcroots_dir()
+            .into_os_string()
+            .into_encoded_bytes();
+        let profiles = self
+            .layout
+            .profiles_dir()
+            .into_os_string()
+            .into_encoded_bytes();
         let mut subtrees: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut entries: BTreeSet<Vec<u8>> = BTreeSet::new();
         for hint in hints {
@@ -147,7 +158,9 @@ impl Reconciler {
                     match canonical(path) {
                         Some(canonical) => entries.extend(self.index.entries_watching(&canonical)),
                         // Its directory is gone, so we cannot tell which link it was: be broad.
-                        None => entries.extend(self.index.entries_with_component(base_name_of(path))),
+                        None => {
+                            entries.extend(self.index.entries_with_component(base_name_of(path)))
+                        }
                     }
                 }
                 Hint::Basename(name) => {
@@ -172,6 +185,15 @@ impl Reconciler {
         self.stats.rechecks += (outermost.len() + entries.len()) as u64;
         for path in outermost.iter().chain(&entries) {
             self.reexamine(path)?;
+        }
+        Ok(())
+    }
+
+    /// Re-examines the given state-tree entries.
+    pub fn recheck(&mut self, entries: &BTreeSet<Vec<u8>>) -> Result<(), ReconcileError> {
+        self.stats.rechecks += entries.len() as u64;
+        for entry in entries {
+            self.reexamine(entry)?;
         }
         Ok(())
     }

@@ -197,6 +197,28 @@ impl ScanReport {
     }
 }
 
+/// `--print-roots` text from a report's JSON (what a tracker sends): the roots are already in
+/// canonical order; each (retainer, target) pair is printed once.
+pub fn write_print_roots_json(report: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
+    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed report");
+    let roots = report["roots"].as_array().ok_or_else(malformed)?;
+    let mut previous: Option<(Vec<u8>, Vec<u8>)> = None;
+    for root in roots {
+        let retainer = bytes_from_json(&root["retainer"]).ok_or_else(malformed)?;
+        let target = bytes_from_json(&root["target"]).ok_or_else(malformed)?;
+        let pair = (retainer, target);
+        if previous.as_ref() == Some(&pair) {
+            continue;
+        }
+        out.write_all(&pair.0)?;
+        out.write_all(b" -> ")?;
+        out.write_all(&pair.1)?;
+        out.write_all(b"\n")?;
+        previous = Some(pair);
+    }
+    Ok(())
+}
+
 /// The one place bytes become JSON: a string when they are UTF-8, else `{"hex": "2f..."}`,
 /// so that no path is ever silently altered on the way out.
 #[derive(Clone, Copy)]

@@ -6,6 +6,7 @@
 
 pub mod ebpf;
 pub mod fanotify;
+pub mod replay;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -66,4 +67,43 @@ pub trait Source: Send {
     fn fence(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), SourceError>;
 
     fn stats(&self) -> SourceStats;
+}
+
+/// Which backend `root-tracker run --backend` asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Ebpf,
+    Fanotify,
+}
+
+/// Attaches the chosen backend; `Auto` tries eBPF first and falls back to fanotify. Returns
+/// the source and why it was chosen (for the log and `status`).
+pub fn open(
+    choice: BackendChoice,
+    interest: &Interest,
+) -> Result<(Box<dyn Source>, String), SourceError> {
+    match choice {
+        BackendChoice::Ebpf => Ok((
+            Box::new(ebpf::EbpfSource::attach(interest)?),
+            "requested with --backend ebpf".to_owned(),
+        )),
+        BackendChoice::Fanotify => Ok((
+            Box::new(fanotify::FanotifySource::new(interest)?),
+            "requested with --backend fanotify".to_owned(),
+        )),
+        BackendChoice::Auto => match ebpf::EbpfSource::attach(interest) {
+            Ok(source) => Ok((
+                Box::new(source),
+                "auto: the eBPF programs loaded and attached".to_owned(),
+            )),
+            Err(error) => {
+                tracing::warn!(%error, "eBPF source unavailable; falling back to fanotify");
+                Ok((
+                    Box::new(fanotify::FanotifySource::new(interest)?),
+                    format!("auto: eBPF unavailable ({error}); fanotify instead"),
+                ))
+            }
+        },
+    }
 }

@@ -50,12 +50,13 @@ fn tree_mask() -> AddWatchFlags {
 impl StateWatch {
     /// Watches the state dir and every directory of its trees that exists now.
     pub fn new(layout: &StoreLayout) -> Result<Self, StateWatchError> {
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|source| {
-            StateWatchError::Inotify {
-                operation: "init",
-                source,
-            }
-        })?;
+        let inotify =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|source| {
+                StateWatchError::Inotify {
+                    operation: "init",
+                    source,
+                }
+            })?;
         let mut watch = Self {
             inotify,
             dirs: HashMap::new(),
@@ -100,7 +101,11 @@ impl StateWatch {
         }
     }
 
-    fn handle(&mut self, event: nix::sys::inotify::InotifyEvent, out: &mut Vec<Hint>) -> Result<(), StateWatchError> {
+    fn handle(
+        &mut self,
+        event: nix::sys::inotify::InotifyEvent,
+        out: &mut Vec<Hint>,
+    ) -> Result<(), StateWatchError> {
         if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
             out.push(Hint::Lost {
                 reason: "inotify queue overflow on the state trees".to_owned(),
@@ -123,7 +128,10 @@ impl StateWatch {
         if dir == self.state_dir {
             // Only the trees' own creation, removal or renaming matters at this level.
             if self.trees.iter().any(|tree| *tree == path) {
-                if event.mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO) {
+                if event
+                    .mask
+                    .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+                {
                     self.add_tree(&path)?;
                 }
                 out.push(Hint::Path(path));
@@ -131,10 +139,18 @@ impl StateWatch {
             return Ok(());
         }
         let is_dir = event.mask.contains(AddWatchFlags::IN_ISDIR);
-        if is_dir && event.mask.intersects(AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_DELETE) {
+        if is_dir
+            && event
+                .mask
+                .intersects(AddWatchFlags::IN_MOVED_FROM | AddWatchFlags::IN_DELETE)
+        {
             self.forget_below(&path);
         }
-        if is_dir && event.mask.intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO) {
+        if is_dir
+            && event
+                .mask
+                .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+        {
             // Watch first, then report: the walk the hint triggers sees everything after this.
             self.add_tree(&path)?;
         }

@@ -449,3 +449,184 @@ pub fn nix32_from(seed: u64) -> String {
         })
         .collect()
 }
+
+/// A tmpfs mounted by a test, unmounted (lazily, so a busy mount cannot fail the cleanup)
+/// in `Drop`, also when the test panics.
+pub struct TmpfsMount {
+    pub path: PathBuf,
+    mounted: bool,
+}
+
+impl TmpfsMount {
+    pub fn new(path: &Path) -> Self {
+        require_root();
+        fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "rt-test"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs on {} failed", path.display());
+        Self {
+            path: path.to_owned(),
+            mounted: true,
+        }
+    }
+
+    pub fn unmount(&mut self) {
+        if std::mem::take(&mut self.mounted) {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        }
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// A running `root-tracker run` (the `tracker-cli` binary) on a hermetic store, killed and
+/// reaped in `Drop`. Its socket, index and log live in their own temp dir.
+pub struct TrackerProcess {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub backend: String,
+    args: Vec<OsString>,
+}
+
+impl TrackerProcess {
+    pub fn start(store: &HermeticStore, backend: &str, extra: &[&str]) -> Self {
+        require_root();
+        let dir = tempfile::Builder::new().prefix("rt-tracker-").tempdir().unwrap();
+        let mut args: Vec<OsString> = vec!["run".into(), "--backend".into(), backend.into()];
+        args.extend(["--socket".into(), dir.path().join("socket").into_os_string()]);
+        args.extend(["--db".into(), dir.path().join("index.sqlite").into_os_string()]);
+        args.extend(["--store-dir".into(), store.store_dir.clone().into_os_string()]);
+        args.extend(["--state-dir".into(), store.state_dir.clone().into_os_string()]);
+        args.extend(["--verify-interval-secs".into(), "0".into()]);
+        args.extend(extra.iter().map(OsString::from));
+        let mut tracker = Self {
+            child: None,
+            dir,
+            backend: backend.to_owned(),
+            args,
+        };
+        tracker.spawn();
+        tracker
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tracker.log"))
+            .unwrap();
+        let child = Command::new(package_bin("tracker-cli"))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until the socket answers a status request (the bootstrap scan is done then:
+    /// requests are served by the tracker loop only after it).
+    fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().unwrap()) {
+                panic!("the tracker exited with {status} while starting:\n{}", self.log());
+            }
+            if let Ok(response) = self.request(br#"{"request":"status"}"#) {
+                if response["response"] == "status" {
+                    return;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "the tracker did not start:\n{}", self.log());
+            std::thread::yield_now();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("tracker.log")).unwrap_or_default()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("socket")
+    }
+
+    /// One request line, one parsed response.
+    pub fn request(&self, line: &[u8]) -> std::io::Result<serde_json::Value> {
+        use std::io::Write as _;
+        let mut stream = std::os::unix::net::UnixStream::connect(self.socket())?;
+        stream.write_all(line)?;
+        stream.write_all(b"\n")?;
+        let mut response = Vec::new();
+        BufReader::new(&stream).read_until(b'\n', &mut response)?;
+        serde_json::from_slice(&response).map_err(std::io::Error::other)
+    }
+
+    /// A fenced query; panics unless the tracker answers with roots.
+    pub fn query(&self) -> serde_json::Value {
+        let response = self.request(br#"{"request":"query","wait_ms":60000}"#).unwrap();
+        assert_eq!(response["response"], "roots", "query failed: {response}\n{}", self.log());
+        response["report"].clone()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.request(br#"{"request":"status"}"#).unwrap()["status"].clone()
+    }
+
+    /// `kill -9`, then start again with the same index database.
+    pub fn crash_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for TrackerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The parts of a report that the live index is responsible for: static and indirect roots,
+/// unregistered roots, stale links and unreadable entries (runtime and temp roots are read
+/// at query time, from the same code as a scan).
+pub fn index_part(report: &serde_json::Value) -> serde_json::Value {
+    let keep = |list: &serde_json::Value| -> Vec<serde_json::Value> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|root| root["kind"] == "static" || root["kind"] == "indirect")
+            .cloned()
+            .collect()
+    };
+    serde_json::json!({
+        "roots": keep(&report["roots"]),
+        "unregistered": keep(&report["unregistered"]),
+        "stale_links": report["stale_links"],
+        "unreadable": report["unreadable"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entry| {
+                let path = root_tracker::report::bytes_from_json(&entry["path"]).unwrap();
+                !path.starts_with(b"/proc/")
+            })
+            .cloned()
+            .collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,284 @@
+//! The tracker loop: one thread owns the source, the state-tree watch and the reconciler;
+//! it applies hints as they come and answers requests the server hands it.
+//!
+//! Invariants: the source and the state watch are attached before the bootstrap scan
+//! (DESIGN.md 4); every answer is fenced (5) and never given while the index is unsettled.
+
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::hint::Hint;
+use crate::protocol::{ErrorKind, Request, Response};
+use crate::reconcile::{ReconcileError, Reconciler, Settled};
+use crate::report::RootKind;
+use crate::scan::ScanOptions;
+use crate::source::Source;
+use crate::state_watch::StateWatch;
+
+/// A request and where to send its answer.
+pub struct Job {
+    pub request: Request,
+    pub reply: tokio::sync::oneshot::Sender<Response>,
+}
+
+/// The sending side, held by the server.
+pub type JobSender = Sender<Job>;
+
+#[derive(Clone, Debug)]
+pub struct TrackerOptions {
+    /// How long a query waits for an unsettled index to settle when it does not say.
+    pub default_query_wait: Duration,
+    /// Upper bound on any query's wait.
+    pub max_query_wait: Duration,
+    /// How often the index is compared with a fresh scan (`None`: never).
+    pub verify_interval: Option<Duration>,
+    /// How long the loop waits for hints before looking at requests again.
+    pub poll_interval: Duration,
+    /// Why this backend was chosen (shown by `status`).
+    pub backend_reason: String,
+    /// How long to wait after the index becomes unsettled before rescanning on our own (a
+    /// query rescans at once). Debounces storms of lost hints; tests use it to observe the
+    /// unsettled state.
+    pub rescan_delay: Duration,
+}
+
+impl Default for TrackerOptions {
+    fn default() -> Self {
+        Self {
+            default_query_wait: Duration::from_secs(30),
+            max_query_wait: Duration::from_secs(300),
+            verify_interval: Some(Duration::from_secs(3600)),
+            poll_interval: Duration::from_millis(20),
+            backend_reason: String::new(),
+            rescan_delay: Duration::ZERO,
+        }
+    }
+}
+
+pub struct Tracker {
+    reconciler: Reconciler,
+    source: Box<dyn Source>,
+    state_watch: StateWatch,
+    jobs: Receiver<Job>,
+    options: TrackerOptions,
+    started: SystemTime,
+    last_fence: Option<Duration>,
+    next_verify: Option<Instant>,
+    /// When the index was first seen unsettled since the last rescan.
+    unsettled_since: Option<Instant>,
+    /// The paths the source was last told to watch.
+    covered: BTreeSet<PathBuf>,
+}
+
+impl Tracker {
+    /// `source` and `state_watch` must already be attached: the bootstrap scan runs in `run`.
+    pub fn new(
+        reconciler: Reconciler,
+        source: Box<dyn Source>,
+        state_watch: StateWatch,
+        jobs: Receiver<Job>,
+        options: TrackerOptions,
+    ) -> Self {
+        let next_verify = options
+            .verify_interval
+            .map(|interval| Instant::now() + interval);
+        Self {
+            reconciler,
+            source,
+            state_watch,
+            jobs,
+            options,
+            started: SystemTime::now(),
+            last_fence: None,
+            next_verify,
+            unsettled_since: None,
+            covered: BTreeSet::new(),
+        }
+    }
+
+    /// Runs until `shutdown` is set or every job sender is gone.
+    pub fn run(mut self, shutdown: &Arc<AtomicBool>) -> Result<(), ReconcileError> {
+        self.settle()?;
+        while !shutdown.load(Ordering::Relaxed) {
+            let mut hints = Vec::new();
+            if let Err(error) = self.source.poll(self.options.poll_interval, &mut hints) {
+                hints.push(lost(format!(
+                    "{} source failed: {error}",
+                    self.source.name()
+                )));
+            }
+            self.drain_state_watch(&mut hints);
+            self.apply(&hints)?;
+            if *self.reconciler.settled() == Settled::Settled {
+                self.unsettled_since = None;
+            } else {
+                let since = *self.unsettled_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.options.rescan_delay {
+                    self.settle()?;
+                }
+            }
+            loop {
+                match self.jobs.try_recv() {
+                    Ok(job) => {
+                        let response = self.handle(job.request)?;
+                        let _ = job.reply.send(response);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return Ok(()),
+                }
+            }
+            if self.next_verify.is_some_and(|due| Instant::now() >= due) {
+                self.reconciler.verify()?;
+                self.next_verify = self
+                    .options
+                    .verify_interval
+                    .map(|interval| Instant::now() + interval);
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_state_watch(&mut self, hints: &mut Vec<Hint>) {
+        if let Err(error) = self.state_watch.drain(hints) {
+            hints.push(lost(format!("state-tree watch failed: {error}")));
+        }
+    }
+
+    fn apply(&mut self, hints: &[Hint]) -> Result<(), ReconcileError> {
+        if hints.is_empty() {
+            return Ok(());
+        }
+        self.reconciler.apply(hints)?;
+        self.push_interest()
+    }
+
+    /// Gives the source the index's current interest, then re-examines every entry that
+    /// depends on a path the source did not cover before: "attach first, then scan" (DESIGN.md
+    /// invariant 4) for paths that became interesting after the bootstrap. A change made
+    /// between our read of such a path and the source starting to watch it is caught by this
+    /// second read. Repeats while re-examining finds new paths, a few rounds at most.
+    fn push_interest(&mut self) -> Result<(), ReconcileError> {
+        for _ in 0..8 {
+            if !self.reconciler.take_interest_changed() {
+                return Ok(());
+            }
+            let interest = self.reconciler.index().interest(self.reconciler.layout());
+            if let Err(error) = self.source.set_interest(&interest) {
+                self.reconciler.unsettle(format!(
+                    "cannot update the {} source's filter: {error}",
+                    self.source.name()
+                ));
+                return Ok(());
+            }
+            let mut entries = BTreeSet::new();
+            for path in &interest.paths {
+                if !self.covered.contains(path) {
+                    entries.extend(
+                        self.reconciler
+                            .index()
+                            .entries_watching(path.as_os_str().as_bytes()),
+                    );
+                }
+            }
+            self.covered = interest.paths.into_iter().collect();
+            if entries.is_empty() {
+                return Ok(());
+            }
+            self.reconciler.recheck(&entries)?;
+        }
+        self.reconciler
+            .unsettle("the set of watched paths kept changing while it was being watched");
+        Ok(())
+    }
+
+    /// Rescans, then fences again: hints lost during the rescan unsettle it anew.
+    fn settle(&mut self) -> Result<(), ReconcileError> {
+        self.unsettled_since = None;
+        self.reconciler.rescan()?;
+        self.push_interest()
+    }
+
+    fn handle(&mut self, request: Request) -> Result<Response, ReconcileError> {
+        Ok(match request {
+            Request::Status {} => Response::Status {
+                status: self.status(),
+            },
+            Request::Query { wait_ms } => {
+                let wait = wait_ms
+                    .map_or(self.options.default_query_wait, Duration::from_millis)
+                    .min(self.options.max_query_wait);
+                self.query(wait)?
+            }
+        })
+    }
+
+    /// The fenced answer: every change that completed before now is applied first.
+    fn query(&mut self, wait: Duration) -> Result<Response, ReconcileError> {
+        let started = Instant::now();
+        let deadline = started + wait;
+        loop {
+            let mut hints = Vec::new();
+            let fence_deadline = deadline.max(Instant::now() + Duration::from_millis(100));
+            if let Err(error) = self.source.fence(fence_deadline, &mut hints) {
+                hints.push(lost(format!(
+                    "{} source failed: {error}",
+                    self.source.name()
+                )));
+            }
+            self.drain_state_watch(&mut hints);
+            self.apply(&hints)?;
+            match self.reconciler.settled().clone() {
+                Settled::Settled => break,
+                Settled::Unsettled { reason } if Instant::now() >= deadline => {
+                    return Ok(Response::error(
+                        ErrorKind::Unsettled,
+                        format!(
+                            "the root index is unsettled ({reason}); not answering rather than guessing"
+                        ),
+                    ));
+                }
+                Settled::Unsettled { .. } => self.settle()?,
+            }
+        }
+        self.last_fence = Some(started.elapsed());
+        let report = self.reconciler.answer(&ScanOptions::default())?;
+        Ok(Response::Roots {
+            report: report.to_json(),
+        })
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let index = self.reconciler.index();
+        let stats = self.reconciler.stats();
+        let seconds = |time: Option<SystemTime>| {
+            time.and_then(|time| time.duration_since(UNIX_EPOCH).ok())
+                .map(|since| since.as_secs())
+        };
+        serde_json::json!({
+            "backend": self.source.name(),
+            "backend_reason": self.options.backend_reason,
+            "settled": self.reconciler.settled(),
+            "generation": index.generation(),
+            "roots": {
+                "static": index.count(RootKind::Static),
+                "indirect": index.count(RootKind::Indirect),
+            },
+            "watched_paths": index.watched_len(),
+            "watched_state_dirs": self.state_watch.watched_dirs(),
+            "source": self.source.stats(),
+            "reconciler": stats,
+            "last_rescan_unix": seconds(stats.last_rescan),
+            "started_unix": seconds(Some(self.started)),
+            "last_fence_ms": self.last_fence.map(|fence| fence.as_secs_f64() * 1e3),
+        })
+    }
+}
+
+fn lost(reason: String) -> Hint {
+    Hint::Lost { reason }
+}
