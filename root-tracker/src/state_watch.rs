@@ -127,7 +127,7 @@ impl StateWatch {
         let path = dir.join(&name);
         if dir == self.state_dir {
             // Only the trees' own creation, removal or renaming matters at this level.
-            if self.trees.iter().any(|tree| *tree == path) {
+            if self.trees.contains(&path) {
                 if event
                     .mask
                     .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)

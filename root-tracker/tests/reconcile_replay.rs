@@ -2,6 +2,11 @@
 //! roots, the hints an ideal source would send are applied, and after every batch the index's
 //! answer must equal a fresh scan. Replay a failure with `RT_SEED=<seed>`.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "tests panic on failure, as aya's test README recommends"
+)]
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};

@@ -2,6 +2,11 @@
 //! kernel, inotify (unprivileged) watches the state trees, and clients talk JSON lines over a
 //! real Unix socket in a temp dir.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "tests panic on failure, as aya's test README recommends"
+)]
+
 use std::fs;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::fs::symlink;
@@ -180,8 +185,8 @@ fn queries_are_fenced_against_state_tree_and_source_changes() {
     // The interest the tracker gives its source names the user link's components.
     let interest = running.feed.interest.lock().unwrap().clone();
     assert!(
-        interest.basenames.contains(&b"result".to_vec())
-            && interest.basenames.contains(&b"proj".to_vec())
+        interest.basenames.contains(b"result".as_slice())
+            && interest.basenames.contains(b"proj".as_slice())
     );
 }
 

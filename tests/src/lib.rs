@@ -498,12 +498,27 @@ pub struct TrackerProcess {
 impl TrackerProcess {
     pub fn start(store: &HermeticStore, backend: &str, extra: &[&str]) -> Self {
         require_root();
-        let dir = tempfile::Builder::new().prefix("rt-tracker-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("rt-tracker-")
+            .tempdir()
+            .unwrap();
         let mut args: Vec<OsString> = vec!["run".into(), "--backend".into(), backend.into()];
-        args.extend(["--socket".into(), dir.path().join("socket").into_os_string()]);
-        args.extend(["--db".into(), dir.path().join("index.sqlite").into_os_string()]);
-        args.extend(["--store-dir".into(), store.store_dir.clone().into_os_string()]);
-        args.extend(["--state-dir".into(), store.state_dir.clone().into_os_string()]);
+        args.extend([
+            "--socket".into(),
+            dir.path().join("socket").into_os_string(),
+        ]);
+        args.extend([
+            "--db".into(),
+            dir.path().join("index.sqlite").into_os_string(),
+        ]);
+        args.extend([
+            "--store-dir".into(),
+            store.store_dir.clone().into_os_string(),
+        ]);
+        args.extend([
+            "--state-dir".into(),
+            store.state_dir.clone().into_os_string(),
+        ]);
         args.extend(["--verify-interval-secs".into(), "0".into()]);
         args.extend(extra.iter().map(OsString::from));
         let mut tracker = Self {
@@ -539,15 +554,26 @@ impl TrackerProcess {
     fn wait_ready(&mut self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().unwrap()) {
-                panic!("the tracker exited with {status} while starting:\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().unwrap())
+            {
+                panic!(
+                    "the tracker exited with {status} while starting:\n{}",
+                    self.log()
+                );
             }
             if let Ok(response) = self.request(br#"{"request":"status"}"#) {
                 if response["response"] == "status" {
                     return;
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "the tracker did not start:\n{}", self.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the tracker did not start:\n{}",
+                self.log()
+            );
             std::thread::yield_now();
         }
     }
@@ -573,8 +599,15 @@ impl TrackerProcess {
 
     /// A fenced query; panics unless the tracker answers with roots.
     pub fn query(&self) -> serde_json::Value {
-        let response = self.request(br#"{"request":"query","wait_ms":60000}"#).unwrap();
-        assert_eq!(response["response"], "roots", "query failed: {response}\n{}", self.log());
+        let response = self
+            .request(br#"{"request":"query","wait_ms":60000}"#)
+            .unwrap();
+        assert_eq!(
+            response["response"],
+            "roots",
+            "query failed: {response}\n{}",
+            self.log()
+        );
         response["report"].clone()
     }
 

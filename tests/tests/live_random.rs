@@ -5,6 +5,11 @@
 //! Replay one seed: `RT_SEED=<seed> cargo test -p tests --test live_random -- <backend>`.
 //! More: `RT_LIVE_SEEDS=<n> RT_LIVE_OPS=<n>` (`cargo xtask soak` sets them).
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "tests panic on failure, as aya's test README recommends"
+)]
+
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt as _;
@@ -114,18 +119,25 @@ impl Workload {
             }
             3 => drop(fs::remove_file(&result)),
             4 | 5 => {
-                let auto = self.layout.auto_dir().join(format!("a{}", rng.below(AUTO_LINKS)));
+                let auto = self
+                    .layout
+                    .auto_dir()
+                    .join(format!("a{}", rng.below(AUTO_LINKS)));
                 let _ = fs::remove_file(&auto);
                 if rng.below(3) == 0 {
                     // Relative text, resolved against gcroots/auto.
-                    let relative = Path::new("../../..").join(result.strip_prefix(self.store.path("")).unwrap());
+                    let relative = Path::new("../../..")
+                        .join(result.strip_prefix(self.store.path("")).unwrap());
                     let _ = symlink(relative, &auto);
                 } else {
                     let _ = symlink(&result, &auto);
                 }
             }
             6 => {
-                let auto = self.layout.auto_dir().join(format!("a{}", rng.below(AUTO_LINKS)));
+                let auto = self
+                    .layout
+                    .auto_dir()
+                    .join(format!("a{}", rng.below(AUTO_LINKS)));
                 if rng.below(2) == 0 {
                     let _ = fs::remove_file(&auto);
                 } else {
@@ -221,13 +233,19 @@ fn io_uring_rename(from: &Path, to: &Path) {
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 fn live_random(backend: &str) {
     let mut workload = Workload::new();
     let tracker = TrackerProcess::start(&workload.store, backend, &[]);
-    let seeds: Vec<u64> = match std::env::var("RT_SEED").ok().and_then(|seed| seed.parse().ok()) {
+    let seeds: Vec<u64> = match std::env::var("RT_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+    {
         Some(seed) => vec![seed],
         None => (0..env_number("RT_LIVE_SEEDS", 200)).collect(),
     };

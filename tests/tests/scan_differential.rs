@@ -17,7 +17,10 @@ use tests::{
 };
 
 /// Runs both, asserts byte equality and a truthful exit status, and returns Nix's output.
-#[expect(clippy::unwrap_used, reason = "a test helper: a panic is the test failing")]
+#[expect(
+    clippy::unwrap_used,
+    reason = "a test helper: a panic is the test failing"
+)]
 fn assert_same_roots(store: &HermeticStore) -> Vec<u8> {
     let (json, _) = store.scan_json();
     let ours = store.scan(&[]);
