@@ -64,6 +64,12 @@ pub const SYSCALL_PROGRAMS: [(&str, &str); 13] = [
 pub const SYSCALLS_CATEGORY: &str = "syscalls";
 /// Program attached to `io_uring/io_uring_submit_req`.
 pub const PROG_IO_URING_SUBMIT_REQ: &str = "io_uring_submit_req";
+/// Program attached to `io_uring/io_uring_complete`.
+pub const PROG_IO_URING_COMPLETE: &str = "io_uring_complete";
+/// Hash map of io_uring requests (`req` pointer → opcode) submitted but not yet completed.
+pub const MAP_IO_URING_IN_FLIGHT: &str = "IO_URING_IN_FLIGHT";
+/// Capacity of [`MAP_IO_URING_IN_FLIGHT`]; a full map counts as untracked (lost hints).
+pub const IO_URING_IN_FLIGHT_MAX: u32 = 4096;
 /// Tracepoint category of [`PROG_IO_URING_SUBMIT_REQ`].
 pub const IO_URING_CATEGORY: &str = "io_uring";
 
@@ -98,6 +104,10 @@ pub mod kind {
     /// An [`crate::EventHeader`] alone, `op` holding an io_uring opcode from [`crate::io_uring`]:
     /// a path operation was submitted to io_uring, which the syscall tracepoints never see.
     pub const IO_URING: u32 = 3;
+    /// An [`crate::EventHeader`] alone: an io_uring path operation reported by `IO_URING`
+    /// completed (its request was seen submitted and now completing). Until then the change
+    /// may not be on disk, so user space waits for these in a fence.
+    pub const IO_URING_DONE: u32 = 4;
 }
 
 /// Values of [`EventHeader::op`] for `ENTER` and `EXIT` records.
@@ -205,6 +215,10 @@ pub struct Config {
     /// read from its `format` file (it differs between kernel versions). 0: not configured,
     /// every submission is reported as if it were a path operation (fail closed).
     pub io_uring_opcode_offset: u32,
+    /// Offset of the `void *req` field in `io_uring/io_uring_submit_req` records; 0: unknown.
+    pub io_uring_submit_req_offset: u32,
+    /// Offset of the `void *req` field in `io_uring/io_uring_complete` records; 0: unknown.
+    pub io_uring_complete_req_offset: u32,
     /// Explicit padding.
     pub reserved: u32,
 }

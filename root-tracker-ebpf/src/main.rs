@@ -28,9 +28,9 @@ mod kernel {
     use root_tracker_ebpf::{
         AT_FDCWD, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED,
         COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IN_FLIGHT_MAX,
-        InFlight, LONG_PATH_BYTES, NAME_HASH_START, PATH_BYTES, PathEvent, RING_BUF_BYTES,
-        STORE_PREFIX_MAX, StorePrefix, WATCHED_BASENAMES_MAX, flags, io_uring, kind,
-        name_hash_step, op,
+        IO_URING_IN_FLIGHT_MAX, InFlight, LONG_PATH_BYTES, NAME_HASH_START, PATH_BYTES, PathEvent,
+        RING_BUF_BYTES, STORE_PREFIX_MAX, StorePrefix, WATCHED_BASENAMES_MAX, flags, io_uring,
+        kind, name_hash_step, op,
     };
 
     #[map]
@@ -51,6 +51,11 @@ mod kernel {
 
     #[map]
     static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(IN_FLIGHT_MAX, 0);
+
+    /// io_uring path operations submitted and not yet completed: `req` pointer → opcode.
+    #[map]
+    static IO_URING_IN_FLIGHT: HashMap<u64, u32> =
+        HashMap::with_max_entries(IO_URING_IN_FLIGHT_MAX, 0);
 
     /// Target bytes read for the store prefix check: enough to compare the longest prefix.
     const TARGET_BYTES: usize = STORE_PREFIX_MAX + 8;
@@ -285,6 +290,25 @@ mod kernel {
                 return 0;
             }
         }
+        // Remember the request so its completion can be reported: the change is only done
+        // then, and a rescan prompted by the submission alone could run before it.
+        let req_offset = CONFIG
+            .get(0)
+            .map_or(0, |config| config.io_uring_submit_req_offset);
+        let req = if req_offset == 0 {
+            None
+        } else {
+            // SAFETY: the offset of the `void *req` field, read from the format file.
+            unsafe { ctx.read_at::<u64>(req_offset as usize) }.ok()
+        };
+        let tracked = req.is_some_and(|req| {
+            IO_URING_IN_FLIGHT
+                .insert(&req, &opcode.unwrap_or(0), 0)
+                .is_ok()
+        });
+        if !tracked {
+            count(COUNTER_UNTRACKED);
+        }
         let pid_tgid = bpf_get_current_pid_tgid();
         let header = EventHeader {
             kind: kind::IO_URING,
@@ -293,6 +317,33 @@ mod kernel {
             tid: pid_tgid as u32,
         };
         send(&header);
+        0
+    }
+
+    #[tracepoint]
+    pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
+        let offset = CONFIG
+            .get(0)
+            .map_or(0, |config| config.io_uring_complete_req_offset);
+        if offset == 0 {
+            return 0;
+        }
+        // SAFETY: the offset of the `void *req` field, read from the format file.
+        let Ok(req) = (unsafe { ctx.read_at::<u64>(offset as usize) }) else {
+            return 0;
+        };
+        // SAFETY: the value is copied out before the entry is removed.
+        let Some(opcode) = (unsafe { IO_URING_IN_FLIGHT.get(&req) }).copied() else {
+            return 0;
+        };
+        let _ = IO_URING_IN_FLIGHT.remove(&req);
+        let pid_tgid = bpf_get_current_pid_tgid();
+        send(&EventHeader {
+            kind: kind::IO_URING_DONE,
+            op: opcode,
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+        });
         0
     }
 

@@ -28,9 +28,9 @@ use aya::{
 use root_tracker_ebpf::{
     AT_FDCWD, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
     COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IO_URING_CATEGORY, MAP_CONFIG, MAP_COUNTERS,
-    MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_SUBMIT_REQ,
-    PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix,
-    flags, io_uring, kind, name_hash, op,
+    MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE,
+    PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_PROGRAMS,
+    SYSCALLS_CATEGORY, StorePrefix, flags, io_uring, kind, name_hash, op,
 };
 
 use crate::{
@@ -48,6 +48,8 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_IN_DEBUGFS: &str = "/sys/kernel/debug/tracing";
 /// The io_uring tracepoint's format file, relative to a tracefs root.
 const IO_URING_FORMAT: &str = "events/io_uring/io_uring_submit_req/format";
+/// The io_uring completion tracepoint's format file.
+const IO_URING_COMPLETE_FORMAT: &str = "events/io_uring/io_uring_complete/format";
 
 /// Longest single wait of [`Source::fence`] before it re-checks whether the operations it
 /// waits for are still inside their syscalls.
@@ -220,6 +222,7 @@ enum Record {
     Enter(Enter),
     Exit { tgid: u32, tid: u32, ret: i64 },
     IoUring { opcode: u32 },
+    IoUringDone { opcode: u32 },
 }
 
 /// A decoded `ENTER` record.
@@ -250,6 +253,8 @@ pub struct EbpfSource {
     watched_hashes: BTreeSet<u64>,
     /// Keyed by `pid_tgid` (tgid in the high half), as the kernel side keys its map.
     in_flight: HashMap<u64, InFlightOp>,
+    /// io_uring path operations seen submitted and not yet seen completed.
+    io_uring_in_flight: u64,
     /// Counters as of the last check: an increase since is reported as lost hints.
     last_counters: DeliveryCounters,
     records_read: u64,
@@ -303,6 +308,9 @@ impl EbpfSource {
             .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
         let config_value = Config {
             io_uring_opcode_offset: io_uring_opcode_offset.unwrap_or(0),
+            io_uring_submit_req_offset: io_uring_req_offset(IO_URING_FORMAT).unwrap_or(0),
+            io_uring_complete_req_offset: io_uring_req_offset(IO_URING_COMPLETE_FORMAT)
+                .unwrap_or(0),
             reserved: 0,
         };
         config
@@ -328,6 +336,7 @@ impl EbpfSource {
             watched_basenames,
             watched_hashes: BTreeSet::new(),
             in_flight: HashMap::new(),
+            io_uring_in_flight: 0,
             last_counters: DeliveryCounters::default(),
             records_read: 0,
             checks: Checks {
@@ -345,6 +354,10 @@ impl EbpfSource {
             attach_tracepoint(&mut source._ebpf, SYSCALLS_CATEGORY, enter)?;
         }
         if tracefs_file(IO_URING_FORMAT).is_some() {
+            // Completion first, so no tracked submission can complete unseen.
+            if tracefs_file(IO_URING_COMPLETE_FORMAT).is_some() {
+                attach_tracepoint(&mut source._ebpf, IO_URING_CATEGORY, PROG_IO_URING_COMPLETE)?;
+            }
             attach_tracepoint(
                 &mut source._ebpf,
                 IO_URING_CATEGORY,
@@ -438,9 +451,20 @@ impl EbpfSource {
                     }
                 }
             }
-            Record::IoUring { opcode } => out.push(Hint::Lost {
-                reason: format!("io_uring {}", io_uring_name(opcode)),
-            }),
+            Record::IoUring { opcode } => {
+                self.io_uring_in_flight += 1;
+                out.push(Hint::Lost {
+                    reason: format!("io_uring {}", io_uring_name(opcode)),
+                });
+            }
+            // The operation is done only now: a rescan prompted by its submission may have
+            // read the old state, so it is reported again.
+            Record::IoUringDone { opcode } => {
+                self.io_uring_in_flight = self.io_uring_in_flight.saturating_sub(1);
+                out.push(Hint::Lost {
+                    reason: format!("io_uring {} completed", io_uring_name(opcode)),
+                });
+            }
         }
     }
 
@@ -522,15 +546,16 @@ impl EbpfSource {
         // Every operation that completed before this call has its records in the buffer now:
         // the exit program runs before the syscall returns.
         self.drain(out)?;
-        while !self.in_flight.is_empty() {
+        while !self.in_flight.is_empty() || self.io_uring_in_flight > 0 {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 self.forget_finished(out)?;
-                if !self.in_flight.is_empty() {
+                if !self.in_flight.is_empty() || self.io_uring_in_flight > 0 {
                     out.push(Hint::Lost {
                         reason: format!(
-                            "eBPF: {} operation(s) still in flight",
-                            self.in_flight.len()
+                            "eBPF: {} operation(s) and {} io_uring request(s) still in flight",
+                            self.in_flight.len(),
+                            self.io_uring_in_flight
                         ),
                     });
                 }
@@ -783,6 +808,7 @@ fn decode(record: &[u8]) -> Result<Record, EbpfError> {
             })
         }
         kind::IO_URING => Ok(Record::IoUring { opcode: header.op }),
+        kind::IO_URING_DONE => Ok(Record::IoUringDone { opcode: header.op }),
         _ => Err(malformed("unknown record kind")),
     }
 }
@@ -869,6 +895,11 @@ fn tracefs_file(relative: &str) -> Option<String> {
 
 /// The offset of the one-byte `opcode` field of `io_uring_submit_req`, which differs between
 /// kernel versions; `None` if the format file is absent or says something unexpected.
+/// Offset of `void *req` in an io_uring tracepoint record.
+fn io_uring_req_offset(format: &str) -> Option<u32> {
+    parse_field_offset(&tracefs_file(format)?, "req", 8)
+}
+
 fn io_uring_opcode_offset() -> Option<u32> {
     parse_field_offset(&tracefs_file(IO_URING_FORMAT)?, "opcode", 1)
 }
