@@ -93,6 +93,9 @@ struct RunArgs {
     /// once). Debounces event storms.
     #[arg(long, default_value_t = 0)]
     rescan_delay_ms: u64,
+    /// Size of the eBPF ring buffer in bytes (a power of two, a multiple of the page size).
+    #[arg(long, default_value_t = root_tracker_ebpf::RING_BUF_BYTES)]
+    ebpf_ring_buffer_bytes: u32,
 }
 
 #[derive(Args, Debug)]
@@ -277,6 +280,9 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             Backend::Fanotify => crate::source::BackendChoice::Fanotify,
         },
         &interest,
+        &crate::source::ebpf::EbpfOptions {
+            ring_buf_bytes: args.ebpf_ring_buffer_bytes,
+        },
     )
     .context("cannot attach a kernel source")?;
     tracing::info!(backend = source.name(), reason = %backend_reason, "source attached");

@@ -82,17 +82,18 @@ pub enum BackendChoice {
 pub fn open(
     choice: BackendChoice,
     interest: &Interest,
+    ebpf_options: &ebpf::EbpfOptions,
 ) -> Result<(Box<dyn Source>, String), SourceError> {
     match choice {
         BackendChoice::Ebpf => Ok((
-            Box::new(ebpf::EbpfSource::attach(interest)?),
+            Box::new(ebpf::EbpfSource::attach_with(interest, ebpf_options)?),
             "requested with --backend ebpf".to_owned(),
         )),
         BackendChoice::Fanotify => Ok((
             Box::new(fanotify::FanotifySource::new(interest)?),
             "requested with --backend fanotify".to_owned(),
         )),
-        BackendChoice::Auto => match ebpf::EbpfSource::attach(interest) {
+        BackendChoice::Auto => match ebpf::EbpfSource::attach_with(interest, ebpf_options) {
             Ok(source) => Ok((
                 Box::new(source),
                 "auto: the eBPF programs loaded and attached".to_owned(),

@@ -615,6 +615,20 @@ impl TrackerProcess {
         self.request(br#"{"request":"status"}"#).unwrap()["status"].clone()
     }
 
+    /// SIGSTOP: the tracker reads nothing until `resume`, so kernel queues fill up.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    }
+
     /// `kill -9`, then start again with the same index database.
     pub fn crash_and_restart(&mut self) {
         self.kill();
