@@ -67,6 +67,11 @@ pub trait Source: Send {
     fn fence(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), SourceError>;
 
     fn stats(&self) -> SourceStats;
+
+    /// What the source found the kernel supports and chose to use, for `status`.
+    fn checks(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 }
 
 /// Which backend `root-tracker run --backend` asked for.

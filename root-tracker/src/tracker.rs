@@ -73,7 +73,11 @@ pub struct Tracker {
     unsettled_since: Option<Instant>,
     /// The paths the source was last told to watch.
     covered: BTreeSet<PathBuf>,
+    last_auto_rescan: Option<Instant>,
 }
+
+/// Minimum time between two rescans the loop starts on its own.
+const AUTO_RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Tracker {
     /// `source` and `state_watch` must already be attached: the bootstrap scan runs in `run`.
@@ -98,6 +102,7 @@ impl Tracker {
             next_verify,
             unsettled_since: None,
             covered: BTreeSet::new(),
+            last_auto_rescan: None,
         }
     }
 
@@ -118,7 +123,14 @@ impl Tracker {
                 self.unsettled_since = None;
             } else {
                 let since = *self.unsettled_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= self.options.rescan_delay {
+                // At most one unprompted rescan per AUTO_RESCAN_INTERVAL, so a cause that
+                // persists (a filesystem the source cannot watch) costs a rescan a second,
+                // not a busy loop. Queries rescan at once.
+                let rested = self
+                    .last_auto_rescan
+                    .is_none_or(|last| last.elapsed() >= AUTO_RESCAN_INTERVAL);
+                if since.elapsed() >= self.options.rescan_delay && rested {
+                    self.last_auto_rescan = Some(Instant::now());
                     self.settle()?;
                 }
             }
@@ -271,6 +283,7 @@ impl Tracker {
             "watched_paths": index.watched_len(),
             "watched_state_dirs": self.state_watch.watched_dirs(),
             "source": self.source.stats(),
+            "source_checks": self.source.checks(),
             "reconciler": stats,
             "last_rescan_unix": seconds(stats.last_rescan),
             "started_unix": seconds(Some(self.started)),

@@ -253,3 +253,39 @@ fn lost_hints_unsettle_until_rescan() {
         root_tracker::reconcile::Settled::Settled
     );
 }
+
+#[test]
+fn verification_counts_drift_and_repairs_it() {
+    let world = World::new();
+    let index = Index::open(&world.root.join("index.sqlite")).unwrap();
+    let mut reconciler = Reconciler::new(world.layout.clone(), index);
+    let home = world.home(0);
+    fs::create_dir_all(&home).unwrap();
+    symlink(store_path(&world, 0), home.join("result")).unwrap();
+    symlink(home.join("result"), world.auto(0)).unwrap();
+    reconciler.rescan().unwrap();
+    assert_eq!(
+        reconciler.verify().unwrap(),
+        0,
+        "no drift right after a rescan"
+    );
+    // A change nobody hinted: the sweep must see it and repair the index.
+    fs::remove_file(home.join("result")).unwrap();
+    symlink(store_path(&world, 2), home.join("result")).unwrap();
+    assert!(reconciler.verify().unwrap() > 0);
+    assert!(reconciler.stats().drift >= 1);
+    assert_eq!(
+        reconciler.verify().unwrap(),
+        0,
+        "repaired by the sweep's rescan"
+    );
+    let options = ScanOptions {
+        runtime: false,
+        temp: false,
+        ..ScanOptions::default()
+    };
+    assert_eq!(
+        comparable(&reconciler.answer(&options).unwrap()),
+        comparable(&scan(&world.layout, &options).unwrap())
+    );
+}

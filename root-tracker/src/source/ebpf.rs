@@ -593,6 +593,10 @@ impl Source for EbpfSource {
         Ok(self.fence_inner(deadline, out)?)
     }
 
+    fn checks(&self) -> serde_json::Value {
+        serde_json::to_value(&self.checks).unwrap_or_default()
+    }
+
     fn stats(&self) -> SourceStats {
         SourceStats {
             events: self.records_read,

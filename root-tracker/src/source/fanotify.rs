@@ -457,6 +457,19 @@ impl Source for FanotifySource {
     fn stats(&self) -> SourceStats {
         self.stats.clone()
     }
+
+    fn checks(&self) -> serde_json::Value {
+        serde_json::json!({
+            "rename_events": match self.rename_events() {
+                RenameEvents::Rename => "FAN_RENAME",
+                RenameEvents::MovedFromTo => "FAN_MOVED_FROM|FAN_MOVED_TO",
+            },
+            "marked_filesystems": self
+                .marked_filesystems()
+                .map(|path| path.to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// `<store>/`, the prefix of a symlink target in the store (empty: no store filter).
