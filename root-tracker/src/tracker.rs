@@ -107,8 +107,13 @@ impl Tracker {
     }
 
     /// Runs until `shutdown` is set or every job sender is gone.
+    ///
+    /// Errors do not stop it: whatever failed (a full disk under the index, an unreadable
+    /// store database) leaves the index unsettled, so queries refuse until a later rescan
+    /// succeeds. It fails closed and keeps trying.
     pub fn run(mut self, shutdown: &Arc<AtomicBool>) -> Result<(), ReconcileError> {
-        self.settle()?;
+        let settled = self.settle();
+        self.survive("the bootstrap scan", settled);
         while !shutdown.load(Ordering::Relaxed) {
             let mut hints = Vec::new();
             if let Err(error) = self.source.poll(self.options.poll_interval, &mut hints) {
@@ -118,7 +123,8 @@ impl Tracker {
                 )));
             }
             self.drain_state_watch(&mut hints);
-            self.apply(&hints)?;
+            let applied = self.apply(&hints);
+            self.survive("applying hints", applied);
             if *self.reconciler.settled() == Settled::Settled {
                 self.unsettled_since = None;
             } else {
@@ -131,13 +137,21 @@ impl Tracker {
                     .is_none_or(|last| last.elapsed() >= AUTO_RESCAN_INTERVAL);
                 if since.elapsed() >= self.options.rescan_delay && rested {
                     self.last_auto_rescan = Some(Instant::now());
-                    self.settle()?;
+                    let settled = self.settle();
+                    self.survive("a rescan", settled);
                 }
             }
             loop {
                 match self.jobs.try_recv() {
                     Ok(job) => {
-                        let response = self.handle(job.request)?;
+                        let response = match self.handle(job.request) {
+                            Ok(response) => response,
+                            Err(error) => {
+                                let message = format!("{:#}", anyhow::Error::from(error));
+                                self.survive("a request", Err::<(), _>(message.clone()));
+                                Response::error(ErrorKind::Internal, message)
+                            }
+                        };
                         let _ = job.reply.send(response);
                     }
                     Err(TryRecvError::Empty) => break,
@@ -145,7 +159,8 @@ impl Tracker {
                 }
             }
             if self.next_verify.is_some_and(|due| Instant::now() >= due) {
-                self.reconciler.verify()?;
+                let verified = self.reconciler.verify().map(drop);
+                self.survive("a verification sweep", verified);
                 self.next_verify = self
                     .options
                     .verify_interval
@@ -153,6 +168,15 @@ impl Tracker {
             }
         }
         Ok(())
+    }
+
+    /// Logs a failure and makes the index unsettled: after a failed read or write the index
+    /// may not hold every root.
+    fn survive<E: std::fmt::Display>(&mut self, what: &str, result: Result<(), E>) {
+        if let Err(error) = result {
+            tracing::error!(%error, "{what} failed");
+            self.reconciler.unsettle(format!("{what} failed: {error}"));
+        }
     }
 
     fn drain_state_watch(&mut self, hints: &mut Vec<Hint>) {
