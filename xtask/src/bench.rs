@@ -13,13 +13,13 @@ use crate::fixture::Fixture;
 use crate::{cargo, run, setup_and_report, workspace_root};
 
 /// One timed run of a command: wall time and the child's peak RSS.
-struct Sample {
-    wall: Duration,
-    max_rss_kib: i64,
+pub(crate) struct Sample {
+    pub(crate) wall: Duration,
+    pub(crate) max_rss_kib: i64,
 }
 
 /// Runs `command` once (stdout discarded) and measures it with `wait4`.
-fn measure(command: &mut Command) -> anyhow::Result<Sample> {
+pub(crate) fn measure(command: &mut Command) -> anyhow::Result<Sample> {
     command.stdout(Stdio::null()).stderr(Stdio::null());
     let started = Instant::now();
     let child = command
@@ -46,13 +46,13 @@ fn measure(command: &mut Command) -> anyhow::Result<Sample> {
     })
 }
 
-fn median(mut values: Vec<Duration>) -> Duration {
+pub(crate) fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
 }
 
 /// Drops the page, dentry and inode caches, so the next run reads from disk.
-fn drop_caches() -> anyhow::Result<()> {
+pub(crate) fn drop_caches() -> anyhow::Result<()> {
     // SAFETY: sync(2) has no preconditions.
     unsafe { libc::sync() };
     fs::write("/proc/sys/vm/drop_caches", "3\n").context("cannot drop caches (needs root)")
@@ -198,7 +198,7 @@ fn render_scan_table(
     out
 }
 
-fn machine_description() -> String {
+pub(crate) fn machine_description() -> String {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let date = Command::new("date")
         .arg("-u")
@@ -210,7 +210,7 @@ fn machine_description() -> String {
 }
 
 /// Replaces (or appends) the `<!-- bench:NAME -->` section of BENCHMARKS.md.
-fn write_section(file: &Path, name: &str, body: &str) -> anyhow::Result<()> {
+pub(crate) fn write_section(file: &Path, name: &str, body: &str) -> anyhow::Result<()> {
     let start = format!("<!-- bench:{name}:start -->");
     let end = format!("<!-- bench:{name}:end -->");
     let existing = fs::read_to_string(file).unwrap_or_else(|_| {

@@ -197,3 +197,18 @@ fn path_str(path: &Path) -> anyhow::Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
+
+/// Where `Fixture::with_indirect_roots` put root number `index`.
+impl Fixture {
+    /// The user's link (`home/u<h>/p<j>/result`) of indirect root `index`.
+    pub fn indirect_root_link(&self, index: usize) -> PathBuf {
+        self.root()
+            .join(format!("home/u{}/p{}/result", index / 100, index % 100))
+    }
+
+    /// The registered store path that indirect root `index` points to.
+    pub fn indirect_root_target(&self, index: usize) -> PathBuf {
+        self.store_dir()
+            .join(format!("{}-pkg-{index}", nix32_hash(index as u64)))
+    }
+}

@@ -1,8 +1,10 @@
-//! Project tasks: `cargo xtask setup | test | run | bench`. See README.md.
+//! Project tasks: `cargo xtask setup | test | run | bench | soak`. See README.md.
 
 mod bench;
+mod bench_events;
 mod fixture;
 mod setup;
+mod soak;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -40,12 +42,25 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Run setup, then the live random-workload test (tracker vs scan, each backend) with
+    /// many seeds, in release mode.
+    Soak {
+        /// Seeds per backend (`RT_LIVE_SEEDS`).
+        #[arg(long, default_value_t = 2000)]
+        seeds: u64,
+        /// Operations per seed (`RT_LIVE_OPS`).
+        #[arg(long, default_value_t = 500)]
+        ops: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BenchArea {
     /// `root-tracker scan` against `nix-store --gc --print-roots`, 10k and 100k indirect roots.
     Scan,
+    /// Live tracker: overhead on unrelated file churn per backend, event throughput and lag,
+    /// and fenced query time against a scan at 10k, 100k and 1M roots.
+    Events,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,7 +73,9 @@ fn main() -> anyhow::Result<()> {
         Task::Run => run_main_job()?,
         Task::Bench { area, quick } => match area {
             BenchArea::Scan => bench::scan(quick)?,
+            BenchArea::Events => bench_events::events(quick)?,
         },
+        Task::Soak { seeds, ops } => soak::soak(seeds, ops)?,
     }
     Ok(())
 }
