@@ -308,7 +308,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<PathEvent>(), 40 + 2 * PATH_BYTES);
         assert_eq!(core::mem::size_of::<ExitEvent>(), 24);
         assert_eq!(core::mem::size_of::<InFlight>(), 8);
-        assert_eq!(core::mem::size_of::<Config>(), 8);
+        assert_eq!(core::mem::size_of::<Config>(), 16);
         assert_eq!(core::mem::size_of::<StorePrefix>(), 4 + STORE_PREFIX_MAX);
     }
 
