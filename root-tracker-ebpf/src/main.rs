@@ -21,9 +21,9 @@ mod kernel {
         helpers::{
             bpf_get_current_pid_tgid, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
         },
-        macros::{map, tracepoint},
+        macros::{fexit, lsm, map, tracepoint},
         maps::{Array, HashMap, PerCpuArray, RingBuf},
-        programs::TracePointContext,
+        programs::{FExitContext, LsmContext, TracePointContext},
     };
     use root_tracker_ebpf::{
         AT_FDCWD, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED,
@@ -344,6 +344,19 @@ mod kernel {
             tgid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
         });
+        0
+    }
+
+    /// A probe, never attached: user space loads it to learn whether this kernel accepts
+    /// fexit programs (`status` reports it). The tracepoints are complete without it.
+    #[fexit(function = "vfs_symlink")]
+    pub fn probe_fexit(_ctx: FExitContext) -> i32 {
+        0
+    }
+
+    /// A probe, never attached: whether this kernel accepts BPF LSM programs.
+    #[lsm(hook = "path_symlink")]
+    pub fn probe_lsm(_ctx: LsmContext) -> i32 {
         0
     }
 

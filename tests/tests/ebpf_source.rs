@@ -473,3 +473,23 @@ fn attach_leaves_no_mount_behind() {
     drop(attached);
     assert_eq!(tracefs_mounts(), before);
 }
+
+/// fexit and LSM are probed at attach time and the outcome is reported, with the kernel's
+/// reason when they are refused (as on this machine kind, where both fail with EPERM).
+#[test]
+fn fexit_and_lsm_are_probed_and_reported() {
+    use root_tracker::source::ebpf::Probe;
+    let fixture = Fixture::new(&[]);
+    let checks = fixture.source.checks();
+    for (name, probe) in [("fexit", &checks.fexit), ("lsm", &checks.lsm)] {
+        match probe {
+            Probe::Loadable => {}
+            Probe::Absent { reason } => {
+                assert!(!reason.contains("not probed"), "{name}: {reason}");
+                assert!(!reason.is_empty());
+            }
+            Probe::Attached => panic!("{name} probe must never be attached"),
+        }
+    }
+    eprintln!("fexit: {:?}\nlsm: {:?}", checks.fexit, checks.lsm);
+}

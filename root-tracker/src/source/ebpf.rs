@@ -23,7 +23,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{FExit, Lsm, ProgramError, TracePoint},
 };
 use root_tracker_ebpf::{
     AT_FDCWD, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
@@ -48,6 +48,9 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 const TRACEFS_IN_DEBUGFS: &str = "/sys/kernel/debug/tracing";
 /// The io_uring tracepoint's format file, relative to a tracefs root.
 const IO_URING_FORMAT: &str = "events/io_uring/io_uring_submit_req/format";
+/// Probe programs (never attached).
+const PROG_PROBE_FEXIT: &str = "probe_fexit";
+const PROG_PROBE_LSM: &str = "probe_lsm";
 /// The io_uring completion tracepoint's format file.
 const IO_URING_COMPLETE_FORMAT: &str = "events/io_uring/io_uring_complete/format";
 
@@ -145,6 +148,8 @@ impl Default for EbpfOptions {
 pub enum Probe {
     /// Loaded and attached.
     Attached,
+    /// The kernel accepts it, but it is not used: the tracepoints cover the same operations.
+    Loadable,
     /// The kernel has no such hook, so nothing can go unseen through it (e.g. no
     /// `io_uring/io_uring_submit_req` tracepoint: a kernel without io_uring).
     Absent { reason: String },
@@ -153,6 +158,10 @@ pub enum Probe {
 /// What the kernel supports, as found at attach time; shown by `root-tracker status`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Checks {
+    /// Whether an fexit program loads (`vfs_symlink`): refused with EPERM on some hosts.
+    pub fexit: Probe,
+    /// Whether a BPF LSM program loads (`path_symlink`) and `bpf` is an active LSM.
+    pub lsm: Probe,
     /// The `io_uring/io_uring_submit_req` program.
     pub io_uring_submit: Probe,
     /// Offset of `opcode` in the io_uring tracepoint record, from its format file; `None`
@@ -340,12 +349,19 @@ impl EbpfSource {
             last_counters: DeliveryCounters::default(),
             records_read: 0,
             checks: Checks {
+                fexit: Probe::Absent {
+                    reason: "not probed".to_owned(),
+                },
+                lsm: Probe::Absent {
+                    reason: "not probed".to_owned(),
+                },
                 io_uring_submit: Probe::Attached,
                 io_uring_opcode_offset,
             },
             _ebpf: ebpf,
         };
         source.set_basenames(&interest.basenames)?;
+        (source.checks.fexit, source.checks.lsm) = probe_fexit_and_lsm(&mut source._ebpf);
 
         for (_, exit) in SYSCALL_PROGRAMS {
             attach_tracepoint(&mut source._ebpf, SYSCALLS_CATEGORY, exit)?;
@@ -899,6 +915,58 @@ fn tracefs_file(relative: &str) -> Option<String> {
 
 /// The offset of the one-byte `opcode` field of `io_uring_submit_req`, which differs between
 /// kernel versions; `None` if the format file is absent or says something unexpected.
+/// Loads (never attaches) the probe programs, then unloads them: what the kernel accepts.
+fn probe_fexit_and_lsm(ebpf: &mut Ebpf) -> (Probe, Probe) {
+    let absent = |reason: String| Probe::Absent { reason };
+    let btf = match aya::Btf::from_sys_fs() {
+        Ok(btf) => btf,
+        Err(error) => {
+            let reason = format!("no kernel BTF: {error}");
+            return (absent(reason.clone()), absent(reason));
+        }
+    };
+    let fexit = match ebpf
+        .program_mut(PROG_PROBE_FEXIT)
+        .map(<&mut FExit>::try_from)
+    {
+        Some(Ok(program)) => match program.load("vfs_symlink", &btf) {
+            Ok(()) => {
+                let _ = program.unload();
+                Probe::Loadable
+            }
+            Err(error) => absent(format!("load refused: {}", error_chain(&error))),
+        },
+        _ => absent("probe program missing".to_owned()),
+    };
+    let active_lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+    let lsm = match ebpf.program_mut(PROG_PROBE_LSM).map(<&mut Lsm>::try_from) {
+        Some(Ok(program)) => match program.load("path_symlink", &btf) {
+            Ok(()) => {
+                let _ = program.unload();
+                if active_lsms.split(',').any(|name| name.trim() == "bpf") {
+                    Probe::Loadable
+                } else {
+                    absent(format!("bpf is not an active LSM ({})", active_lsms.trim()))
+                }
+            }
+            Err(error) => absent(format!("load refused: {}", error_chain(&error))),
+        },
+        _ => absent("probe program missing".to_owned()),
+    };
+    (fexit, lsm)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Offset of `void *req` in an io_uring tracepoint record.
 fn io_uring_req_offset(format: &str) -> Option<u32> {
     parse_field_offset(&tracefs_file(format)?, "req", 8)
