@@ -677,3 +677,66 @@ pub fn index_part(report: &serde_json::Value) -> serde_json::Value {
             .collect::<Vec<_>>(),
     })
 }
+
+/// xorshift64*: a small, seeded, reproducible generator for the random-workload tests.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+}
+
+/// A store laid out as Nix lays it out, made without Nix: its database holds only a
+/// `ValidPaths` table. For unprivileged tests of the reconciler, tracker loop and server.
+pub struct FakeStore {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub layout: root_tracker::layout::StoreLayout,
+}
+
+impl FakeStore {
+    /// Registers `<store>/<name>` for each of `valid`.
+    pub fn new(valid: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_owned();
+        let layout =
+            root_tracker::layout::StoreLayout::new(&root.join("store"), &root.join("state"))
+                .unwrap();
+        for sub in [
+            "store",
+            "state/gcroots/auto",
+            "state/profiles",
+            "state/db",
+            "home",
+        ] {
+            fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let db = rusqlite::Connection::open(layout.db_path()).unwrap();
+        db.execute_batch(
+            "CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL);",
+        )
+        .unwrap();
+        for name in valid {
+            let path = layout.store_dir().join(name);
+            db.execute(
+                "INSERT INTO ValidPaths (path) VALUES (?1)",
+                [path.to_str().unwrap()],
+            )
+            .unwrap();
+        }
+        Self {
+            _dir: dir,
+            root,
+            layout,
+        }
+    }
+}

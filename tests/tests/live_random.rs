@@ -18,22 +18,10 @@ use std::path::{Path, PathBuf};
 
 use root_tracker::layout::StoreLayout;
 use root_tracker::scan::{ScanOptions, scan};
-use tests::{HermeticStore, TmpfsMount, TrackerProcess, index_part, require_root};
+use tests::{HermeticStore, Rng, TmpfsMount, TrackerProcess, index_part, require_root};
 
 const DIRS: usize = 4;
 const AUTO_LINKS: usize = 8;
-
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
-    }
-}
 
 /// Fields drop in order: the overlay, then the second filesystem, then the store's temp dir.
 struct Workload {
@@ -252,7 +240,7 @@ fn live_random(backend: &str) {
     let operations = env_number("RT_LIVE_OPS", 200) as usize;
     for seed in seeds {
         workload.reset();
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::new(seed);
         let mut done = 0;
         while done < operations {
             let batch = 1 + rng.below(10);

@@ -25,9 +25,10 @@ use root_tracker::server::{Access, serve};
 use root_tracker::source::replay::{ReplayFeed, ReplaySource};
 use root_tracker::state_watch::StateWatch;
 use root_tracker::tracker::{Tracker, TrackerOptions};
+use tests::FakeStore;
 
 struct Running {
-    dir: tempfile::TempDir,
+    fake: FakeStore,
     layout: StoreLayout,
     socket: PathBuf,
     feed: ReplayFeed,
@@ -48,31 +49,10 @@ const VALID: &str = "0123456789abcdfghijklmnpqrsvwx00-valid";
 const OTHER: &str = "0123456789abcdfghijklmnpqrsvwx02-other";
 
 fn start() -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let layout = StoreLayout::new(&root.join("store"), &root.join("state")).unwrap();
-    for sub in [
-        "store",
-        "state/gcroots/auto",
-        "state/profiles",
-        "state/db",
-        "home/proj",
-    ] {
-        fs::create_dir_all(root.join(sub)).unwrap();
-    }
-    let db = rusqlite::Connection::open(layout.db_path()).unwrap();
-    db.execute_batch(
-        "CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL);",
-    )
-    .unwrap();
-    for name in [VALID, OTHER] {
-        let path = layout.store_dir().join(name);
-        db.execute(
-            "INSERT INTO ValidPaths (path) VALUES (?1)",
-            [path.to_str().unwrap()],
-        )
-        .unwrap();
-    }
+    let fake = FakeStore::new(&[VALID, OTHER]);
+    let layout = fake.layout.clone();
+    let root = fake.root.clone();
+    fs::create_dir_all(root.join("home/proj")).unwrap();
     let index = Index::open(&root.join("index.sqlite")).unwrap();
     let reconciler = Reconciler::new(layout.clone(), index);
     let (source, feed) = ReplaySource::new();
@@ -91,7 +71,7 @@ fn start() -> Running {
     let loop_shutdown = shutdown.clone();
     let tracker_thread = std::thread::spawn(move || tracker.run(&loop_shutdown).unwrap());
     Running {
-        dir,
+        fake,
         layout,
         socket,
         feed,
@@ -148,7 +128,7 @@ fn bytes(path: &Path) -> Vec<u8> {
 fn queries_are_fenced_against_state_tree_and_source_changes() {
     let running = start();
     let store = running.layout.store_dir().to_owned();
-    let home = running.dir.path().join("home/proj");
+    let home = running.fake.root.join("home/proj");
     assert!(roots(&running).is_empty());
 
     // A direct root appears in gcroots: seen by inotify, no hint needed, fenced by the query.
@@ -194,7 +174,7 @@ fn queries_are_fenced_against_state_tree_and_source_changes() {
 fn lost_hints_are_settled_by_a_rescan_before_answering() {
     let running = start();
     let store = running.layout.store_dir().to_owned();
-    let home = running.dir.path().join("home/proj");
+    let home = running.fake.root.join("home/proj");
     symlink(store.join(VALID), home.join("result")).unwrap();
     symlink(home.join("result"), running.layout.auto_dir().join("x")).unwrap();
     assert_eq!(roots(&running).len(), 1);

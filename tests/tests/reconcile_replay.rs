@@ -17,58 +17,38 @@ use root_tracker::layout::StoreLayout;
 use root_tracker::reconcile::Reconciler;
 use root_tracker::report::ScanReport;
 use root_tracker::scan::{ScanOptions, scan};
+use tests::{FakeStore, Rng};
 
 const PATHS: usize = 6;
 const DIRS: usize = 5;
 const AUTO_LINKS: usize = 8;
 
+/// Even-numbered store paths are registered, odd ones are not (unregistered roots).
+fn store_name(index: usize) -> String {
+    format!("0123456789abcdfghijklmnpqrsvwx{index:02}-p{index}")
+}
+
 struct World {
-    _dir: tempfile::TempDir,
+    /// Owns the temp dir.
+    _fake: FakeStore,
     root: PathBuf,
     layout: StoreLayout,
 }
 
 fn store_path(world: &World, index: usize) -> PathBuf {
-    world
-        .layout
-        .store_dir()
-        .join(format!("0123456789abcdfghijklmnpqrsvwx{index:02}-p{index}"))
+    world.layout.store_dir().join(store_name(index))
 }
 
 impl World {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_owned();
-        let layout = StoreLayout::new(&root.join("store"), &root.join("state")).unwrap();
-        for sub in [
-            "store",
-            "state/gcroots/auto",
-            "state/profiles",
-            "state/db",
-            "home",
-        ] {
-            fs::create_dir_all(root.join(sub)).unwrap();
+        let names: Vec<String> = (0..PATHS).step_by(2).map(store_name).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let fake = FakeStore::new(&names);
+        Self {
+            root: fake.root.clone(),
+            layout: fake.layout.clone(),
+            _fake: fake,
         }
-        let world = Self {
-            _dir: dir,
-            root,
-            layout,
-        };
-        let db = rusqlite::Connection::open(world.layout.db_path()).unwrap();
-        db.execute_batch(
-            "CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL);",
-        )
-        .unwrap();
-        // Even-numbered paths are registered, odd ones are not (unregistered roots).
-        for index in (0..PATHS).step_by(2) {
-            let path = store_path(&world, index);
-            db.execute(
-                "INSERT INTO ValidPaths (path) VALUES (?1)",
-                [path.to_str().unwrap()],
-            )
-            .unwrap();
-        }
-        world
     }
 
     fn home(&self, dir: usize) -> PathBuf {
@@ -77,18 +57,6 @@ impl World {
 
     fn auto(&self, link: usize) -> PathBuf {
         self.layout.auto_dir().join(format!("a{link}"))
-    }
-}
-
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
     }
 }
 
@@ -187,7 +155,7 @@ fn run_seed(seed: u64, operations: usize) {
     let index = Index::open(&world.root.join("index.sqlite")).unwrap();
     let mut reconciler = Reconciler::new(world.layout.clone(), index);
     reconciler.rescan().unwrap();
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::new(seed);
     let mut done = 0;
     while done < operations {
         let batch = 1 + rng.below(8);
