@@ -232,7 +232,8 @@ impl Tracker {
         Ok(())
     }
 
-    /// Rescans, then fences again: hints lost during the rescan unsettle it anew.
+    /// Rescans and hands the source the new interest. Hints lost during the rescan arrive
+    /// later and unsettle the index anew, so callers look at `settled` afterwards.
     fn settle(&mut self) -> Result<(), ReconcileError> {
         self.unsettled_since = None;
         self.reconciler.rescan()?;
