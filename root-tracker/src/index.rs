@@ -46,12 +46,12 @@ pub struct Index {
     entries: BTreeMap<Vec<u8>, EntryFindings>,
     /// Watched path (raw or canonical retainer) → entries depending on it.
     by_watched: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>,
-    /// Component name of a watched path → entries depending on it.
-    by_component: HashMap<Vec<u8>, BTreeSet<Vec<u8>>>,
     db: Connection,
     generation: u64,
     /// Set when a watched path was added or removed (sources need a new interest).
     watched_changed: bool,
+    /// Watched paths added since the last `take_new_watched`.
+    new_watched: Vec<Vec<u8>>,
 }
 
 impl Index {
@@ -89,10 +89,10 @@ impl Index {
         Ok(Self {
             entries: BTreeMap::new(),
             by_watched: BTreeMap::new(),
-            by_component: HashMap::new(),
             db,
             generation,
             watched_changed: false,
+            new_watched: Vec::new(),
         })
     }
 
@@ -111,52 +111,53 @@ impl Index {
     }
 
     /// Replaces everything known at or below `subtree` (a state-tree path) with `findings`,
-    /// which must come from examining exactly that subtree. One generation, one transaction.
+    /// which must come from examining exactly that subtree.
+    #[cfg(test)]
     pub(crate) fn replace_subtree(
         &mut self,
         subtree: &[u8],
         findings: Findings<'_>,
     ) -> Result<(), IndexError> {
+        self.replace_subtrees(vec![(subtree.to_vec(), findings)])
+    }
+
+    /// [`Self::replace_subtree`] for many subtrees: one generation, one transaction.
+    pub(crate) fn replace_subtrees(
+        &mut self,
+        examined: Vec<(Vec<u8>, Findings<'_>)>,
+    ) -> Result<(), IndexError> {
         self.generation += 1;
-        let removed: Vec<Vec<u8>> = self.keys_at_or_below(subtree);
-        for key in &removed {
-            self.remove_entry(key);
-        }
-        let mut grouped: BTreeMap<Vec<u8>, EntryFindings> = BTreeMap::new();
-        for Candidate { root, .. } in findings.candidates {
-            grouped
-                .entry(root.link.clone())
-                .or_default()
-                .roots
-                .push(root);
-        }
-        for stale in findings.stale_links {
-            grouped
-                .entry(stale.link.clone())
-                .or_default()
-                .stale
-                .push(stale);
-        }
-        for unreadable in findings.unreadable {
-            let key = unreadable
-                .via
-                .clone()
-                .unwrap_or_else(|| unreadable.path.clone());
-            grouped.entry(key).or_default().unreadable.push(unreadable);
-        }
         let mut canonical_dirs = HashMap::new();
-        for watched in findings.watched {
-            let entry = grouped.entry(watched.link).or_default();
-            if let Some(canonical) = canonical_path(&watched.retainer, &mut canonical_dirs) {
-                entry.watched.insert(canonical);
+        let prepared: Vec<(Vec<u8>, EntriesFound)> = examined
+            .into_iter()
+            .map(|(subtree, findings)| (subtree, group_by_entry(findings, &mut canonical_dirs)))
+            .collect();
+        // Which watched paths are new to the source, and which it may stop watching, is
+        // judged against the state before this batch, so re-examining an entry whose paths
+        // did not change does not count as a change.
+        let incoming: BTreeSet<Vec<u8>> = prepared
+            .iter()
+            .flat_map(|(_, grouped)| grouped.values())
+            .flat_map(|entry| entry.watched.iter().cloned())
+            .collect();
+        let new_paths: Vec<Vec<u8>> = incoming
+            .iter()
+            .filter(|path| !self.by_watched.contains_key(*path))
+            .cloned()
+            .collect();
+        let mut orphaned = Vec::new();
+        for (subtree, _) in &prepared {
+            for key in self.keys_at_or_below(subtree) {
+                orphaned.extend(self.remove_entry(&key));
             }
-            entry.watched.insert(watched.retainer);
         }
         let generation = self.generation;
         let transaction = self.db.transaction().map_err(IndexError::Write)?;
-        persist_removal(&transaction, subtree)?;
-        for (key, entry) in &grouped {
-            persist_entry(&transaction, key, entry, generation)?;
+        for (subtree, grouped) in &prepared {
+            persist_removal(&transaction, subtree)?;
+            for (key, entry) in grouped {
+                persist_entry(&transaction, key, entry, generation)?;
+            }
         }
         transaction
             .execute(
@@ -165,9 +166,15 @@ impl Index {
             )
             .map_err(IndexError::Write)?;
         transaction.commit().map_err(IndexError::Write)?;
-        for (key, entry) in grouped {
-            self.insert_entry(key, entry);
+        for (_, grouped) in prepared {
+            for (key, entry) in grouped {
+                self.insert_entry(key, entry);
+            }
         }
+        if !new_paths.is_empty() || orphaned.iter().any(|path| !incoming.contains(path)) {
+            self.watched_changed = true;
+        }
+        self.new_watched.extend(new_paths);
         Ok(())
     }
 
@@ -185,16 +192,32 @@ impl Index {
         found
     }
 
-    /// Entries whose watched paths have a component named `name`.
+    /// Entries whose watched paths have a component named `name`. A walk over every watched
+    /// path: this answers the rare hint that names an entry without its directory.
     pub fn entries_with_component(&self, name: &[u8]) -> BTreeSet<Vec<u8>> {
-        self.by_component.get(name).cloned().unwrap_or_default()
+        self.by_watched
+            .iter()
+            .filter(|(watched, _)| components(watched).any(|component| component == name))
+            .flat_map(|(_, entries)| entries.iter().cloned())
+            .collect()
+    }
+
+    /// Watched paths added since the last call: the source must start watching them, then
+    /// the entries depending on them are read again (attach first, then scan).
+    pub fn take_new_watched(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.new_watched)
     }
 
     /// What sources should report, derived from what the index watches.
     pub fn interest(&self, layout: &StoreLayout) -> Interest {
         Interest {
             store_dir: layout.store_dir().to_owned(),
-            basenames: self.by_component.keys().cloned().collect(),
+            basenames: self
+                .by_watched
+                .keys()
+                .flat_map(|watched| components(watched))
+                .map(<[u8]>::to_vec)
+                .collect(),
             paths: self
                 .by_watched
                 .keys()
@@ -235,46 +258,70 @@ impl Index {
             .collect()
     }
 
-    fn remove_entry(&mut self, key: &[u8]) {
+    /// Removes an entry; returns the watched paths no other entry depends on any more.
+    fn remove_entry(&mut self, key: &[u8]) -> Vec<Vec<u8>> {
         let Some(entry) = self.entries.remove(key) else {
-            return;
+            return Vec::new();
         };
-        for watched in &entry.watched {
-            if self
-                .by_watched
-                .get(watched)
-                .is_some_and(|set| set.len() == 1)
-            {
-                self.watched_changed = true;
-            }
-            remove_from(&mut self.by_watched, watched, key);
-            for component in components(watched) {
-                if let Some(set) = self.by_component.get_mut(component) {
-                    set.remove(key);
-                    if set.is_empty() {
-                        self.by_component.remove(component);
-                    }
-                }
+        let mut orphaned = Vec::new();
+        for watched in entry.watched {
+            remove_from(&mut self.by_watched, &watched, key);
+            if !self.by_watched.contains_key(&watched) {
+                orphaned.push(watched);
             }
         }
+        orphaned
     }
 
     fn insert_entry(&mut self, key: Vec<u8>, entry: EntryFindings) {
         for watched in &entry.watched {
-            let dependents = self.by_watched.entry(watched.clone()).or_default();
-            if dependents.is_empty() {
-                self.watched_changed = true;
-            }
-            dependents.insert(key.clone());
-            for component in components(watched) {
-                self.by_component
-                    .entry(component.to_vec())
-                    .or_default()
-                    .insert(key.clone());
-            }
+            self.by_watched
+                .entry(watched.clone())
+                .or_default()
+                .insert(key.clone());
         }
         self.entries.insert(key, entry);
     }
+}
+
+/// State-tree entry → what examining it found.
+type EntriesFound = BTreeMap<Vec<u8>, EntryFindings>;
+
+/// Findings of one examination, grouped by the state-tree entry they belong to.
+fn group_by_entry(
+    findings: Findings<'_>,
+    canonical_dirs: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+) -> EntriesFound {
+    let mut grouped = EntriesFound::new();
+    for Candidate { root, .. } in findings.candidates {
+        grouped
+            .entry(root.link.clone())
+            .or_default()
+            .roots
+            .push(root);
+    }
+    for stale in findings.stale_links {
+        grouped
+            .entry(stale.link.clone())
+            .or_default()
+            .stale
+            .push(stale);
+    }
+    for unreadable in findings.unreadable {
+        let key = unreadable
+            .via
+            .clone()
+            .unwrap_or_else(|| unreadable.path.clone());
+        grouped.entry(key).or_default().unreadable.push(unreadable);
+    }
+    for watched in findings.watched {
+        let entry = grouped.entry(watched.link).or_default();
+        if let Some(canonical) = canonical_path(&watched.retainer, canonical_dirs) {
+            entry.watched.insert(canonical);
+        }
+        entry.watched.insert(watched.retainer);
+    }
+    grouped
 }
 
 fn remove_from(map: &mut BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>, watched: &[u8], key: &[u8]) {

@@ -107,9 +107,8 @@ impl Reconciler {
     #[tracing::instrument(skip_all)]
     pub fn rescan(&mut self) -> Result<(), ReconcileError> {
         let started = std::time::Instant::now();
-        for tree in [self.layout.gcroots_dir(), self.layout.profiles_dir()] {
-            self.reexamine(tree.as_os_str().as_bytes())?;
-        }
+        let trees = [self.layout.gcroots_dir(), self.layout.profiles_dir()];
+        self.reexamine(trees.iter().map(|tree| tree.as_os_str().as_bytes()))?;
         self.settled = Settled::Settled;
         self.stats.rescans += 1;
         self.stats.last_rescan = Some(SystemTime::now());
@@ -183,26 +182,39 @@ impl Reconciler {
                 .any(|outer| entry == outer || is_in_dir(entry, outer))
         });
         self.stats.rechecks += (outermost.len() + entries.len()) as u64;
-        for path in outermost.iter().chain(&entries) {
-            self.reexamine(path)?;
-        }
-        Ok(())
+        self.reexamine(outermost.iter().chain(&entries).map(Vec::as_slice))
     }
 
     /// Re-examines the given state-tree entries.
     pub fn recheck(&mut self, entries: &BTreeSet<Vec<u8>>) -> Result<(), ReconcileError> {
         self.stats.rechecks += entries.len() as u64;
-        for entry in entries {
-            self.reexamine(entry)?;
-        }
-        Ok(())
+        self.reexamine(entries.iter().map(Vec::as_slice))
     }
 
-    /// Re-reads `path` (a state-tree entry or subtree) and replaces what the index knows of it.
-    fn reexamine(&mut self, path: &[u8]) -> Result<(), ReconcileError> {
-        let mut findings = Findings::new(&self.layout);
-        findings.find_roots(Path::new(OsStr::from_bytes(path)));
-        self.index.replace_subtree(path, findings)?;
+    /// Watched paths added since the last call (see [`Index::take_new_watched`]).
+    pub fn take_new_watched(&mut self) -> Vec<Vec<u8>> {
+        self.index.take_new_watched()
+    }
+
+    /// Re-reads each path (a state-tree entry or subtree) and replaces what the index knows
+    /// of it, all in one index transaction.
+    fn reexamine<'p>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'p [u8]>,
+    ) -> Result<(), ReconcileError> {
+        let layout = &self.layout;
+        let examined: Vec<_> = paths
+            .into_iter()
+            .map(|path| {
+                let mut findings = Findings::new(layout);
+                findings.find_roots(Path::new(OsStr::from_bytes(path)));
+                (path.to_vec(), findings)
+            })
+            .collect();
+        if examined.is_empty() {
+            return Ok(());
+        }
+        self.index.replace_subtrees(examined)?;
         if self.index.take_watched_changed() {
             self.interest_changed = true;
         }

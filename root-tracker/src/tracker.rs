@@ -5,8 +5,6 @@
 //! (DESIGN.md 4); every answer is fenced (5) and never given while the index is unsettled.
 
 use std::collections::BTreeSet;
-use std::os::unix::ffi::OsStrExt as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -71,8 +69,6 @@ pub struct Tracker {
     next_verify: Option<Instant>,
     /// When the index was first seen unsettled since the last rescan.
     unsettled_since: Option<Instant>,
-    /// The paths the source was last told to watch.
-    covered: BTreeSet<PathBuf>,
     last_auto_rescan: Option<Instant>,
 }
 
@@ -101,7 +97,6 @@ impl Tracker {
             last_fence: None,
             next_verify,
             unsettled_since: None,
-            covered: BTreeSet::new(),
             last_auto_rescan: None,
         }
     }
@@ -212,16 +207,9 @@ impl Tracker {
                 return Ok(());
             }
             let mut entries = BTreeSet::new();
-            for path in &interest.paths {
-                if !self.covered.contains(path) {
-                    entries.extend(
-                        self.reconciler
-                            .index()
-                            .entries_watching(path.as_os_str().as_bytes()),
-                    );
-                }
+            for path in self.reconciler.take_new_watched() {
+                entries.extend(self.reconciler.index().entries_watching(&path));
             }
-            self.covered = interest.paths.into_iter().collect();
             if entries.is_empty() {
                 return Ok(());
             }
