@@ -428,7 +428,10 @@ fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     status["reconciler"]["verifications"],
                     status["reconciler"]["drift"]
                 );
-                println!("last fence: {} ms", status["last_fence_ms"]);
+                match status["last_fence_ms"].as_f64() {
+                    Some(ms) => println!("last fence: {ms:.2} ms"),
+                    None => println!("last fence: none yet (no query answered)"),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

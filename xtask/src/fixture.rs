@@ -35,12 +35,7 @@ impl Fixture {
     /// A small store with one root of each static kind, an indirect root, a profile and a stale link.
     pub fn demo() -> anyhow::Result<Self> {
         let fixture = Self::new()?;
-        let add = |name: &str| -> anyhow::Result<PathBuf> {
-            let source = fixture.root().join("src").join(name);
-            fs::write(&source, name)?;
-            let out = fixture.nix_store(&["--add", path_str(&source)?], None)?;
-            Ok(PathBuf::from(String::from_utf8(out)?.trim_end()))
-        };
+        let add = |name: &str| fixture.add_file(name);
         let direct = add("direct")?;
         let indirect = add("indirect")?;
         let stale = add("stale")?;
@@ -110,6 +105,14 @@ impl Fixture {
             Some(&registration),
         )?;
         Ok(fixture)
+    }
+
+    /// `nix-store --add` of a file named and holding `name`; returns its store path.
+    pub fn add_file(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let source = self.root().join("src").join(name);
+        fs::write(&source, name)?;
+        let out = self.nix_store(&["--add", path_str(&source)?], None)?;
+        Ok(PathBuf::from(String::from_utf8(out)?.trim_end()))
     }
 
     pub fn root(&self) -> &Path {

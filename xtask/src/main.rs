@@ -5,6 +5,7 @@ mod bench_events;
 mod fixture;
 mod setup;
 mod soak;
+mod tracker_process;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
@@ -191,32 +192,70 @@ fn run_main_job() -> anyhow::Result<()> {
     run(cargo(&env).args(["build", "--release", "-p", "root-tracker"]))?;
     let tracker = workspace_root().join("target/release/root-tracker");
     let machine_db = PathBuf::from("/nix/var/nix/db/db.sqlite");
-    let demo;
-    let mut scan;
     if machine_db.exists() {
         println!("xtask: scanning this machine's Nix store (/nix/store, /nix/var/nix)");
-        scan = Command::new(&tracker);
+        let mut scan = Command::new(&tracker);
         scan.arg("scan")
+            .arg("--summary")
             .env_remove("NIX_STORE_DIR")
             .env_remove("NIX_STATE_DIR");
-    } else {
-        println!(
-            "xtask: no Nix store on this machine ({} is absent); building a demo store with nix-store",
-            machine_db.display()
-        );
-        demo = fixture::Fixture::demo().context("cannot build the demo store")?;
-        println!("xtask: demo store in {}", demo.root().display());
-        println!("xtask: root-tracker scan:");
-        // Exit 3 (incomplete) is reported by the tracker itself; the summary below says why.
-        let _ = demo
-            .tracker_scan(&tracker)
-            .status()
-            .context("cannot run root-tracker")?;
-        scan = demo.tracker_scan(&tracker);
+        return report_scan(scan.status().context("cannot run root-tracker")?);
     }
-    scan.arg("--summary");
+    println!(
+        "xtask: no Nix store on this machine ({} is absent); building a demo store with nix-store",
+        machine_db.display()
+    );
+    let demo = fixture::Fixture::demo().context("cannot build the demo store")?;
+    println!("xtask: demo store in {}", demo.root().display());
     println!("xtask: root-tracker scan --summary:");
-    let status = scan.status().context("cannot run root-tracker")?;
+    let mut scan = demo.tracker_scan(&tracker);
+    report_scan(
+        scan.arg("--summary")
+            .status()
+            .context("cannot run root-tracker")?,
+    )?;
+
+    println!("xtask: starting root-tracker run --backend auto on the demo store");
+    let running = tracker_process::RunningTracker::start(&tracker, &demo, "auto")?;
+    let ask = |command: &str| -> anyhow::Result<()> {
+        println!("xtask: root-tracker {command}:");
+        // Exit 3 (incomplete) is explained by the tracker itself on stderr.
+        let _ = Command::new(&tracker)
+            .arg(command)
+            .arg("--socket")
+            .arg(running.socket())
+            .status()
+            .with_context(|| format!("cannot run root-tracker {command}"))?;
+        Ok(())
+    };
+    ask("status")?;
+    ask("query")?;
+    // A new indirect root, made with the real nix-store while the tracker runs: the next
+    // (fenced) query has it.
+    let project = demo.root().join("home/alice/new-project");
+    std::fs::create_dir_all(&project)?;
+    let path = demo.add_file("new-build")?;
+    demo.nix_store(
+        &[
+            "--add-root",
+            &project.join("result").to_string_lossy(),
+            "--indirect",
+            "-r",
+            &path.to_string_lossy(),
+        ],
+        None,
+    )?;
+    println!(
+        "xtask: added the indirect root {}",
+        project.join("result").display()
+    );
+    ask("query")?;
+    println!("xtask: stopping the tracker");
+    drop(running);
+    Ok(())
+}
+
+fn report_scan(status: std::process::ExitStatus) -> anyhow::Result<()> {
     match status.code() {
         Some(0) => println!("xtask: the scan is complete"),
         Some(3) => println!(
