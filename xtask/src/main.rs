@@ -105,6 +105,26 @@ pub fn cargo(env: &setup::SetupReport) -> Command {
     command
 }
 
+/// Runs `command`, copying its standard output to ours line by line and showing each line
+/// to `on_line` (to summarise a test run, say).
+pub fn run_tee(
+    command: &mut Command,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<std::process::ExitStatus> {
+    command.stdout(Stdio::piped());
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.with_context(|| format!("cannot read the output of {command:?}"))?;
+            println!("{line}");
+            on_line(&line);
+        }
+    }
+    Ok(child.wait()?)
+}
+
 /// Runs `command`, failing with its description if it does not succeed.
 pub fn run(command: &mut Command) -> anyhow::Result<()> {
     let status = command
@@ -127,20 +147,9 @@ fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
     let mut command = cargo(&env);
     command
         .args(["test", "--workspace", "--no-fail-fast", "--"])
-        .args(cargo_test_args)
-        .stdout(Stdio::piped());
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start {command:?}"))?;
+        .args(cargo_test_args);
     let mut totals = TestTotals::default();
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.context("cannot read cargo test's output")?;
-            println!("{line}");
-            totals.add(&line);
-        }
-    }
-    let status = child.wait()?;
+    let status = run_tee(&mut command, |line| totals.add(line))?;
     // One closing line for all test binaries, so CI does not judge the run by the last
     // binary's summary (often a doc-test run with 0 tests).
     println!(

@@ -2,10 +2,7 @@
 //! seeds and long operation sequences, per backend, against release builds. On failure it
 //! repeats the replay command of each failing seed, with the operation count that found it.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::Stdio;
-
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 use crate::{cargo, setup_and_report};
 
@@ -19,23 +16,14 @@ pub fn soak(seeds: u64, operations: u64) -> anyhow::Result<()> {
         .args(["test", "-p", "tests", "--test", "live_random", "--release"])
         .args(["--", "--test-threads=1"])
         .env("RT_LIVE_SEEDS", seeds.to_string())
-        .env("RT_LIVE_OPS", operations.to_string())
-        .stdout(Stdio::piped());
+        .env("RT_LIVE_OPS", operations.to_string());
     eprintln!("soak: {seeds} seeds of {operations} operations per backend");
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("cannot start {command:?}"))?;
     let mut replays = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.context("cannot read cargo test's output")?;
-            println!("{line}");
-            if let Some(replay) = replay_command(&line, operations) {
-                replays.push(replay);
-            }
+    let status = crate::run_tee(&mut command, |line| {
+        if let Some(replay) = replay_command(line, operations) {
+            replays.push(replay);
         }
-    }
-    let status = child.wait()?;
+    })?;
     if status.success() {
         eprintln!("soak: passed ({seeds} seeds × {operations} operations per backend)");
         return Ok(());
