@@ -316,8 +316,10 @@ fn group_by_entry(
     }
     for watched in findings.watched {
         let entry = grouped.entry(watched.link).or_default();
-        if let Some(canonical) = canonical_path(&watched.retainer, canonical_dirs) {
-            entry.watched.insert(canonical);
+        if let Some(real) = through_real_dir_cached(&watched.retainer, canonical_dirs) {
+            if real != watched.retainer {
+                entry.watched.insert(real);
+            }
         }
         entry.watched.insert(watched.retainer);
     }
@@ -338,11 +340,20 @@ fn components(path: &[u8]) -> impl Iterator<Item = &[u8]> {
     path.split(|&c| c == b'/').filter(|name| !name.is_empty())
 }
 
-/// `realpath(dir_of(path)) + "/" + base_name(path)`, when it differs from `path`: the same
-/// link reached through a symlinked directory, as a source reports it.
-fn canonical_path(path: &[u8], cache: &mut HashMap<Vec<u8>, Option<Vec<u8>>>) -> Option<Vec<u8>> {
+/// `realpath(dir_of(path)) + "/" + base_name(path)`: the same entry named through its real
+/// directory, as a source reports it when the path passes through a symlinked directory.
+/// `None` if the directory is gone.
+pub(crate) fn through_real_dir(path: &[u8]) -> Option<Vec<u8>> {
+    through_real_dir_cached(path, &mut HashMap::new())
+}
+
+/// [`through_real_dir`] with a cache of resolved directories, for a batch of paths.
+fn through_real_dir_cached(
+    path: &[u8],
+    cache: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+) -> Option<Vec<u8>> {
     let dir = dir_of(path);
-    let canonical_dir = cache
+    let real_dir = cache
         .entry(dir.to_vec())
         .or_insert_with(|| {
             std::fs::canonicalize(OsStr::from_bytes(dir))
@@ -350,8 +361,7 @@ fn canonical_path(path: &[u8], cache: &mut HashMap<Vec<u8>, Option<Vec<u8>>>) ->
                 .map(|canonical| canonical.into_os_string().into_encoded_bytes())
         })
         .clone()?;
-    let canonical = [canonical_dir.as_slice(), b"/", base_name_of(path)].concat();
-    (canonical != path).then_some(canonical)
+    Some([real_dir.as_slice(), b"/", base_name_of(path)].concat())
 }
 
 /// Deletes every row at or below `subtree`, including rows a previous run left behind.

@@ -16,7 +16,7 @@ use crate::index::{Index, IndexError};
 use crate::layout::StoreLayout;
 use crate::report::ScanReport;
 use crate::scan::{Findings, ScanError, ScanOptions};
-use crate::store_path::{base_name_of, dir_of, is_in_dir};
+use crate::store_path::{base_name_of, is_in_dir};
 use crate::validity::ValidPaths;
 
 /// Whether the index can be trusted to hold every root.
@@ -136,7 +136,10 @@ impl Reconciler {
             .into_encoded_bytes();
         let mut subtrees: BTreeSet<Vec<u8>> = BTreeSet::new();
         let mut entries: BTreeSet<Vec<u8>> = BTreeSet::new();
-        for hint in hints {
+        // Sources repeat themselves (a burst of changes to one link); each distinct hint is
+        // judged once, which also saves a realpath per duplicate.
+        let distinct: BTreeSet<&Hint> = hints.iter().collect();
+        for hint in distinct {
             match hint {
                 Hint::Path(path) => {
                     let path = path.as_os_str().as_bytes();
@@ -154,7 +157,7 @@ impl Reconciler {
                         ));
                     }
                     entries.extend(self.index.entries_watching(path));
-                    match canonical(path) {
+                    match crate::index::through_real_dir(path) {
                         Some(canonical) => entries.extend(self.index.entries_watching(&canonical)),
                         // Its directory is gone, so we cannot tell which link it was: be broad.
                         None => {
@@ -266,10 +269,4 @@ fn symmetric_difference<T: Ord>(a: &[T], b: &[T]) -> u64 {
     let a: BTreeSet<&T> = a.iter().collect();
     let b: BTreeSet<&T> = b.iter().collect();
     a.symmetric_difference(&b).count() as u64
-}
-
-/// `realpath(dir_of(path)) + "/" + base_name(path)`; `None` if the directory is gone.
-fn canonical(path: &[u8]) -> Option<Vec<u8>> {
-    let dir = std::fs::canonicalize(OsStr::from_bytes(dir_of(path))).ok()?;
-    Some([dir.as_os_str().as_bytes(), b"/", base_name_of(path)].concat())
 }
