@@ -125,18 +125,21 @@ impl ScanReport {
         self.unreadable.is_empty()
     }
 
-    /// Distinct (retainer, store path) pairs: the lines `--print-roots` prints.
+    /// The (retainer, store path) pairs `--print-roots` prints: each once, in byte order
+    /// (`roots` is sorted by them, so equal pairs are neighbours).
+    fn printed_pairs(&self) -> Vec<(Cow<'_, [u8]>, &StorePath)> {
+        let mut pairs: Vec<_> = self
+            .roots
+            .iter()
+            .map(|root| (root.retainer.printed(), &root.target))
+            .collect();
+        pairs.dedup();
+        pairs
+    }
+
+    /// Number of lines `--print-roots` prints.
     pub fn printed_len(&self) -> usize {
-        let mut count = 0;
-        let mut previous = None;
-        for root in &self.roots {
-            let pair = (root.retainer.printed(), &root.target);
-            if previous.as_ref() != Some(&pair) {
-                count += 1;
-            }
-            previous = Some(pair);
-        }
-        count
+        self.printed_pairs().len()
     }
 
     pub fn count(&self, kind: RootKind) -> usize {
@@ -146,17 +149,11 @@ impl ScanReport {
     /// Writes `LINK -> STOREPATH` lines exactly as `nix-store --gc --print-roots` does: the
     /// transposed set of (retainer, store path) pairs, each once, in byte order, unescaped.
     pub fn write_print_roots(&self, out: &mut impl Write) -> io::Result<()> {
-        let mut previous: Option<(Cow<'_, [u8]>, &StorePath)> = None;
-        for root in &self.roots {
-            let pair = (root.retainer.printed(), &root.target);
-            if previous.as_ref() == Some(&pair) {
-                continue;
-            }
-            out.write_all(&pair.0)?;
+        for (retainer, target) in self.printed_pairs() {
+            out.write_all(&retainer)?;
             out.write_all(b" -> ")?;
-            out.write_all(&self.layout.print_store_path(&root.target))?;
+            out.write_all(&self.layout.print_store_path(target))?;
             out.write_all(b"\n")?;
-            previous = Some(pair);
         }
         Ok(())
     }
