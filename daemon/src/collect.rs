@@ -1,0 +1,343 @@
+//! One collection, phase by phase: roots (tracker + temp roots), graph (store database),
+//! liveness, then the report (`--print-*`, a dry-run summary, or `--json`).
+//!
+//! Invariant: nothing is deleted unless every phase before deletion succeeded; any doubt
+//! about the roots is an error that stops the run before the store is touched.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::graph::StoreGraph;
+use crate::layout::StoreLayout;
+use crate::liveness::{self, Liveness, RootSet};
+use crate::nix_conf::GcSettings;
+use crate::roots::{self, RootsError, TrackedRoots};
+use crate::store_db::{self, StoreDbError};
+use crate::temp_roots::{self, TempRoots, TempRootsError};
+use crate::tracker_client::{self, RootKind};
+
+/// What the run does with its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// `--print-roots`: the tracker's roots, as `nix-store --gc --print-roots` prints them.
+    PrintRoots,
+    /// `--print-live`: what `nix-store --gc --print-live` prints.
+    PrintLive,
+    /// `--print-dead`: what `nix-store --gc --print-dead` prints.
+    PrintDead,
+    /// `--dry-run`: decide, delete nothing, summarise.
+    DryRun,
+    /// Delete the dead paths.
+    Delete,
+}
+
+#[derive(Clone, Debug)]
+pub struct CollectOptions {
+    pub layout: StoreLayout,
+    pub tracker_socket: PathBuf,
+    /// How long the tracker may wait for its index to settle before answering "unsettled".
+    pub tracker_wait_ms: u64,
+    pub settings: GcSettings,
+    pub action: Action,
+    /// Nix's `--max-freed`; `u64::MAX` when not given. Zero means do nothing, as in Nix.
+    pub max_freed: u64,
+    pub allow_unreadable_runtime: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error(transparent)]
+    Roots(#[from] RootsError),
+    #[error(transparent)]
+    TempRoots(#[from] TempRootsError),
+    #[error(transparent)]
+    StoreDb(#[from] StoreDbError),
+    #[error("cannot list the store directory {path}")]
+    ListStore {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing the output failed")]
+    Output(#[source] io::Error),
+    #[error(
+        "deleting is not implemented yet; use --dry-run, --print-dead or --print-live (nothing was deleted)"
+    )]
+    DeletionNotImplemented,
+}
+
+impl CollectError {
+    /// The roots could not be trusted (tracker unreachable, unsettled, unauthorized,
+    /// incomplete, or watching another store): the caller must not collect.
+    pub fn is_roots_refusal(&self) -> bool {
+        matches!(self, Self::Roots(_))
+    }
+}
+
+/// Milliseconds per phase, for `--json` and the logs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PhaseMillis {
+    pub roots: u64,
+    pub temp_roots: u64,
+    pub load: u64,
+    pub liveness: u64,
+    pub report: u64,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RootCounts {
+    #[serde(rename = "static")]
+    pub static_: usize,
+    pub indirect: usize,
+    pub runtime: usize,
+    /// Temp roots the tracker saw (live clients at query time).
+    pub tracker_temp: usize,
+    /// Temp roots read by the collector itself from `temproots/`.
+    pub temp: usize,
+    /// Roots naming paths that are not valid (ignored, as Nix does).
+    pub invalid: usize,
+    /// Unreadable `/proc` entries tolerated with `--allow-unreadable-runtime`.
+    pub tolerated_unreadable: Vec<String>,
+}
+
+/// The `--json` summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub action: Action,
+    pub keep_derivations: bool,
+    pub keep_outputs: bool,
+    pub roots: RootCounts,
+    pub valid_paths: usize,
+    pub references: usize,
+    pub graph_bytes: usize,
+    pub store_entries: usize,
+    pub alive: usize,
+    pub dead: usize,
+    /// Sum of the NAR sizes (from the database) of the dead valid paths.
+    pub dead_nar_bytes: u64,
+    pub deleted: usize,
+    pub freed_bytes: u64,
+    pub ms: PhaseMillis,
+}
+
+fn millis(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Runs one collection and writes its printed output (if any) to `out`.
+pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary, CollectError> {
+    let start = Instant::now();
+    if options.action == Action::Delete {
+        return Err(CollectError::DeletionNotImplemented);
+    }
+    let mut ms = PhaseMillis::default();
+
+    let phase = Instant::now();
+    let tracked = find_tracked_roots(options)?;
+    ms.roots = millis(phase);
+    let mut counts = RootCounts {
+        static_: tracked.count(RootKind::Static),
+        indirect: tracked.count(RootKind::Indirect),
+        runtime: tracked.count(RootKind::Runtime),
+        tracker_temp: tracked.count(RootKind::Temp),
+        tolerated_unreadable: tracked.tolerated.clone(),
+        ..RootCounts::default()
+    };
+    tracing::info!(
+        roots = tracked.roots.len(),
+        ms = ms.roots,
+        "roots from the tracker"
+    );
+
+    if options.action == Action::PrintRoots {
+        let phase = Instant::now();
+        print_roots(options, &tracked, out).map_err(CollectError::Output)?;
+        ms.report = millis(phase);
+        ms.total = millis(start);
+        return Ok(summary(options, counts, None, None, ms));
+    }
+
+    // Read after the tracker's answer, as Nix reads temp roots after the other roots: a
+    // client that registers a temp root after this point is the GC socket's business.
+    let phase = Instant::now();
+    let temp = temp_roots::find_temp_roots(&options.layout, false)?;
+    ms.temp_roots = millis(phase);
+    counts.temp = temp.len();
+
+    let phase = Instant::now();
+    let graph = {
+        let _span = tracing::info_span!("load").entered();
+        store_db::load(&options.layout)?
+    };
+    ms.load = millis(phase);
+    tracing::info!(
+        paths = graph.len(),
+        references = graph.edge_count(),
+        bytes = graph.heap_bytes(),
+        ms = ms.load,
+        "store database loaded"
+    );
+
+    let phase = Instant::now();
+    let verdict = decide(options, &graph, &tracked, &temp, &mut counts)?;
+    ms.liveness = millis(phase);
+    tracing::info!(
+        alive = verdict.alive.len(),
+        dead = verdict.dead.len(),
+        ms = ms.liveness,
+        "liveness decided"
+    );
+
+    let phase = Instant::now();
+    report(options, &graph, &verdict, out).map_err(CollectError::Output)?;
+    ms.report = millis(phase);
+    ms.total = millis(start);
+    Ok(summary(options, counts, Some(&graph), Some(&verdict), ms))
+}
+
+/// The tracker's fenced answer, checked (store, completeness policy) and turned into roots.
+fn find_tracked_roots(options: &CollectOptions) -> Result<TrackedRoots, CollectError> {
+    let _span = tracing::info_span!("roots").entered();
+    let report = tracker_client::query(&options.tracker_socket, options.tracker_wait_ms)
+        .map_err(RootsError::from)?;
+    roots::check_store(&report, &options.layout)?;
+    if options.action == Action::PrintRoots {
+        // Printing roots deletes nothing: print what there is, and say what is missing.
+        if let Err(error) = roots::check_complete(&report, options.allow_unreadable_runtime) {
+            tracing::warn!("{error}");
+        }
+        return Ok(TrackedRoots {
+            roots: roots::extract_roots(&report, &options.layout)?,
+            tolerated: Vec::new(),
+        });
+    }
+    Ok(roots::accept_report(
+        &report,
+        &options.layout,
+        options.allow_unreadable_runtime,
+    )?)
+}
+
+fn decide(
+    options: &CollectOptions,
+    graph: &StoreGraph,
+    tracked: &TrackedRoots,
+    temp: &TempRoots,
+    counts: &mut RootCounts,
+) -> Result<Liveness, CollectError> {
+    let _span = tracing::info_span!("liveness").entered();
+    let mut root_set = RootSet::new(graph, temp);
+    for root in &tracked.roots {
+        root_set.add(graph, &root.basename);
+    }
+    counts.invalid = root_set.invalid;
+    // `collectGarbage` with `maxFreed == 0` does not even look at the store.
+    if options.max_freed == 0 {
+        return Ok(liveness::decide(
+            graph,
+            &root_set,
+            options.settings,
+            std::iter::empty::<&[u8]>(),
+        ));
+    }
+    // Nix walks the store directory in readdir order; so do we (the order matters in
+    // databases where a deriver does not list its output, see `liveness`).
+    let store_dir = options.layout.store_dir();
+    let list_error = |source| CollectError::ListStore {
+        path: store_dir.to_owned(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(store_dir).map_err(list_error)? {
+        names.push(entry.map_err(list_error)?.file_name());
+    }
+    Ok(liveness::decide(
+        graph,
+        &root_set,
+        options.settings,
+        names.iter().map(|name| name.as_bytes()),
+    ))
+}
+
+/// `nix-store --gc --print-roots`: the transposed (link, store path) pairs, each once, sorted.
+fn print_roots(
+    options: &CollectOptions,
+    tracked: &TrackedRoots,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let mut pairs: Vec<(&[u8], Vec<u8>)> = tracked
+        .roots
+        .iter()
+        .map(|root| {
+            (
+                root.retainer.as_slice(),
+                options.layout.print_store_path(&root.basename),
+            )
+        })
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    let mut out = io::BufWriter::new(out);
+    for (retainer, target) in pairs {
+        out.write_all(retainer)?;
+        out.write_all(b" -> ")?;
+        out.write_all(&target)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+fn report(
+    options: &CollectOptions,
+    graph: &StoreGraph,
+    verdict: &Liveness,
+    out: &mut dyn Write,
+) -> io::Result<()> {
+    let names = match options.action {
+        Action::PrintDead => verdict.dead_basenames(graph),
+        Action::PrintLive => verdict.alive_basenames(graph),
+        _ => return Ok(()),
+    };
+    // `nix-store` prints `results.paths`, a std::set<std::string>: sorted, one per line.
+    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    for name in names {
+        out.write_all(&options.layout.print_store_path(name))?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+fn summary(
+    options: &CollectOptions,
+    roots: RootCounts,
+    graph: Option<&StoreGraph>,
+    verdict: Option<&Liveness>,
+    ms: PhaseMillis,
+) -> Summary {
+    Summary {
+        action: options.action,
+        keep_derivations: options.settings.keep_derivations,
+        keep_outputs: options.settings.keep_outputs,
+        roots,
+        valid_paths: graph.map_or(0, StoreGraph::len),
+        references: graph.map_or(0, StoreGraph::edge_count),
+        graph_bytes: graph.map_or(0, StoreGraph::heap_bytes),
+        store_entries: verdict.map_or(0, |v| v.entries),
+        alive: verdict.map_or(0, |v| v.alive.len() + v.invalid_alive.len()),
+        dead: verdict.map_or(0, |v| v.dead.len() + v.invalid_dead.len() + v.junk.len()),
+        dead_nar_bytes: match (graph, verdict) {
+            (Some(graph), Some(verdict)) => verdict.dead_nar_bytes(graph),
+            _ => 0,
+        },
+        deleted: 0,
+        freed_bytes: 0,
+        ms,
+    }
+}

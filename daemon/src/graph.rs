@@ -1,0 +1,452 @@
+//! The store as an integer graph: every valid path is a [`NodeIdx`], numbered in byte order of
+//! its basename (so numeric order is Nix's `StorePathSet` order), with its references, referrers
+//! and derivation links in compressed sparse rows.
+//!
+//! Invariant: loaded once, read-only afterwards; no per-path heap allocation (basenames live in
+//! one buffer, neighbours in flat arrays), so a million paths fit in tens of megabytes.
+
+use crate::store_path;
+
+/// A valid store path, as its rank in byte order of basenames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeIdx(u32);
+
+impl NodeIdx {
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    /// For maps built alongside the graph; `index` must be below the node count.
+    pub(crate) fn from_index(index: usize) -> Self {
+        Self(index as u32)
+    }
+}
+
+const NO_NODE: u32 = u32::MAX;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error("store path names are not sorted or not unique at {name:?}")]
+    Unsorted { name: String },
+    #[error("the store is too large for 32-bit indexes ({what})")]
+    TooLarge { what: &'static str },
+}
+
+/// Compressed sparse rows: the neighbours of node `i` are `targets[offsets[i]..offsets[i + 1]]`.
+#[derive(Debug, Default)]
+struct Csr {
+    offsets: Vec<u32>,
+    targets: Vec<NodeIdx>,
+}
+
+impl Csr {
+    /// Builds rows from `(from, to)` pairs with a counting sort, which keeps the order of the
+    /// pairs within a row (callers rely on that for output-name order).
+    fn from_pairs(nodes: usize, pairs: &[(NodeIdx, NodeIdx)]) -> Result<Self, GraphError> {
+        let too_large = || GraphError::TooLarge { what: "edges" };
+        u32::try_from(pairs.len()).map_err(|_| too_large())?;
+        let mut offsets = vec![0u32; nodes + 1];
+        for (from, _) in pairs {
+            offsets[from.index() + 1] += 1;
+        }
+        for i in 0..nodes {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut cursor: Vec<u32> = offsets[..nodes].to_vec();
+        let mut targets = vec![NodeIdx(0); pairs.len()];
+        for &(from, to) in pairs {
+            let slot = &mut cursor[from.index()];
+            targets[*slot as usize] = to;
+            *slot += 1;
+        }
+        Ok(Self { offsets, targets })
+    }
+
+    /// The same rows with each row's targets sorted and deduplicated.
+    fn sorted_rows(mut self) -> Self {
+        let nodes = self.offsets.len().saturating_sub(1);
+        let mut write = 0usize;
+        let mut new_offsets = Vec::with_capacity(self.offsets.len());
+        new_offsets.push(0u32);
+        for node in 0..nodes {
+            let (start, end) = (self.offsets[node] as usize, self.offsets[node + 1] as usize);
+            self.targets[start..end].sort_unstable();
+            let mut last = None;
+            for read in start..end {
+                let target = self.targets[read];
+                if last != Some(target) {
+                    self.targets[write] = target;
+                    write += 1;
+                    last = Some(target);
+                }
+            }
+            // `write` never exceeds the original edge count, which fits in u32.
+            new_offsets.push(write as u32);
+        }
+        self.targets.truncate(write);
+        self.targets.shrink_to_fit();
+        Self {
+            offsets: new_offsets,
+            targets: self.targets,
+        }
+    }
+
+    fn row(&self, node: NodeIdx) -> &[NodeIdx] {
+        match (
+            self.offsets.get(node.index()),
+            self.offsets.get(node.index() + 1),
+        ) {
+            (Some(&start), Some(&end)) => &self.targets[start as usize..end as usize],
+            _ => &[],
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.offsets.capacity() * 4 + self.targets.capacity() * 4
+    }
+}
+
+/// The store database as a graph. Built by [`GraphBuilder`] (see `store_db`).
+#[derive(Debug)]
+pub struct StoreGraph {
+    names: Vec<u8>,
+    name_offsets: Vec<u32>,
+    nar_sizes: Vec<u64>,
+    derivers: Vec<u32>,
+    references: Csr,
+    referrers: Csr,
+    /// Derivation → its valid outputs, in output-name order (`queryPartialDerivationOutputMap`).
+    drv_outputs: Csr,
+    /// Output → the valid derivations listing it, in path order (`queryValidDerivers`).
+    output_derivers: Csr,
+}
+
+impl StoreGraph {
+    pub fn len(&self) -> usize {
+        self.nar_sizes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nar_sizes.is_empty()
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = NodeIdx> + use<> {
+        (0..self.len() as u32).map(NodeIdx)
+    }
+
+    /// The basename of a node (`<hash>-<name>`).
+    pub fn basename(&self, node: NodeIdx) -> &[u8] {
+        let start = self.name_offsets[node.index()] as usize;
+        let end = self.name_offsets[node.index() + 1] as usize;
+        &self.names[start..end]
+    }
+
+    /// The node of a basename, if it is a valid path (binary search).
+    pub fn find(&self, basename: &[u8]) -> Option<NodeIdx> {
+        let (mut low, mut high) = (0usize, self.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match self.basename(NodeIdx(mid as u32)).cmp(basename) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Some(NodeIdx(mid as u32)),
+            }
+        }
+        None
+    }
+
+    pub fn nar_size(&self, node: NodeIdx) -> u64 {
+        self.nar_sizes[node.index()]
+    }
+
+    pub fn is_derivation(&self, node: NodeIdx) -> bool {
+        store_path::is_derivation(self.basename(node))
+    }
+
+    /// The registered deriver, when it is itself a valid path.
+    pub fn deriver(&self, node: NodeIdx) -> Option<NodeIdx> {
+        let deriver = self.derivers[node.index()];
+        (deriver != NO_NODE).then_some(NodeIdx(deriver))
+    }
+
+    /// References other than the path itself, in path order.
+    pub fn references(&self, node: NodeIdx) -> &[NodeIdx] {
+        self.references.row(node)
+    }
+
+    /// Referrers other than the path itself, in path order.
+    pub fn referrers(&self, node: NodeIdx) -> &[NodeIdx] {
+        self.referrers.row(node)
+    }
+
+    /// Valid outputs recorded for a derivation, in output-name order.
+    pub fn drv_outputs(&self, node: NodeIdx) -> &[NodeIdx] {
+        self.drv_outputs.row(node)
+    }
+
+    /// Valid derivations that list this path as an output, in path order.
+    pub fn output_derivers(&self, node: NodeIdx) -> &[NodeIdx] {
+        self.output_derivers.row(node)
+    }
+
+    /// Heap bytes held, for the summary and the benchmarks.
+    pub fn heap_bytes(&self) -> usize {
+        self.names.capacity()
+            + self.name_offsets.capacity() * 4
+            + self.nar_sizes.capacity() * 8
+            + self.derivers.capacity() * 4
+            + self.references.bytes()
+            + self.referrers.bytes()
+            + self.drv_outputs.bytes()
+            + self.output_derivers.bytes()
+    }
+
+    /// Number of reference edges (self-references excluded).
+    pub fn edge_count(&self) -> usize {
+        self.references.targets.len()
+    }
+}
+
+/// Collects paths (in sorted order), then edges, then builds the rows.
+#[derive(Debug, Default)]
+pub struct GraphBuilder {
+    names: Vec<u8>,
+    name_offsets: Vec<u32>,
+    nar_sizes: Vec<u64>,
+    derivers: Vec<u32>,
+    references: Vec<(NodeIdx, NodeIdx)>,
+    /// (derivation, output) in (derivation id, output name) order.
+    drv_outputs: Vec<(NodeIdx, NodeIdx)>,
+}
+
+impl GraphBuilder {
+    pub fn new() -> Self {
+        Self {
+            name_offsets: vec![0],
+            ..Self::default()
+        }
+    }
+
+    /// Adds the next path; basenames must come in strictly increasing byte order.
+    pub fn push_path(&mut self, basename: &[u8], nar_size: u64) -> Result<NodeIdx, GraphError> {
+        let count = self.nar_sizes.len();
+        if count > 0 {
+            let last_start = self.name_offsets[count - 1] as usize;
+            if self.names[last_start..] >= *basename {
+                return Err(GraphError::Unsorted {
+                    name: String::from_utf8_lossy(basename).into_owned(),
+                });
+            }
+        }
+        let index = u32::try_from(count)
+            .ok()
+            .filter(|&index| index != NO_NODE)
+            .ok_or(GraphError::TooLarge { what: "paths" })?;
+        self.names.extend_from_slice(basename);
+        let end = u32::try_from(self.names.len()).map_err(|_| GraphError::TooLarge {
+            what: "path name bytes",
+        })?;
+        self.name_offsets.push(end);
+        self.nar_sizes.push(nar_size);
+        self.derivers.push(NO_NODE);
+        Ok(NodeIdx(index))
+    }
+
+    /// Lookup during building (paths are complete before edges are added).
+    pub fn find(&self, basename: &[u8]) -> Option<NodeIdx> {
+        let count = self.nar_sizes.len();
+        let name = |i: usize| {
+            &self.names[self.name_offsets[i] as usize..self.name_offsets[i + 1] as usize]
+        };
+        let (mut low, mut high) = (0usize, count);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            match name(mid).cmp(basename) {
+                std::cmp::Ordering::Less => low = mid + 1,
+                std::cmp::Ordering::Greater => high = mid,
+                std::cmp::Ordering::Equal => return Some(NodeIdx(mid as u32)),
+            }
+        }
+        None
+    }
+
+    pub fn set_deriver(&mut self, node: NodeIdx, deriver: NodeIdx) {
+        self.derivers[node.index()] = deriver.0;
+    }
+
+    /// A reference edge; self-references are dropped (Nix skips them everywhere in GC).
+    pub fn add_reference(&mut self, referrer: NodeIdx, reference: NodeIdx) {
+        if referrer != reference {
+            self.references.push((referrer, reference));
+        }
+    }
+
+    /// A `DerivationOutputs` row whose output is valid; call in output-name order per derivation.
+    pub fn add_drv_output(&mut self, drv: NodeIdx, output: NodeIdx) {
+        self.drv_outputs.push((drv, output));
+    }
+
+    pub fn build(self) -> Result<StoreGraph, GraphError> {
+        let nodes = self.nar_sizes.len();
+        let references = Csr::from_pairs(nodes, &self.references)?.sorted_rows();
+        let mut reversed = self.references;
+        for pair in &mut reversed {
+            *pair = (pair.1, pair.0);
+        }
+        let referrers = Csr::from_pairs(nodes, &reversed)?.sorted_rows();
+        drop(reversed);
+        // Output-name order is the order the rows were added in; keep it, but drop duplicates
+        // (two output names with the same path).
+        let mut drv_outputs = Csr::from_pairs(nodes, &self.drv_outputs)?;
+        dedup_rows_keep_order(&mut drv_outputs);
+        let flipped: Vec<_> = self.drv_outputs.iter().map(|&(d, o)| (o, d)).collect();
+        let output_derivers = Csr::from_pairs(nodes, &flipped)?.sorted_rows();
+        let mut names = self.names;
+        names.shrink_to_fit();
+        Ok(StoreGraph {
+            names,
+            name_offsets: self.name_offsets,
+            nar_sizes: self.nar_sizes,
+            derivers: self.derivers,
+            references,
+            referrers,
+            drv_outputs,
+            output_derivers,
+        })
+    }
+}
+
+fn dedup_rows_keep_order(csr: &mut Csr) {
+    let nodes = csr.offsets.len().saturating_sub(1);
+    let mut write = 0usize;
+    let mut new_offsets = Vec::with_capacity(csr.offsets.len());
+    new_offsets.push(0u32);
+    for node in 0..nodes {
+        let (start, end) = (csr.offsets[node] as usize, csr.offsets[node + 1] as usize);
+        let row_start = write;
+        for read in start..end {
+            let target = csr.targets[read];
+            if !csr.targets[row_start..write].contains(&target) {
+                csr.targets[write] = target;
+                write += 1;
+            }
+        }
+        new_offsets.push(write as u32);
+    }
+    csr.targets.truncate(write);
+    csr.offsets = new_offsets;
+}
+
+/// A fixed-size set of nodes.
+#[derive(Clone, Debug)]
+pub struct NodeSet {
+    words: Vec<u64>,
+    count: usize,
+}
+
+impl NodeSet {
+    pub fn new(nodes: usize) -> Self {
+        Self {
+            words: vec![0; nodes.div_ceil(64)],
+            count: 0,
+        }
+    }
+
+    pub fn contains(&self, node: NodeIdx) -> bool {
+        self.words
+            .get(node.index() / 64)
+            .is_some_and(|word| word & (1 << (node.index() % 64)) != 0)
+    }
+
+    /// Adds `node`; true when it was not there before.
+    pub fn insert(&mut self, node: NodeIdx) -> bool {
+        let Some(word) = self.words.get_mut(node.index() / 64) else {
+            return false;
+        };
+        let bit = 1 << (node.index() % 64);
+        let new = *word & bit == 0;
+        *word |= bit;
+        self.count += usize::from(new);
+        new
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Members in increasing order.
+    pub fn iter(&self) -> impl Iterator<Item = NodeIdx> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, &word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                Some(NodeIdx((w * 64) as u32 + bit))
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A graph of paths named `<hash>-<name>` with the given references (by name).
+    pub(crate) fn graph(names: &[&str], refs: &[(&str, &str)]) -> StoreGraph {
+        let mut sorted: Vec<&str> = names.to_vec();
+        sorted.sort();
+        let mut builder = GraphBuilder::new();
+        for name in &sorted {
+            builder.push_path(name.as_bytes(), 1).unwrap();
+        }
+        for (from, to) in refs {
+            let from = builder.find(from.as_bytes()).unwrap();
+            let to = builder.find(to.as_bytes()).unwrap();
+            builder.add_reference(from, to);
+        }
+        builder.build().unwrap()
+    }
+
+    #[test]
+    fn rows_are_sorted_and_reversed() {
+        let g = graph(
+            &["c", "a", "b"],
+            &[("a", "c"), ("a", "b"), ("a", "a"), ("b", "c")],
+        );
+        let [a, b, c] = ["a", "b", "c"].map(|n| g.find(n.as_bytes()).unwrap());
+        assert_eq!(g.references(a), &[b, c]);
+        assert_eq!(g.referrers(c), &[a, b]);
+        assert_eq!(g.referrers(a), &[] as &[NodeIdx]);
+        assert_eq!(g.edge_count(), 3);
+        assert_eq!(g.basename(b), b"b");
+        assert_eq!(g.find(b"d"), None);
+    }
+
+    #[test]
+    fn unsorted_input_is_refused() {
+        let mut builder = GraphBuilder::new();
+        builder.push_path(b"b", 0).unwrap();
+        assert!(builder.push_path(b"a", 0).is_err());
+        assert!(builder.push_path(b"b", 0).is_err());
+    }
+
+    #[test]
+    fn node_sets() {
+        let mut set = NodeSet::new(130);
+        assert!(set.insert(NodeIdx(129)));
+        assert!(set.insert(NodeIdx(3)));
+        assert!(!set.insert(NodeIdx(3)));
+        assert_eq!(set.len(), 2);
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            vec![NodeIdx(3), NodeIdx(129)]
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! `store-gc`: a garbage collector for Nix stores that runs as the store's owner, gets its
+//! roots from root-tracker, and decides what is dead exactly as Nix 2.8's `collectGarbage` does.
+//!
+//! Data flow, one module per step: [`layout`] and [`nix_conf`] say where and how;
+//! [`tracker_client`] and [`temp_roots`] find the roots ([`roots`] judges whether they can be
+//! trusted); [`store_db`] loads the Nix database once into a [`graph`]; [`liveness`] splits the
+//! store into alive and dead; [`collect`] runs the phases and reports; [`cli`] is the edge.
+
+pub mod cli;
+pub mod collect;
+pub mod graph;
+pub mod layout;
+pub mod liveness;
+pub mod nix_conf;
+pub mod roots;
+pub mod store_db;
+pub mod store_path;
+pub mod temp_roots;
+pub mod tracker_client;

@@ -1,0 +1,519 @@
+//! Which store paths are alive and which are dead: Nix 2.8's `collectGarbage`, step for step,
+//! on the integer graph.
+//!
+//! Nix does not compute "the closure of the roots". It walks the store directory in `readdir`
+//! order and, for each entry not yet decided, searches breadth-first along *referrers* (plus,
+//! with `keep-derivations`, from a derivation to those of its outputs whose deriver it is, and,
+//! with `keep-outputs`, from an output to the derivations listing it) for a root, a temp root
+//! or a path already known alive (`deleteReferrersClosure`). Found: the path found and the start
+//! are alive, with the forward closure of the path found (`computeFSClosure` with outputs and
+//! derivers per the settings). Not found: everything visited is dead. We mirror that, order
+//! included, so `--print-dead`/`--print-live` match `nix-store` byte for byte even where a
+//! database makes the order matter (a deriver that does not list its output).
+//!
+//! Invariant: `alive` is closed under the forward edges, which lets the forward closure stop at
+//! paths already alive (each path is expanded once in total, not once per root).
+
+use crate::graph::{NodeIdx, NodeSet, StoreGraph};
+use crate::nix_conf::GcSettings;
+use crate::store_path;
+use crate::temp_roots::TempRoots;
+
+/// The roots the collector must keep: valid paths named by the tracker (Nix's `roots`), and
+/// temp roots compared by hash part.
+pub struct RootSet<'a> {
+    nodes: NodeSet,
+    temp: &'a TempRoots,
+    /// Roots naming paths that are not valid: Nix skips them (`findRoots`: "skipping invalid root").
+    pub invalid: usize,
+}
+
+impl<'a> RootSet<'a> {
+    pub fn new(graph: &StoreGraph, temp: &'a TempRoots) -> Self {
+        Self {
+            nodes: NodeSet::new(graph.len()),
+            temp,
+            invalid: 0,
+        }
+    }
+
+    /// Adds a root by basename; a path that is not valid is counted and ignored, as Nix does.
+    pub fn add(&mut self, graph: &StoreGraph, basename: &[u8]) {
+        match graph.find(basename) {
+            Some(node) => {
+                self.nodes.insert(node);
+            }
+            None => self.invalid += 1,
+        }
+    }
+
+    fn holds(&self, graph: &StoreGraph, node: NodeIdx) -> bool {
+        self.nodes.contains(node)
+            || store_path::hash_part(graph.basename(node))
+                .is_some_and(|hash| self.temp.contains_hash(&hash))
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+/// The verdict on a store directory.
+#[derive(Debug)]
+pub struct Liveness {
+    pub alive: NodeSet,
+    pub dead: NodeSet,
+    /// Dead valid paths in the order Nix deletes them: closure by closure, each topologically
+    /// sorted with referrers before references (`topoSortPaths`).
+    pub deletion_order: Vec<NodeIdx>,
+    /// Store-path-named entries that are not valid, kept because a temp root names their hash.
+    pub invalid_alive: Vec<Vec<u8>>,
+    /// Store-path-named entries that are not valid and not temp roots (Nix deletes them).
+    pub invalid_dead: Vec<Vec<u8>>,
+    /// Entries whose names are not store paths at all; Nix's `collectGarbage` deletes these
+    /// too (`deleteFromStore(name)`), even on `--print-dead`. We only report them when dry.
+    pub junk: Vec<Vec<u8>>,
+    /// Entries of the store directory examined.
+    pub entries: usize,
+}
+
+impl Liveness {
+    /// Bytes (NAR size from the database) of the dead valid paths.
+    pub fn dead_nar_bytes(&self, graph: &StoreGraph) -> u64 {
+        self.dead.iter().map(|node| graph.nar_size(node)).sum()
+    }
+
+    /// Basenames of what `--print-dead` lists, in byte order.
+    pub fn dead_basenames<'g>(&'g self, graph: &'g StoreGraph) -> Vec<&'g [u8]> {
+        let mut names: Vec<&[u8]> = self.dead.iter().map(|node| graph.basename(node)).collect();
+        names.extend(self.invalid_dead.iter().map(Vec::as_slice));
+        names.extend(self.junk.iter().map(Vec::as_slice));
+        names.sort_unstable();
+        names
+    }
+
+    /// Basenames of what `--print-live` lists, in byte order.
+    pub fn alive_basenames<'g>(&'g self, graph: &'g StoreGraph) -> Vec<&'g [u8]> {
+        let mut names: Vec<&[u8]> = self.alive.iter().map(|node| graph.basename(node)).collect();
+        names.extend(self.invalid_alive.iter().map(Vec::as_slice));
+        names.sort_unstable();
+        names
+    }
+}
+
+/// The name of Nix's hard-link directory inside the store, which the collector skips.
+const LINKS_DIR: &[u8] = b".links";
+
+/// Runs the decision over the store directory's entries, given in `readdir` order.
+pub fn decide(
+    graph: &StoreGraph,
+    roots: &RootSet<'_>,
+    settings: GcSettings,
+    entries: impl IntoIterator<Item = impl AsRef<[u8]>>,
+) -> Liveness {
+    let mut walk = Walk {
+        graph,
+        roots,
+        settings,
+        verdict: Liveness {
+            alive: NodeSet::new(graph.len()),
+            dead: NodeSet::new(graph.len()),
+            deletion_order: Vec::new(),
+            invalid_alive: Vec::new(),
+            invalid_dead: Vec::new(),
+            junk: Vec::new(),
+            entries: 0,
+        },
+        visited_epoch: vec![0; graph.len()],
+        sorted_epoch: vec![0; graph.len()],
+        epoch: 0,
+        queue: Vec::new(),
+    };
+    for name in entries {
+        walk.entry(name.as_ref());
+    }
+    walk.verdict
+}
+
+struct Walk<'a> {
+    graph: &'a StoreGraph,
+    roots: &'a RootSet<'a>,
+    settings: GcSettings,
+    verdict: Liveness,
+    /// `visited_epoch[n] == epoch`: visited by the current search (Nix's `visited` set).
+    visited_epoch: Vec<u32>,
+    /// `sorted_epoch[n] == epoch`: placed by the current topological sort.
+    sorted_epoch: Vec<u32>,
+    epoch: u32,
+    queue: Vec<NodeIdx>,
+}
+
+impl Walk<'_> {
+    /// One entry of the store directory (the loop body of `collectGarbage`).
+    fn entry(&mut self, name: &[u8]) {
+        if name == b"." || name == b".." || name == LINKS_DIR {
+            return;
+        }
+        self.verdict.entries += 1;
+        if !store_path::is_valid_basename(name) {
+            self.verdict.junk.push(name.to_vec());
+            return;
+        }
+        match self.graph.find(name) {
+            Some(node) => self.delete_referrers_closure(node),
+            None => {
+                // Not valid: no edges, never a (non-temp) root, so only its hash can save it.
+                let temp = store_path::hash_part(name)
+                    .is_some_and(|hash| self.roots.temp.contains_hash(&hash));
+                if temp {
+                    self.verdict.invalid_alive.push(name.to_vec());
+                } else {
+                    self.verdict.invalid_dead.push(name.to_vec());
+                }
+            }
+        }
+    }
+
+    fn next_epoch(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.visited_epoch.fill(0);
+            self.sorted_epoch.fill(0);
+            self.epoch = 1;
+        }
+    }
+
+    fn enqueue(&mut self, node: NodeIdx) {
+        let slot = &mut self.visited_epoch[node.index()];
+        if *slot != self.epoch {
+            *slot = self.epoch;
+            self.queue.push(node);
+        }
+    }
+
+    /// Nix's `deleteReferrersClosure(start)`.
+    fn delete_referrers_closure(&mut self, start: NodeIdx) {
+        self.next_epoch();
+        self.queue.clear();
+        self.enqueue(start);
+        let graph = self.graph;
+        let mut head = 0;
+        while let Some(&path) = self.queue.get(head) {
+            head += 1;
+            // Bail out if we've previously discovered that this path is alive.
+            if self.verdict.alive.contains(path) {
+                self.verdict.alive.insert(start);
+                return;
+            }
+            // If we've previously deleted this path, we don't have to handle it again.
+            if self.verdict.dead.contains(path) {
+                continue;
+            }
+            // A root or a temp root: it and its closure live, and so does the start.
+            if self.roots.holds(graph, path) {
+                self.mark_alive(path);
+                self.verdict.alive.insert(start);
+                return;
+            }
+            for &referrer in graph.referrers(path) {
+                self.enqueue(referrer);
+            }
+            // keep-derivations: a derivation lives while an output it derived lives.
+            if self.settings.keep_derivations && graph.is_derivation(path) {
+                for &output in graph.drv_outputs(path) {
+                    if graph.deriver(output) == Some(path) {
+                        self.enqueue(output);
+                    }
+                }
+            }
+            // keep-outputs: an output lives while a derivation listing it lives.
+            if self.settings.keep_outputs {
+                for &drv in graph.output_derivers(path) {
+                    self.enqueue(drv);
+                }
+            }
+        }
+        self.mark_dead_closure();
+    }
+
+    /// `alive` gets `path` and its forward closure (`computeFSClosure(path, closure, false,
+    /// keepOutputs, keepDerivations)`). Paths already alive are not expanded: their closure
+    /// is already alive (module invariant).
+    fn mark_alive(&mut self, path: NodeIdx) {
+        let graph = self.graph;
+        let settings = self.settings;
+        let alive = &mut self.verdict.alive;
+        alive.insert(path);
+        let mut stack = vec![path];
+        while let Some(node) = stack.pop() {
+            let outputs: &[NodeIdx] = if settings.keep_outputs && graph.is_derivation(node) {
+                graph.drv_outputs(node)
+            } else {
+                &[]
+            };
+            let deriver = graph.deriver(node).filter(|_| settings.keep_derivations);
+            for &next in graph
+                .references(node)
+                .iter()
+                .chain(outputs)
+                .chain(deriver.as_ref())
+            {
+                if alive.insert(next) {
+                    stack.push(next);
+                }
+            }
+        }
+    }
+
+    /// Everything the search visited is dead; record it in Nix's deletion order
+    /// (`topoSortPaths(visited)`: depth-first over references within the set, from each member
+    /// in path order, reversed post-order — referrers before their references).
+    fn mark_dead_closure(&mut self) {
+        let graph = self.graph;
+        let mut items = std::mem::take(&mut self.queue);
+        items.sort_unstable();
+        let mut post_order = Vec::with_capacity(items.len());
+        let mut stack: Vec<(NodeIdx, usize)> = Vec::new();
+        for &item in &items {
+            if self.sorted_epoch[item.index()] == self.epoch {
+                continue;
+            }
+            self.sorted_epoch[item.index()] = self.epoch;
+            stack.push((item, 0));
+            while let Some((node, next_child)) = stack.last_mut() {
+                let node = *node;
+                let children = graph.references(node);
+                if let Some(&child) = children.get(*next_child) {
+                    *next_child += 1;
+                    let in_items = self.visited_epoch[child.index()] == self.epoch;
+                    if in_items && self.sorted_epoch[child.index()] != self.epoch {
+                        self.sorted_epoch[child.index()] = self.epoch;
+                        stack.push((child, 0));
+                    }
+                } else {
+                    post_order.push(node);
+                    stack.pop();
+                }
+            }
+        }
+        for &node in post_order.iter().rev() {
+            if self.verdict.dead.insert(node) {
+                self.verdict.deletion_order.push(node);
+            }
+        }
+        items.clear();
+        self.queue = items;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::GraphBuilder;
+
+    const H: &str = "0123456789abcdfghijklmnpqrsvwxy";
+
+    /// `<H><c>-<name>`: a distinct valid basename per single-character key (not e, o, t, u).
+    fn name(key: char, suffix: &str) -> String {
+        format!("{H}{key}-{suffix}")
+    }
+
+    struct Fixture {
+        graph: StoreGraph,
+        names: Vec<String>,
+    }
+
+    /// Paths keyed by a char; `drv` names end in `.drv`. `outputs`: (drv, output) rows;
+    /// `derivers`: (output, deriver).
+    fn fixture(
+        keys: &[(char, &str)],
+        refs: &[(char, char)],
+        outputs: &[(char, char)],
+        derivers: &[(char, char)],
+    ) -> Fixture {
+        let mut names: Vec<String> = keys.iter().map(|&(k, s)| name(k, s)).collect();
+        names.sort();
+        let mut builder = GraphBuilder::new();
+        for n in &names {
+            builder.push_path(n.as_bytes(), 10).unwrap();
+        }
+        let find = |builder: &GraphBuilder, key: char| {
+            let n = names
+                .iter()
+                .find(|n| n.as_bytes()[31] == key as u8)
+                .unwrap();
+            builder.find(n.as_bytes()).unwrap()
+        };
+        for &(a, b) in refs {
+            let (a, b) = (find(&builder, a), find(&builder, b));
+            builder.add_reference(a, b);
+        }
+        for &(d, o) in outputs {
+            let (d, o) = (find(&builder, d), find(&builder, o));
+            builder.add_drv_output(d, o);
+        }
+        for &(o, d) in derivers {
+            let (o, d) = (find(&builder, o), find(&builder, d));
+            builder.set_deriver(o, d);
+        }
+        Fixture {
+            graph: builder.build().unwrap(),
+            names,
+        }
+    }
+
+    impl Fixture {
+        fn run(&self, roots: &[char], settings: GcSettings) -> (Vec<char>, Vec<char>) {
+            let temp = TempRoots::default();
+            let mut set = RootSet::new(&self.graph, &temp);
+            for &root in roots {
+                let n = self
+                    .names
+                    .iter()
+                    .find(|n| n.as_bytes()[31] == root as u8)
+                    .unwrap();
+                set.add(&self.graph, n.as_bytes());
+            }
+            let verdict = decide(
+                &self.graph,
+                &set,
+                settings,
+                self.names.iter().map(|n| n.as_bytes()),
+            );
+            let keys = |names: Vec<&[u8]>| names.iter().map(|n| n[31] as char).collect();
+            (
+                keys(verdict.alive_basenames(&self.graph)),
+                keys(verdict.dead_basenames(&self.graph)),
+            )
+        }
+    }
+
+    const DEFAULT: GcSettings = GcSettings {
+        keep_derivations: true,
+        keep_outputs: false,
+    };
+
+    #[test]
+    fn closure_of_roots_lives_the_rest_dies() {
+        let f = fixture(
+            &[('a', "a"), ('b', "b"), ('c', "c"), ('d', "d")],
+            &[('a', 'b'), ('c', 'b'), ('d', 'c')],
+            &[],
+            &[],
+        );
+        assert_eq!(f.run(&['a'], DEFAULT), (vec!['a', 'b'], vec!['c', 'd']));
+        assert_eq!(f.run(&[], DEFAULT), (vec![], vec!['a', 'b', 'c', 'd']));
+        assert_eq!(f.run(&['d'], DEFAULT), (vec!['b', 'c', 'd'], vec!['a']));
+    }
+
+    #[test]
+    fn keep_derivations_and_keep_outputs() {
+        // d.drv builds q (deriver d, listed in d's outputs); r roots q.
+        let f = fixture(
+            &[('d', "x.drv"), ('q', "x"), ('s', "src"), ('r', "r")],
+            &[('d', 's'), ('r', 'q')],
+            &[('d', 'q')],
+            &[('q', 'd')],
+        );
+        let none = GcSettings {
+            keep_derivations: false,
+            keep_outputs: false,
+        };
+        assert_eq!(f.run(&['r'], none), (vec!['q', 'r'], vec!['d', 's']));
+        // keep-derivations: the deriver of a live output lives, with its closure.
+        assert_eq!(f.run(&['r'], DEFAULT), (vec!['d', 'q', 'r', 's'], vec![]));
+        // keep-outputs alone: rooting the derivation keeps its output.
+        let outputs = GcSettings {
+            keep_derivations: false,
+            keep_outputs: true,
+        };
+        assert_eq!(f.run(&['d'], outputs), (vec!['d', 'q', 's'], vec!['r']));
+        assert_eq!(f.run(&['d'], none), (vec!['d', 's'], vec!['q', 'r']));
+    }
+
+    #[test]
+    fn a_deriver_not_listing_its_output_depends_on_order() {
+        // o's deriver is d, but d's outputs do not list o: the forward closure from a root
+        // reaches d, the backward search from d does not reach o. Nix's answer depends on
+        // readdir order; so does ours, in the same way.
+        let f = fixture(
+            &[('d', "x.drv"), ('q', "x"), ('r', "r")],
+            &[('r', 'q')],
+            &[],
+            &[('q', 'd')],
+        );
+        let temp = TempRoots::default();
+        let mut set = RootSet::new(&f.graph, &temp);
+        let by_key = |k: char| {
+            f.names
+                .iter()
+                .find(|n| n.as_bytes()[31] == k as u8)
+                .unwrap()
+                .as_bytes()
+        };
+        set.add(&f.graph, by_key('r'));
+        let drv_first = decide(&f.graph, &set, DEFAULT, ['d', 'q', 'r'].map(by_key));
+        assert_eq!(drv_first.dead_basenames(&f.graph), vec![by_key('d')]);
+        // ...while d is also in the alive closure of r, as in Nix.
+        assert!(drv_first.alive_basenames(&f.graph).contains(&by_key('d')));
+        let root_first = decide(&f.graph, &set, DEFAULT, ['r', 'd', 'q'].map(by_key));
+        assert!(root_first.dead_basenames(&f.graph).is_empty());
+    }
+
+    #[test]
+    fn temp_roots_match_by_hash_and_invalid_entries_die() {
+        let f = fixture(&[('a', "a"), ('b', "b")], &[('a', 'b')], &[], &[]);
+        let mut temp = TempRoots::default();
+        temp.insert(name('a', "whatever").as_bytes());
+        let set = RootSet::new(&f.graph, &temp);
+        let lock = name('a', "a.lock");
+        let stray = name('z', "stray");
+        let entries = [
+            name('a', "a"),
+            name('b', "b"),
+            lock.clone(),
+            stray.clone(),
+            ".links".into(),
+            "junk name".into(),
+        ];
+        let verdict = decide(
+            &f.graph,
+            &set,
+            DEFAULT,
+            entries.iter().map(|n| n.as_bytes()),
+        );
+        assert_eq!(verdict.alive.len(), 2);
+        assert_eq!(verdict.invalid_alive, vec![lock.into_bytes()]);
+        assert_eq!(verdict.invalid_dead, vec![stray.into_bytes()]);
+        assert_eq!(verdict.junk, vec![b"junk name".to_vec()]);
+        assert_eq!(verdict.entries, 5);
+    }
+
+    #[test]
+    fn deletion_order_puts_referrers_first() {
+        let f = fixture(
+            &[('a', "a"), ('b', "b"), ('c', "c")],
+            &[('a', 'b'), ('b', 'c'), ('a', 'c')],
+            &[],
+            &[],
+        );
+        let temp = TempRoots::default();
+        let set = RootSet::new(&f.graph, &temp);
+        let verdict = decide(
+            &f.graph,
+            &set,
+            DEFAULT,
+            f.names.iter().rev().map(|n| n.as_bytes()),
+        );
+        let order: Vec<u8> = verdict
+            .deletion_order
+            .iter()
+            .map(|&n| f.graph.basename(n)[31])
+            .collect();
+        assert_eq!(order, b"abc");
+    }
+}
