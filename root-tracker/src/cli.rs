@@ -96,6 +96,10 @@ struct RunArgs {
     /// Size of the eBPF ring buffer in bytes (a power of two, a multiple of the page size).
     #[arg(long, default_value_t = root_tracker_ebpf::RING_BUF_BYTES)]
     ebpf_ring_buffer_bytes: u32,
+    /// Debugging only: keep every capability, the host network and unrestricted writes after
+    /// attach (by default they are dropped; `status` shows what is kept).
+    #[arg(long)]
+    keep_privileges: bool,
 }
 
 #[derive(Args, Debug)]
@@ -273,7 +277,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Attach first, then scan (invariant 4): the source with the interest the last index
     // had is replaced by the bootstrap scan's interest right after the scan.
     let interest = reconciler.index().interest(&layout);
-    let (source, backend_reason) = crate::source::open(
+    let (mut source, backend_reason) = crate::source::open(
         match args.backend {
             Backend::Auto => crate::source::BackendChoice::Auto,
             Backend::Ebpf => crate::source::BackendChoice::Ebpf,
@@ -289,20 +293,49 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let state_watch = crate::state_watch::StateWatch::new(&layout)?;
     let (jobs, job_receiver) = std::sync::mpsc::channel();
     let shutdown = Arc::new(AtomicBool::new(false));
-    let server = crate::server::serve(
-        &args.socket.socket,
-        crate::server::Access {
-            uids: args.allow_uids.into_iter().collect(),
-        },
-        jobs,
-        shutdown.clone(),
-    )?;
+    let start_server = || {
+        crate::server::serve(
+            &args.socket.socket,
+            crate::server::Access {
+                uids: args.allow_uids.iter().copied().collect(),
+            },
+            jobs,
+            shutdown.clone(),
+        )
+    };
+    // Least privilege (DESIGN.md 6): after attach, before the server thread exists.
+    let (server, privileges) = if args.keep_privileges {
+        tracing::warn!("--keep-privileges: running with every privilege");
+        (start_server()?, crate::privilege::Privileges::kept())
+    } else {
+        let mut privileges = crate::privilege::drop_privileges(source.name(), &mut || {
+            source
+                .set_interest(&interest)
+                .map_err(|error| format!("{:#}", anyhow::Error::from(error)))
+        })
+        .context("cannot drop privileges (--keep-privileges skips this, for debugging)")?;
+        let db_dir = match args.db.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let socket_dir = match args.socket.socket.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let server = crate::privilege::confine_server(
+            &mut privileges,
+            &[&db_dir, &socket_dir],
+            start_server,
+        )??;
+        (server, privileges)
+    };
     let options = crate::tracker::TrackerOptions {
         default_query_wait: std::time::Duration::from_secs(args.query_wait_secs),
         verify_interval: (args.verify_interval_secs > 0)
             .then(|| std::time::Duration::from_secs(args.verify_interval_secs)),
         backend_reason,
         rescan_delay: std::time::Duration::from_millis(args.rescan_delay_ms),
+        privileges: privileges.to_json(),
         ..crate::tracker::TrackerOptions::default()
     };
     let tracker =

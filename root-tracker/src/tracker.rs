@@ -43,6 +43,8 @@ pub struct TrackerOptions {
     /// query rescans at once). Debounces storms of lost hints; tests use it to observe the
     /// unsettled state.
     pub rescan_delay: Duration,
+    /// What the privilege drop kept and enforced (privilege.rs), shown by `status`.
+    pub privileges: serde_json::Value,
 }
 
 impl Default for TrackerOptions {
@@ -54,6 +56,7 @@ impl Default for TrackerOptions {
             poll_interval: Duration::from_millis(20),
             backend_reason: String::new(),
             rescan_delay: Duration::ZERO,
+            privileges: serde_json::Value::Null,
         }
     }
 }
@@ -301,6 +304,7 @@ impl Tracker {
             "last_rescan_unix": seconds(stats.last_rescan),
             "started_unix": seconds(Some(self.started)),
             "last_fence_ms": self.last_fence.map(|fence| fence.as_secs_f64() * 1e3),
+            "privileges": self.options.privileges,
         })
     }
 }

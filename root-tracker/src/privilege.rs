@@ -1,0 +1,514 @@
+//! Privilege drop after attach (DESIGN.md invariant 6): once the source and the state watch are
+//! attached, the tracker keeps only the capabilities its loop still uses, sets no_new_privs,
+//! leaves the network for an empty network namespace, and the server thread — the one that
+//! reads what callers send — may write only beneath the index's and the socket's directories.
+//!
+//! Invariant: [`drop_privileges`] runs while the process has exactly one thread, so every thread
+//! started later inherits the reduced sets; what was kept and enforced is read back from the
+//! kernel and reported as found, never as intended.
+//!
+//! The process stays uid 0. The index database, its WAL and the socket were created by uid 0
+//! and must stay writable; `SO_PEERCRED` callers are compared with uid 0 as "root may ask";
+//! and a uid change would need a dedicated system user that this tool cannot assume exists.
+//! Without `CAP_DAC_OVERRIDE`, `CAP_FOWNER` and `CAP_CHOWN` uid 0 still owns every root-owned
+//! file, which is why write confinement comes from Landlock, not from the uid.
+//!
+//! Landlock confines the server thread, not the tracker thread: a Landlock domain may not
+//! ptrace-access any process outside it, so `/proc/<pid>/{exe,cwd,fd/*}` (runtime roots, as
+//! Nix's `findRuntimeRoots` reads them) and `/proc/<pid>/task/<tid>/syscall` (the eBPF fence)
+//! fail with EACCES/EPERM under it — checked on this kernel — and a tracker that cannot read
+//! runtime roots would under-report (invariant 1 outranks invariant 6). `status` says so.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::errno::Errno;
+
+/// Why the privilege drop failed. Any of these stops `root-tracker run`: a tracker that meant to
+/// drop and could not must not carry on with everything.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error(
+        "{count} threads exist at the privilege drop; capabilities are per thread, so the others would keep theirs"
+    )]
+    OtherThreads { count: usize },
+    #[error("cannot count this process's threads in /proc/self/task")]
+    Threads {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot {step} the capability sets")]
+    Capabilities {
+        step: &'static str,
+        #[source]
+        source: caps::errors::CapsError,
+    },
+    #[error("cannot set the securebits that stop uid 0 from regaining capabilities")]
+    Securebits {
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot set no_new_privs")]
+    NoNewPrivs {
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot move into an empty network namespace")]
+    Network {
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot install the seccomp filter that forbids non-Unix sockets")]
+    Seccomp {
+        #[source]
+        source: seccompiler::Error,
+    },
+    #[error("the {backend} source stopped working with the reduced capabilities: {message}")]
+    SourceProbe {
+        backend: &'static str,
+        message: String,
+    },
+    #[error("the kernel reports {set} = {found:?} after the drop, expected {expected:?}")]
+    Verify {
+        set: &'static str,
+        found: Vec<String>,
+        expected: Vec<String>,
+    },
+    #[error("cannot create the socket's directory {path:?} before confining writes")]
+    SocketDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which capabilities the tracker loop still uses after attach, each with the reason.
+fn needed(backend: &str) -> Vec<(Capability, &'static str)> {
+    let mut keep = vec![
+        (
+            Capability::CAP_DAC_READ_SEARCH,
+            "read every user's links and directories (0700 homes), temp-root files, and resolve fanotify directory handles (open_by_handle_at)",
+        ),
+        (
+            Capability::CAP_SYS_PTRACE,
+            "read other users' /proc/<pid>/{exe,cwd,fd,maps,environ} (runtime roots) and, for eBPF, /proc/<pid>/task/<tid>/{syscall,cwd}",
+        ),
+    ];
+    if backend == "fanotify" {
+        keep.push((
+            Capability::CAP_SYS_ADMIN,
+            "add and remove FAN_MARK_FILESYSTEM marks when a watched path reaches another filesystem or mounts change",
+        ));
+    }
+    keep
+}
+
+/// What [`drop_privileges`] achieved, as read back from the kernel; serialized into `status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Privileges {
+    /// False only with `--keep-privileges`.
+    pub dropped: bool,
+    /// The capabilities left in the effective, permitted and bounding sets, and why each stays.
+    pub capabilities: BTreeMap<String, String>,
+    pub no_new_privs: bool,
+    /// `SECBIT_NOROOT` and friends, locked: an exec as uid 0 gains nothing.
+    pub securebits_locked: bool,
+    pub network: Network,
+    pub landlock: Landlock,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Network {
+    /// "empty namespace": a network namespace of our own, holding only a down loopback.
+    pub namespace: String,
+    /// A seccomp filter refuses `socket`/`socketpair` for every family but AF_UNIX, and
+    /// `setns`, `unshare` and `io_uring_setup`, so even CAP_SYS_ADMIN cannot get back out.
+    pub seccomp: bool,
+}
+
+/// Landlock's state on the server thread; the tracker thread is never restricted (see the
+/// module header).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Landlock {
+    /// "fully_enforced", "partially_enforced" (the kernel lacks part of ABI 6: e.g. no TCP
+    /// rules before ABI 4) or "not_enforced" (no Landlock, or `--keep-privileges`).
+    pub state: String,
+    /// The kernel's Landlock ABI (0: none).
+    pub kernel_abi: i32,
+    /// The threads it applies to.
+    pub threads: Vec<String>,
+    /// Where those threads may create, write, remove or rename.
+    pub writable: Vec<PathBuf>,
+    pub unrestricted: String,
+}
+
+impl Privileges {
+    /// What `--keep-privileges` reports: nothing dropped.
+    pub fn kept() -> Self {
+        Self {
+            dropped: false,
+            capabilities: BTreeMap::from([(
+                "all".to_owned(),
+                "--keep-privileges (debugging)".to_owned(),
+            )]),
+            no_new_privs: no_new_privs().unwrap_or(false),
+            securebits_locked: false,
+            network: Network {
+                namespace: "host".to_owned(),
+                seccomp: false,
+            },
+            landlock: Landlock {
+                state: "not_enforced".to_owned(),
+                kernel_abi: landlock_abi(),
+                threads: Vec::new(),
+                writable: Vec::new(),
+                unrestricted: "every thread (--keep-privileges)".to_owned(),
+            },
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+/// Drops what the tracker loop does not need. Call it after the source and the state watch are
+/// attached and before any other thread starts. `probe` exercises the source with the reduced
+/// effective set (e.g. a map update): before Linux 6.5 a system with
+/// `kernel.unprivileged_bpf_disabled` set refuses every `bpf()` command without CAP_BPF, even
+/// on maps already open, and then CAP_BPF (CAP_SYS_ADMIN where CAP_BPF is unknown) is kept.
+pub fn drop_privileges(
+    backend: &'static str,
+    probe: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<Privileges, PrivilegeError> {
+    let others = wait_for_single_thread()?;
+    if others != 0 {
+        return Err(PrivilegeError::OtherThreads { count: others + 1 });
+    }
+    // An empty network namespace first: unshare needs CAP_SYS_ADMIN, which may go below. The
+    // tracker's socket is path-bound, and path-bound Unix sockets connect across namespaces.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|source| PrivilegeError::Network { source })?;
+
+    let mut keep = needed(backend);
+    let caps_error = |step| move |source| PrivilegeError::Capabilities { step, source };
+    // CAP_SETPCAP stays effective until the bounding set and securebits are done.
+    let set_effective = |keep: &[(Capability, &str)]| {
+        let mut effective: CapsHashSet = keep.iter().map(|(cap, _)| *cap).collect();
+        effective.insert(Capability::CAP_SETPCAP);
+        caps::set(None, CapSet::Effective, &effective).map_err(caps_error("lower"))
+    };
+    set_effective(&keep)?;
+    if let Err(message) = probe() {
+        let supported = caps::runtime::thread_all_supported();
+        let extra = if supported.contains(&Capability::CAP_BPF) {
+            Capability::CAP_BPF
+        } else {
+            Capability::CAP_SYS_ADMIN
+        };
+        tracing::warn!(%message, capability = %extra, "the source needs another capability after attach; keeping it");
+        if !keep.iter().any(|(cap, _)| *cap == extra) {
+            keep.push((
+                extra,
+                "this kernel refuses bpf() on open maps without it (unprivileged_bpf_disabled, Linux < 6.5)",
+            ));
+        }
+        set_effective(&keep)?;
+        probe().map_err(|message| PrivilegeError::SourceProbe { backend, message })?;
+    }
+    let kept: CapsHashSet = keep.iter().map(|(cap, _)| *cap).collect();
+
+    for cap in caps::runtime::thread_all_supported() {
+        if !kept.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(caps_error("shrink the bounding set of"))?;
+        }
+    }
+    lock_securebits()?;
+    caps::clear(None, CapSet::Ambient).map_err(caps_error("clear the ambient set of"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_error("clear the inheritable set of"))?;
+    caps::set(None, CapSet::Effective, &kept).map_err(caps_error("lower"))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(caps_error("lower"))?;
+
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes integer arguments only.
+    let set = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    Errno::result(set).map_err(|source| PrivilegeError::NoNewPrivs { source })?;
+    // A seccomp filter needs no_new_privs (or CAP_SYS_ADMIN) to be installed.
+    forbid_network_syscalls()?;
+
+    verify(&kept)?;
+    let privileges = Privileges {
+        dropped: true,
+        capabilities: keep
+            .iter()
+            .map(|(cap, why)| (cap.to_string(), (*why).to_owned()))
+            .collect(),
+        no_new_privs: no_new_privs().unwrap_or(false),
+        securebits_locked: true,
+        network: Network {
+            namespace: "empty namespace".to_owned(),
+            seccomp: true,
+        },
+        landlock: Landlock {
+            state: "not_enforced".to_owned(),
+            kernel_abi: landlock_abi(),
+            threads: Vec::new(),
+            writable: Vec::new(),
+            unrestricted: "every thread (not applied yet)".to_owned(),
+        },
+    };
+    tracing::info!(
+        capabilities = ?privileges.capabilities.keys().collect::<Vec<_>>(),
+        no_new_privs = privileges.no_new_privs,
+        "privileges dropped; network: empty namespace, non-Unix sockets refused"
+    );
+    Ok(privileges)
+}
+
+/// How long a thread that was joined may take to leave `/proc/self/task`.
+const THREAD_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Counts the other threads that can still run user code. A joined thread (the eBPF attach
+/// runs in one, with its own mount namespace) stays listed while the kernel tears it down, but
+/// it has released its memory map by then and never returns to user space: a task without
+/// one (no `VmSize` line) or a zombie does not count. The kernel gives no notice of the
+/// moment between the join and the release of the map, so this looks again, for a bounded
+/// time, until only such tasks are left.
+fn wait_for_single_thread() -> Result<usize, PrivilegeError> {
+    let deadline = std::time::Instant::now() + THREAD_EXIT_GRACE;
+    let own = nix::unistd::gettid().as_raw().to_string();
+    loop {
+        let mut others = 0;
+        for entry in std::fs::read_dir("/proc/self/task")
+            .map_err(|source| PrivilegeError::Threads { source })?
+        {
+            let entry = entry.map_err(|source| PrivilegeError::Threads { source })?;
+            if entry.file_name().to_str() == Some(own.as_str()) {
+                continue;
+            }
+            let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+                continue; // gone
+            };
+            let exiting = status.lines().any(|line| {
+                line.starts_with("State:") && (line.contains("(zombie)") || line.contains("(dead)"))
+            }) || !status.lines().any(|line| line.starts_with("VmSize:"));
+            if !exiting {
+                others += 1;
+            }
+        }
+        if others == 0 || std::time::Instant::now() >= deadline {
+            return Ok(others);
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Reads the sets back: the kernel's word, not our intention, goes into `status`.
+fn verify(kept: &CapsHashSet) -> Result<(), PrivilegeError> {
+    let names = |set: &CapsHashSet| {
+        let mut names: Vec<String> = set.iter().map(ToString::to_string).collect();
+        names.sort();
+        names
+    };
+    for (set, name, expected) in [
+        (CapSet::Effective, "CapEff", kept.clone()),
+        (CapSet::Permitted, "CapPrm", kept.clone()),
+        (CapSet::Inheritable, "CapInh", CapsHashSet::new()),
+        (CapSet::Ambient, "CapAmb", CapsHashSet::new()),
+        (CapSet::Bounding, "CapBnd", kept.clone()),
+    ] {
+        let is_bounding = name == "CapBnd";
+        let found = caps::read(None, set).map_err(|source| PrivilegeError::Capabilities {
+            step: "read back",
+            source,
+        })?;
+        // The bounding set may lack a kept capability the container never had.
+        let matches = if is_bounding {
+            found.is_subset(&expected)
+        } else {
+            found == expected
+        };
+        if !matches {
+            return Err(PrivilegeError::Verify {
+                set: name,
+                found: names(&found),
+                expected: names(&expected),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `SECBIT_NOROOT`, `SECBIT_NO_SETUID_FIXUP`, `SECBIT_NO_CAP_AMBIENT_RAISE`, each locked: uid 0
+/// regains no capability by exec, and nothing can undo that. The tracker never execs; this
+/// closes the door for code that would.
+fn lock_securebits() -> Result<(), PrivilegeError> {
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
+    const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
+    const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
+    let bits = SECBIT_NOROOT
+        | SECBIT_NOROOT_LOCKED
+        | SECBIT_NO_SETUID_FIXUP
+        | SECBIT_NO_SETUID_FIXUP_LOCKED
+        | SECBIT_KEEP_CAPS_LOCKED
+        | SECBIT_NO_CAP_AMBIENT_RAISE
+        | SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+    // SAFETY: prctl(PR_SET_SECUREBITS, bits, 0, 0, 0) takes integer arguments only.
+    let set = unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) };
+    Errno::result(set)
+        .map(drop)
+        .map_err(|source| PrivilegeError::Securebits { source })
+}
+
+fn no_new_privs() -> Result<bool, Errno> {
+    // SAFETY: prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) takes integer arguments only.
+    let value = unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) };
+    Errno::result(value).map(|value| value == 1)
+}
+
+/// The network namespace is empty, but CAP_SYS_ADMIN (kept for fanotify) could `setns` back
+/// into the host's through `/proc/1/ns/net`. This filter refuses that, new namespaces, every
+/// socket family but AF_UNIX (tokio's signal pipe and our clients' are Unix sockets), and
+/// io_uring, whose IORING_OP_SOCKET seccomp would not see. Inherited by every later thread.
+fn forbid_network_syscalls() -> Result<(), PrivilegeError> {
+    use seccompiler::{
+        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule,
+    };
+    let seccomp_error = |source| PrivilegeError::Seccomp { source };
+    let not_unix = || -> Result<Vec<SeccompRule>, seccompiler::Error> {
+        Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Ne,
+            libc::AF_UNIX as u64,
+        )?])?])
+    };
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = [
+        (libc::SYS_socket, not_unix().map_err(seccomp_error)?),
+        (libc::SYS_socketpair, not_unix().map_err(seccomp_error)?),
+        (libc::SYS_setns, Vec::new()),
+        (libc::SYS_unshare, Vec::new()),
+        (libc::SYS_io_uring_setup, Vec::new()),
+    ]
+    .into_iter()
+    .collect();
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|source| PrivilegeError::Seccomp {
+            source: seccompiler::Error::Backend(source),
+        })?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(|source| PrivilegeError::Seccomp {
+        source: seccompiler::Error::Backend(source),
+    })?;
+    let program: BpfProgram = filter
+        .try_into()
+        .map_err(|source| PrivilegeError::Seccomp {
+            source: seccompiler::Error::Backend(source),
+        })?;
+    seccompiler::apply_filter(&program).map_err(seccomp_error)
+}
+
+fn landlock_abi() -> i32 {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) reads no memory
+    // and returns the ABI version or -1.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            1u32,
+        )
+    };
+    i32::try_from(abi).unwrap_or(0).max(0)
+}
+
+/// Runs `start_server` on a new thread confined by Landlock, so that the thread it starts
+/// inherits the domain: writes, creations, removals and renames only beneath `writable`
+/// (created first if missing, as the server would), no TCP bind or connect, no abstract Unix
+/// sockets or signals outside the domain. Reads stay unrestricted. Best effort: a kernel
+/// without (part of) Landlock runs the server anyway, and `privileges.landlock` says how much
+/// was enforced.
+pub fn confine_server<T: Send>(
+    privileges: &mut Privileges,
+    writable: &[&Path],
+    start_server: impl FnOnce() -> T + Send,
+) -> Result<T, PrivilegeError> {
+    let mut writable = writable.to_vec();
+    writable.sort();
+    writable.dedup();
+    let writable = writable.as_slice();
+    for dir in writable {
+        std::fs::create_dir_all(dir).map_err(|source| PrivilegeError::SocketDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let (started, landlock) = std::thread::scope(|scope| {
+        let launcher = scope.spawn(|| {
+            let landlock = restrict_this_thread(writable);
+            (start_server(), landlock)
+        });
+        launcher
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+    match &landlock {
+        Ok(state) => {
+            tracing::info!(state = %state, writable = ?writable, "server thread confined by Landlock");
+            privileges.landlock.state = state.clone();
+        }
+        Err(error) => {
+            tracing::warn!(%error, "Landlock not enforced on the server thread");
+            privileges.landlock.state = "not_enforced".to_owned();
+        }
+    }
+    if privileges.landlock.state != "not_enforced" {
+        privileges.landlock.threads = vec!["server".to_owned()];
+        privileges.landlock.writable = writable.iter().map(|dir| dir.to_path_buf()).collect();
+    }
+    privileges.landlock.unrestricted = "the tracker thread and its scan workers: Landlock would deny the ptrace-mode /proc access runtime roots and the eBPF fence need".to_owned();
+    Ok(started)
+}
+
+fn restrict_this_thread(writable: &[&Path]) -> Result<String, landlock::RulesetError> {
+    use landlock::{
+        ABI, Access as _, AccessFs, AccessNet, PathBeneath, PathFd, Ruleset, RulesetAttr as _,
+        RulesetCreatedAttr as _, RulesetStatus, Scope,
+    };
+    // The newest ABI this code is tested against; older kernels get what they support.
+    let abi = ABI::V6;
+    let write = AccessFs::from_write(abi);
+    let mut ruleset = Ruleset::default()
+        .handle_access(write)?
+        .handle_access(AccessNet::from_all(abi))?
+        .scope(Scope::from_all(abi))?
+        .create()?;
+    for dir in writable {
+        match PathFd::new(dir) {
+            Ok(fd) => ruleset = ruleset.add_rule(PathBeneath::new(fd, write))?,
+            // Then nothing is writable there: fails closed for that directory.
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot open a writable directory for Landlock")
+            }
+        }
+    }
+    let status = ruleset.restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => "fully_enforced",
+        RulesetStatus::PartiallyEnforced => "partially_enforced",
+        RulesetStatus::NotEnforced => "not_enforced",
+    }
+    .to_owned())
+}
