@@ -641,6 +641,11 @@ impl TrackerProcess {
             let _ = child.wait();
         }
     }
+
+    /// The tracker's process id (it runs unless a test killed it).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
 }
 
 impl Drop for TrackerProcess {

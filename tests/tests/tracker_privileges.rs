@@ -1,0 +1,248 @@
+//! The tracker's privilege drop (DESIGN.md invariant 6), for each backend: after start-up every
+//! thread of `root-tracker run` holds exactly the capabilities its backend needs, no_new_privs
+//! and a seccomp filter, lives in a network namespace of its own, and `status` reports Landlock
+//! on the server thread — and the tracker still answers right: runtime roots of another user's
+//! process, a new indirect root in a new directory, and one on a newly mounted tmpfs (which
+//! the fanotify backend must mark after the drop).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "tests panic on failure, as aya's test README recommends"
+)]
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use root_tracker::layout::StoreLayout;
+use root_tracker::report::bytes_from_json;
+use root_tracker::scan::{ScanOptions, scan};
+use tests::{
+    HermeticStore, Holder, SystemUser, TmpfsMount, TrackerProcess, index_part, package_bin,
+    path_bytes, require_root,
+};
+
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+
+fn mask(caps: &[u32]) -> u64 {
+    caps.iter().fold(0, |mask, cap| mask | (1u64 << cap))
+}
+
+/// What each backend keeps, and why (privilege.rs says the same in `status`).
+fn expected_caps(backend: &str) -> u64 {
+    match backend {
+        "fanotify" => mask(&[CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN]),
+        _ => mask(&[CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE]),
+    }
+}
+
+/// `Field:\tvalue` lines of a `/proc/.../status` file.
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in\n{status}"))
+        .trim()
+        .to_owned()
+}
+
+fn hex_field(status: &str, field: &str) -> u64 {
+    u64::from_str_radix(&status_field(status, field), 16).unwrap()
+}
+
+/// Every thread of `pid` has exactly the expected sets, no_new_privs, a seccomp filter, and
+/// the network namespace `net`.
+fn check_threads(pid: u32, expected: u64, net: &Path) {
+    let tasks: Vec<PathBuf> = fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert!(
+        tasks.len() >= 2,
+        "expected the tracker and server threads, found {tasks:?}"
+    );
+    for task in tasks {
+        let status = fs::read_to_string(task.join("status")).unwrap();
+        let at = task.display();
+        assert_eq!(hex_field(&status, "CapEff"), expected, "CapEff of {at}");
+        assert_eq!(hex_field(&status, "CapPrm"), expected, "CapPrm of {at}");
+        assert_eq!(hex_field(&status, "CapInh"), 0, "CapInh of {at}");
+        assert_eq!(hex_field(&status, "CapAmb"), 0, "CapAmb of {at}");
+        assert_eq!(hex_field(&status, "CapBnd"), expected, "CapBnd of {at}");
+        assert_eq!(
+            status_field(&status, "NoNewPrivs"),
+            "1",
+            "NoNewPrivs of {at}"
+        );
+        // 2: SECCOMP_MODE_FILTER.
+        assert_eq!(status_field(&status, "Seccomp"), "2", "Seccomp of {at}");
+        assert_eq!(
+            fs::read_link(task.join("ns/net")).unwrap(),
+            net,
+            "network namespace of {at}"
+        );
+    }
+}
+
+fn truth(layout: &StoreLayout) -> serde_json::Value {
+    let options = ScanOptions {
+        runtime: false,
+        temp: false,
+        ..ScanOptions::default()
+    };
+    index_part(&scan(layout, &options).unwrap().to_json())
+}
+
+/// A fenced query whose index part equals a fresh scan.
+fn assert_answers_right(tracker: &TrackerProcess, layout: &StoreLayout, what: &str) {
+    let report = tracker.query();
+    assert_eq!(
+        index_part(&report),
+        truth(layout),
+        "{what}: the tracker's answer differs from a scan\n{}",
+        tracker.log()
+    );
+}
+
+fn has_root(report: &serde_json::Value, kind: &str, target: &Path) -> bool {
+    report["roots"].as_array().unwrap().iter().any(|root| {
+        root["kind"] == kind && bytes_from_json(&root["target"]).unwrap() == path_bytes(target)
+    })
+}
+
+fn privileges_hold(backend: &str) {
+    require_root();
+    let store = HermeticStore::new();
+    let targets = store.register_empty_paths("priv", 4);
+    let held = store.add_file("held", b"held by another user's process");
+    let layout = StoreLayout::new(&store.store_dir, &store.state_dir).unwrap();
+    fs::create_dir_all(layout.auto_dir()).unwrap();
+    let home = store.path("home/user");
+    fs::create_dir_all(home.join("proj")).unwrap();
+    symlink(&targets[0], home.join("proj/result")).unwrap();
+    symlink(home.join("proj/result"), layout.auto_dir().join("a")).unwrap();
+
+    let tracker = TrackerProcess::start(&store, backend, &[]);
+    let pid = tracker.pid();
+
+    // What the kernel says, for every thread.
+    let own_net = fs::read_link("/proc/self/ns/net").unwrap();
+    let tracker_net = fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_ne!(
+        tracker_net, own_net,
+        "the tracker must not share our network namespace"
+    );
+    check_threads(pid, expected_caps(backend), &tracker_net);
+    // Its namespace has no interface but the loopback.
+    let interfaces: Vec<String> = fs::read_to_string(format!("/proc/{pid}/net/dev"))
+        .unwrap()
+        .lines()
+        .skip(2)
+        .map(|line| line.split(':').next().unwrap().trim().to_owned())
+        .collect();
+    assert_eq!(interfaces, ["lo"], "interfaces in the tracker's namespace");
+
+    // What the tracker says.
+    let status = tracker.status();
+    let privileges = &status["privileges"];
+    assert_eq!(privileges["dropped"], true, "{privileges:#}");
+    assert_eq!(privileges["no_new_privs"], true, "{privileges:#}");
+    let mut kept: Vec<&str> = privileges["capabilities"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    kept.sort_unstable();
+    let mut expected_names = vec!["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"];
+    if backend == "fanotify" {
+        expected_names.push("CAP_SYS_ADMIN");
+    }
+    expected_names.sort_unstable();
+    assert_eq!(kept, expected_names, "{privileges:#}");
+    assert_eq!(privileges["network"]["namespace"], "empty namespace");
+    assert_eq!(privileges["network"]["seccomp"], true);
+    let landlock = &privileges["landlock"];
+    if landlock["kernel_abi"].as_i64().unwrap() >= 6 {
+        assert_eq!(landlock["state"], "fully_enforced", "{landlock:#}");
+        assert_eq!(landlock["threads"], serde_json::json!(["server"]));
+        let writable: Vec<PathBuf> = landlock["writable"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|dir| PathBuf::from(dir.as_str().unwrap()))
+            .collect();
+        assert_eq!(writable, [tracker.dir.path()]);
+    } else {
+        println!("skipping the Landlock state check: kernel Landlock ABI {landlock}");
+    }
+
+    // It still answers right after the drop.
+    assert_answers_right(&tracker, &layout, "after start-up");
+
+    // Runtime roots of another user's process need CAP_SYS_PTRACE: they must still be read.
+    let other = SystemUser::create("priv", &store.path("home/other"));
+    let mut holder_command = other.command(package_bin("root-holder").as_os_str());
+    holder_command.arg("--open").arg(&held).current_dir("/");
+    let holder = Holder::start(holder_command);
+    let report = tracker.query();
+    assert!(
+        has_root(&report, "runtime", &held),
+        "the runtime root held by pid {} (uid {}) is missing: {report:#}",
+        holder.pid(),
+        other.uid
+    );
+    drop(holder);
+
+    // A new indirect root in a new directory.
+    let fresh = home.join("fresh/dir");
+    fs::create_dir_all(&fresh).unwrap();
+    symlink(&targets[1], fresh.join("result")).unwrap();
+    symlink(fresh.join("result"), layout.auto_dir().join("b")).unwrap();
+    assert_answers_right(&tracker, &layout, "a new indirect root in a new directory");
+
+    // One on a filesystem mounted after the drop: fanotify must mark it now.
+    let mut mount = TmpfsMount::new(&store.path("home/mnt"));
+    let on_tmpfs = mount.path.join("proj");
+    fs::create_dir_all(&on_tmpfs).unwrap();
+    symlink(&targets[2], on_tmpfs.join("result")).unwrap();
+    symlink(on_tmpfs.join("result"), layout.auto_dir().join("c")).unwrap();
+    assert_answers_right(&tracker, &layout, "an indirect root on a new tmpfs");
+    if backend == "fanotify" {
+        let marked = tracker.status()["source_checks"]["marked_filesystems"].clone();
+        assert!(
+            marked
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|path| Path::new(path.as_str().unwrap()).starts_with(&mount.path)),
+            "the tmpfs was not marked: {marked}"
+        );
+    }
+    // A change on that filesystem is seen: the link is replaced by one to another path.
+    symlink(&targets[3], on_tmpfs.join("result.new")).unwrap();
+    fs::rename(on_tmpfs.join("result.new"), on_tmpfs.join("result")).unwrap();
+    let report = tracker.query();
+    assert!(
+        has_root(&report, "indirect", &targets[3]) && !has_root(&report, "indirect", &targets[2]),
+        "the replaced link on the tmpfs was not seen: {report:#}"
+    );
+    assert_answers_right(&tracker, &layout, "a replaced link on the tmpfs");
+
+    // The drop left every thread as it was, also the ones started since.
+    check_threads(pid, expected_caps(backend), &tracker_net);
+    drop(tracker);
+    mount.unmount();
+}
+
+#[test]
+fn fanotify_tracker_drops_privileges_and_still_answers() {
+    privileges_hold("fanotify");
+}
+
+#[test]
+fn ebpf_tracker_drops_privileges_and_still_answers() {
+    privileges_hold("ebpf");
+}
