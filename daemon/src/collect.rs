@@ -134,9 +134,6 @@ fn millis(since: Instant) -> u64 {
 /// Runs one collection and writes its printed output (if any) to `out`.
 pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary, CollectError> {
     let start = Instant::now();
-    if options.action == Action::Delete {
-        return Err(CollectError::DeletionNotImplemented);
-    }
     let mut ms = PhaseMillis::default();
 
     let phase = Instant::now();
@@ -194,6 +191,10 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         ms = ms.liveness,
         "liveness decided"
     );
+
+    if options.action == Action::Delete {
+        return Err(CollectError::DeletionNotImplemented);
+    }
 
     let phase = Instant::now();
     report(options, &graph, &verdict, out).map_err(CollectError::Output)?;
