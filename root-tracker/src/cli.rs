@@ -380,23 +380,30 @@ fn query_command(args: QueryArgs) -> anyhow::Result<ExitCode> {
         Response::Roots { report } => {
             let mut stdout = io::BufWriter::new(io::stdout().lock());
             let written = if args.json {
-                serde_json::to_writer_pretty(&mut stdout, &report)
-                    .map_err(io::Error::from)
-                    .and_then(|()| stdout.write_all(b"\n"))
+                // Pretty-printed like `scan --json`, straight from the text: no value tree.
+                let mut pretty = serde_json::Serializer::pretty(&mut stdout);
+                serde_transcode::transcode(
+                    &mut serde_json::Deserializer::from_str(report.get()),
+                    &mut pretty,
+                )
+                .map_err(io::Error::from)
+                .and_then(|()| stdout.write_all(b"\n"))
             } else {
-                crate::report::write_print_roots_json(&report, &mut stdout)
+                crate::report::write_print_roots_json(report.get(), &mut stdout)
             };
             match written.and_then(|()| stdout.flush()) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
                 Err(error) => return Err(error).context("cannot write to standard output"),
             }
-            if report["complete"] == serde_json::Value::Bool(true) {
+            let completeness: crate::report::Completeness =
+                serde_json::from_str(report.get()).context("the tracker's report is malformed")?;
+            if completeness.complete {
                 Ok(ExitCode::SUCCESS)
             } else {
-                let unreadable = report["unreadable"].as_array().map_or(0, Vec::len);
                 eprintln!(
-                    "root-tracker: incomplete: {unreadable} potential root(s) could not be read; the list above may be missing roots"
+                    "root-tracker: incomplete: {} potential root(s) could not be read; the list above may be missing roots",
+                    completeness.unreadable.len()
                 );
                 Ok(ExitCode::from(EXIT_INCOMPLETE))
             }

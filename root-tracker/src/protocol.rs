@@ -35,12 +35,21 @@ pub enum Request {
     Status {},
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
-    Roots { report: serde_json::Value },
-    Status { status: serde_json::Value },
-    Error { error: ErrorKind, message: String },
+    /// The report is kept as JSON text: the tracker writes it without building a value tree,
+    /// and a client parses only what it needs.
+    Roots {
+        report: Box<serde_json::value::RawValue>,
+    },
+    Status {
+        status: serde_json::Value,
+    },
+    Error {
+        error: ErrorKind,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +60,53 @@ pub enum ErrorKind {
     BadRequest,
     Unauthorized,
     Internal,
+}
+
+/// A response as it appears on the wire. serde's internally tagged enums buffer their
+/// content, which a raw JSON value cannot come from, so [`Response`] is read through this.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireResponse {
+    response: WireKind,
+    #[serde(default)]
+    report: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default)]
+    status: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<ErrorKind>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WireKind {
+    Roots,
+    Status,
+    Error,
+}
+
+impl<'de> Deserialize<'de> for Response {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let wire = WireResponse::deserialize(deserializer)?;
+        match wire.response {
+            WireKind::Roots => Ok(Self::Roots {
+                report: wire
+                    .report
+                    .ok_or_else(|| D::Error::missing_field("report"))?,
+            }),
+            WireKind::Status => Ok(Self::Status {
+                status: wire
+                    .status
+                    .ok_or_else(|| D::Error::missing_field("status"))?,
+            }),
+            WireKind::Error => Ok(Self::Error {
+                error: wire.error.ok_or_else(|| D::Error::missing_field("error"))?,
+                message: wire.message.unwrap_or_default(),
+            }),
+        }
+    }
 }
 
 impl Response {
@@ -85,6 +141,19 @@ mod tests {
             parse_request(br#"{"request":"query"}"#).unwrap(),
             Request::Query { wait_ms: None }
         );
+        let report =
+            serde_json::value::RawValue::from_string(r#"{"roots":[]}"#.to_owned()).unwrap();
+        for response in [
+            Response::Roots { report },
+            Response::Status {
+                status: serde_json::json!({"backend": "ebpf"}),
+            },
+            Response::error(ErrorKind::Unsettled, "lost hints"),
+        ] {
+            let line = serde_json::to_string(&response).unwrap();
+            let back: Response = serde_json::from_str(&line).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), line);
+        }
         for bad in [
             &b"{"[..],
             b"{\"request\":\"delete\"}",

@@ -14,10 +14,10 @@ use std::time::SystemTime;
 use crate::hint::Hint;
 use crate::index::{Index, IndexError};
 use crate::layout::StoreLayout;
-use crate::report::ScanReport;
+use crate::report::{MergedReport, ScanReport};
 use crate::scan::{Findings, ScanError, ScanOptions};
 use crate::store_path::{base_name_of, is_in_dir};
-use crate::validity::ValidPaths;
+use crate::validity::{ValidPaths, ValidityCache};
 
 /// Whether the index can be trusted to hold every root.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -56,11 +56,34 @@ pub struct Reconciler {
     stats: ReconcileStats,
     /// Set when the watched paths changed, so sources need a new interest.
     interest_changed: bool,
+    validity: ValidityCache,
+    /// The index's part of the last answer, reused while neither the index nor any validity
+    /// answer it used has changed.
+    index_answer: Option<IndexAnswer>,
+}
+
+struct IndexAnswer {
+    generation: u64,
+    validity_epoch: u64,
+    report: ScanReport,
+}
+
+/// A query's answer: the index's part and what was read at query time (runtime and temp roots).
+pub struct Answer<'a> {
+    index: &'a ScanReport,
+    volatile: ScanReport,
+}
+
+impl Answer<'_> {
+    pub fn report(&self) -> MergedReport<'_> {
+        MergedReport::new(&[self.index, &self.volatile])
+    }
 }
 
 impl Reconciler {
     /// Starts unsettled: nothing is known until the first rescan.
     pub fn new(layout: StoreLayout, index: Index) -> Self {
+        let validity = ValidityCache::new(&layout.db_path());
         Self {
             layout,
             index,
@@ -69,6 +92,8 @@ impl Reconciler {
             },
             stats: ReconcileStats::default(),
             interest_changed: true,
+            validity,
+            index_answer: None,
         }
     }
 
@@ -109,6 +134,8 @@ impl Reconciler {
         let started = std::time::Instant::now();
         let trees = [self.layout.gcroots_dir(), self.layout.profiles_dir()];
         self.reexamine(trees.iter().map(|tree| tree.as_os_str().as_bytes()))?;
+        // A rescan starts from nothing, validity answers included (as a scan would).
+        self.validity.forget();
         self.settled = Settled::Settled;
         self.stats.rescans += 1;
         self.stats.last_rescan = Some(SystemTime::now());
@@ -226,14 +253,35 @@ impl Reconciler {
 
     /// The answer to a query: the index's static and indirect roots plus the runtime and temp
     /// roots read now, checked against the store database.
-    pub fn answer(&self, options: &ScanOptions) -> Result<ScanReport, ReconcileError> {
-        let valid_paths = ValidPaths::open(&self.layout.db_path()).map_err(ScanError::from)?;
+    pub fn answer(&mut self, options: &ScanOptions) -> Result<Answer<'_>, ReconcileError> {
+        self.validity.refresh().map_err(ScanError::from)?;
+        let generation = self.index.generation();
+        let reusable = self.index_answer.as_ref().is_some_and(|cached| {
+            cached.generation == generation && cached.validity_epoch == self.validity.epoch()
+        });
+        if !reusable {
+            self.index_answer = None;
+            let mut findings = Findings::new(&self.layout);
+            self.index.add_to(&mut findings);
+            let mut report = findings.into_report(|paths| self.validity.contains_all(paths))?;
+            report.normalize();
+            self.index_answer = Some(IndexAnswer {
+                generation,
+                validity_epoch: self.validity.epoch(),
+                report,
+            });
+        }
         let mut findings = Findings::new(&self.layout);
-        self.index.add_to(&mut findings);
         findings.find_volatile_roots(options);
-        let mut report = findings.into_report(&valid_paths)?;
-        report.normalize();
-        Ok(report)
+        let mut volatile = findings.into_report(|paths| self.validity.contains_all(paths))?;
+        volatile.normalize();
+        let Some(cached) = &self.index_answer else {
+            unreachable!("filled above");
+        };
+        Ok(Answer {
+            index: &cached.report,
+            volatile,
+        })
     }
 
     /// Compares the index with a fresh traversal of the state trees and counts differences
@@ -247,7 +295,7 @@ impl Reconciler {
         let valid_paths = ValidPaths::open(&self.layout.db_path()).map_err(ScanError::from)?;
         let mut from_index = Findings::new(&self.layout);
         self.index.add_to(&mut from_index);
-        let mut indexed = from_index.into_report(&valid_paths)?;
+        let mut indexed = from_index.into_report(|paths| valid_paths.contains_all(paths))?;
         indexed.normalize();
         let mut fresh = crate::scan::scan(&self.layout, &options)?;
         fresh.normalize();

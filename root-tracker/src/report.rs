@@ -101,14 +101,6 @@ pub struct ScanReport {
 impl ScanReport {
     /// Sorts every list into its canonical order, so reports compare and print deterministically.
     pub fn normalize(&mut self) {
-        let by_printed = |a: &Root, b: &Root| {
-            (a.retainer.printed(), &a.target, a.kind, &a.link).cmp(&(
-                b.retainer.printed(),
-                &b.target,
-                b.kind,
-                &b.link,
-            ))
-        };
         self.roots.sort_by(by_printed);
         self.roots.dedup();
         self.unregistered.sort_by(by_printed);
@@ -158,62 +150,243 @@ impl ScanReport {
         Ok(())
     }
 
+    /// The report as a JSON value (docs/json.md). Large answers are written with
+    /// [`MergedReport`] instead, without building a value tree.
     pub fn to_json(&self) -> serde_json::Value {
-        let root_json = |root: &Root| {
-            serde_json::json!({
-                "kind": root.kind,
-                "retainer": JsonBytes(&root.retainer.printed()),
-                "link": JsonBytes(&root.link),
-                "target": JsonBytes(&self.layout.print_store_path(&root.target)),
-            })
-        };
-        let counts: serde_json::Map<_, _> = RootKind::ALL
-            .into_iter()
-            .map(|kind| (kind.as_str().to_owned(), self.count(kind).into()))
-            .collect();
-        serde_json::json!({
-            "store_dir": JsonBytes(self.layout.store_dir().as_os_str().as_encoded_bytes()),
-            "state_dir": JsonBytes(self.layout.state_dir().as_os_str().as_encoded_bytes()),
-            "complete": self.is_complete(),
-            "counts": counts,
-            "roots": self.roots.iter().map(root_json).collect::<Vec<_>>(),
-            "unregistered": self.unregistered.iter().map(root_json).collect::<Vec<_>>(),
-            "stale_links": self.stale_links.iter().map(|stale| serde_json::json!({
-                "link": JsonBytes(&stale.link),
-                "target": JsonBytes(&stale.target),
-            })).collect::<Vec<_>>(),
-            "stale_temp_roots": self.stale_temp_roots.iter().map(|file| JsonBytes(file)).collect::<Vec<_>>(),
-            "unreadable": self.unreadable.iter().map(|entry| serde_json::json!({
-                "path": JsonBytes(&entry.path),
-                "via": entry.via.as_deref().map(JsonBytes),
-                "operation": entry.operation,
-                "errno": entry.errno,
-                "error": std::io::Error::from_raw_os_error(entry.errno).to_string(),
-            })).collect::<Vec<_>>(),
-        })
+        serde_json::to_value(MergedReport::new(&[self])).unwrap_or(serde_json::Value::Null)
     }
 }
 
-/// `--print-roots` text from a report's JSON (what a tracker sends): the roots are already in
-/// canonical order; each (retainer, target) pair is printed once.
-pub fn write_print_roots_json(report: &serde_json::Value, out: &mut impl Write) -> io::Result<()> {
-    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed report");
-    let roots = report["roots"].as_array().ok_or_else(malformed)?;
-    let mut previous: Option<(Vec<u8>, Vec<u8>)> = None;
-    for root in roots {
-        let retainer = bytes_from_json(&root["retainer"]).ok_or_else(malformed)?;
-        let target = bytes_from_json(&root["target"]).ok_or_else(malformed)?;
-        let pair = (retainer, target);
-        if previous.as_ref() == Some(&pair) {
+/// Several normalized reports of one store read as one: the live index's part and the part
+/// read at query time. Borrows, so answering a query copies no root; serializes straight to
+/// JSON (docs/json.md), so no value tree of a million roots is ever built.
+pub struct MergedReport<'a> {
+    layout: &'a StoreLayout,
+    roots: Vec<&'a Root>,
+    unregistered: Vec<&'a Root>,
+    stale_links: Vec<&'a StaleLink>,
+    stale_temp_roots: Vec<&'a [u8]>,
+    unreadable: Vec<&'a Unreadable>,
+}
+
+/// The canonical order of roots (`ScanReport::normalize`).
+fn by_printed(a: &Root, b: &Root) -> std::cmp::Ordering {
+    (a.retainer.printed(), &a.target, a.kind, &a.link).cmp(&(
+        b.retainer.printed(),
+        &b.target,
+        b.kind,
+        &b.link,
+    ))
+}
+
+/// Concatenates sorted lists and restores their order. The stable sort finds the sorted runs,
+/// so this is a merge, linear in the total length.
+fn merged<'a, T: PartialEq + 'a>(
+    lists: impl Iterator<Item = &'a [T]>,
+    order: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Vec<&'a T> {
+    let mut all: Vec<&T> = lists.flatten().collect();
+    all.sort_by(|a, b| order(a, b));
+    all.dedup();
+    all
+}
+
+impl<'a> MergedReport<'a> {
+    /// `parts` must share one layout and each be normalized.
+    pub fn new(parts: &[&'a ScanReport]) -> Self {
+        let layout = parts.first().map_or_else(
+            || unreachable!("a merged report has at least one part"),
+            |part| &part.layout,
+        );
+        Self {
+            layout,
+            roots: merged(parts.iter().map(|part| &part.roots[..]), by_printed),
+            unregistered: merged(parts.iter().map(|part| &part.unregistered[..]), by_printed),
+            stale_links: merged(parts.iter().map(|part| &part.stale_links[..]), Ord::cmp),
+            stale_temp_roots: {
+                let mut files: Vec<&[u8]> = parts
+                    .iter()
+                    .flat_map(|part| part.stale_temp_roots.iter().map(Vec::as_slice))
+                    .collect();
+                files.sort_unstable();
+                files.dedup();
+                files
+            },
+            unreadable: merged(parts.iter().map(|part| &part.unreadable[..]), Ord::cmp),
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.unreadable.is_empty()
+    }
+
+    /// The answer as one line of JSON.
+    pub fn to_json_string(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
+    }
+}
+
+/// A root as docs/json.md shows it.
+struct RootJson<'a>(&'a Root, &'a StoreLayout);
+
+impl Serialize for RootJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let RootJson(root, layout) = self;
+        let mut map = serializer.serialize_map(Some(4))?;
+        map.serialize_entry("kind", &root.kind)?;
+        map.serialize_entry("retainer", &JsonBytes(&root.retainer.printed()))?;
+        map.serialize_entry("link", &JsonBytes(&root.link))?;
+        map.serialize_entry("target", &JsonBytes(&layout.print_store_path(&root.target)))?;
+        map.end()
+    }
+}
+
+/// A sequence serialized from an iterator, without collecting it.
+struct SeqJson<I>(std::cell::RefCell<Option<I>>);
+
+impl<I: Iterator<Item = T>, T: Serialize> Serialize for SeqJson<I> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let items = self.0.borrow_mut().take();
+        serializer.collect_seq(items.into_iter().flatten())
+    }
+}
+
+fn seq<I: Iterator>(items: I) -> SeqJson<I> {
+    SeqJson(std::cell::RefCell::new(Some(items)))
+}
+
+fn roots_json<'b>(
+    roots: &'b [&'b Root],
+    layout: &'b StoreLayout,
+) -> SeqJson<impl Iterator<Item = RootJson<'b>> + 'b> {
+    seq(roots.iter().map(move |root| RootJson(root, layout)))
+}
+
+impl Serialize for MergedReport<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let layout = self.layout;
+        let counts: std::collections::BTreeMap<&str, usize> = RootKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let count = self.roots.iter().filter(|root| root.kind == kind).count();
+                (kind.as_str(), count)
+            })
+            .collect();
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry(
+            "store_dir",
+            &JsonBytes(layout.store_dir().as_os_str().as_encoded_bytes()),
+        )?;
+        map.serialize_entry(
+            "state_dir",
+            &JsonBytes(layout.state_dir().as_os_str().as_encoded_bytes()),
+        )?;
+        map.serialize_entry("complete", &self.is_complete())?;
+        map.serialize_entry("counts", &counts)?;
+        map.serialize_entry("roots", &roots_json(&self.roots, layout))?;
+        map.serialize_entry("unregistered", &roots_json(&self.unregistered, layout))?;
+        map.serialize_entry(
+            "stale_links",
+            &seq(self.stale_links.iter().map(|stale| {
+                let mut entry = std::collections::BTreeMap::new();
+                entry.insert("link", JsonBytes(&stale.link));
+                entry.insert("target", JsonBytes(&stale.target));
+                entry
+            })),
+        )?;
+        map.serialize_entry(
+            "stale_temp_roots",
+            &seq(self.stale_temp_roots.iter().map(|file| JsonBytes(file))),
+        )?;
+        map.serialize_entry(
+            "unreadable",
+            &seq(self.unreadable.iter().map(|entry| UnreadableJson(entry))),
+        )?;
+        map.end()
+    }
+}
+
+struct UnreadableJson<'a>(&'a Unreadable);
+
+impl Serialize for UnreadableJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let entry = self.0;
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("path", &JsonBytes(&entry.path))?;
+        map.serialize_entry("via", &entry.via.as_deref().map(JsonBytes))?;
+        map.serialize_entry("operation", entry.operation)?;
+        map.serialize_entry("errno", &entry.errno)?;
+        map.serialize_entry(
+            "error",
+            &std::io::Error::from_raw_os_error(entry.errno).to_string(),
+        )?;
+        map.end()
+    }
+}
+
+/// `--print-roots` text from a report's JSON text (what a tracker sends): the roots are already
+/// in canonical order; each (retainer, target) pair is printed once.
+pub fn write_print_roots_json(report: &str, out: &mut impl Write) -> io::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Printed {
+        roots: Vec<PrintedRoot>,
+    }
+    #[derive(serde::Deserialize, PartialEq)]
+    struct PrintedRoot {
+        retainer: OwnedJsonBytes,
+        target: OwnedJsonBytes,
+    }
+    let Printed { roots } = serde_json::from_str(report).map_err(io::Error::from)?;
+    let mut previous: Option<&PrintedRoot> = None;
+    for root in &roots {
+        if previous == Some(root) {
             continue;
         }
-        out.write_all(&pair.0)?;
+        out.write_all(&root.retainer.0)?;
         out.write_all(b" -> ")?;
-        out.write_all(&pair.1)?;
+        out.write_all(&root.target.0)?;
         out.write_all(b"\n")?;
-        previous = Some(pair);
+        previous = Some(root);
     }
     Ok(())
+}
+
+/// The part of a report a client needs to choose its exit status.
+#[derive(serde::Deserialize)]
+pub struct Completeness {
+    pub complete: bool,
+    pub unreadable: Vec<serde::de::IgnoredAny>,
+}
+
+/// Bytes read back from what [`JsonBytes`] wrote.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OwnedJsonBytes(pub Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for OwnedJsonBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Hex { hex: String },
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Text(text) => Ok(Self(text.into_bytes())),
+            Written::Hex { hex } => decode_hex(&hex)
+                .map(Self)
+                .ok_or_else(|| serde::de::Error::custom("malformed hex path")),
+        }
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// The one place bytes become JSON: a string when they are UTF-8, else `{"hex": "2f..."}`,
@@ -239,16 +412,7 @@ impl Serialize for JsonBytes<'_> {
 pub fn bytes_from_json(value: &serde_json::Value) -> Option<Vec<u8>> {
     match value {
         serde_json::Value::String(text) => Some(text.as_bytes().to_vec()),
-        serde_json::Value::Object(map) => {
-            let hex = map.get("hex")?.as_str()?;
-            if hex.len() % 2 != 0 {
-                return None;
-            }
-            (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect()
-        }
+        serde_json::Value::Object(map) => decode_hex(map.get("hex")?.as_str()?),
         _ => None,
     }
 }

@@ -63,7 +63,7 @@ pub fn scan(layout: &StoreLayout, options: &ScanOptions) -> Result<ScanReport, S
     findings.find_roots(&layout.gcroots_dir());
     findings.find_roots(&layout.profiles_dir());
     findings.find_volatile_roots(options);
-    let mut report = findings.into_report(&valid_paths)?;
+    let mut report = findings.into_report(|paths| valid_paths.contains_all(paths))?;
     report.normalize();
     if let Some(first) = report.unreadable.first() {
         tracing::info!(
@@ -398,7 +398,12 @@ impl<'a> Findings<'a> {
     }
 
     /// Splits candidates into registered roots and unregistered ones, as `isValidPath` decides.
-    pub(crate) fn into_report(self, valid_paths: &ValidPaths) -> Result<ScanReport, ScanError> {
+    /// Splits the candidates into roots and unregistered ones; `validity` answers which of a
+    /// sorted list of printed store paths are registered (a snapshot, or a cache of one).
+    pub(crate) fn into_report(
+        self,
+        validity: impl FnOnce(&[Vec<u8>]) -> Result<Vec<bool>, ValidityError>,
+    ) -> Result<ScanReport, ScanError> {
         let mut targets: Vec<&StorePath> = self
             .candidates
             .iter()
@@ -411,7 +416,7 @@ impl<'a> Findings<'a> {
             .iter()
             .map(|target| self.layout.print_store_path(target))
             .collect();
-        let valid = valid_paths.contains_all(&printed)?;
+        let valid = validity(&printed)?;
         let validity: HashMap<StorePath, bool> = targets.into_iter().cloned().zip(valid).collect();
         let mut roots = Vec::with_capacity(self.candidates.len());
         let mut unregistered = Vec::new();

@@ -274,10 +274,15 @@ impl Tracker {
             }
         }
         self.last_fence = Some(started.elapsed());
-        let report = self.reconciler.answer(&ScanOptions::default())?;
-        Ok(Response::Roots {
-            report: report.to_json(),
-        })
+        let answer = self.reconciler.answer(&ScanOptions::default())?;
+        let json = answer.report().to_json_string();
+        match json.and_then(serde_json::value::RawValue::from_string) {
+            Ok(report) => Ok(Response::Roots { report }),
+            Err(error) => Ok(Response::error(
+                ErrorKind::Internal,
+                format!("cannot write the answer as JSON: {error}"),
+            )),
+        }
     }
 
     fn status(&self) -> serde_json::Value {

@@ -2,7 +2,12 @@
 //! to paths Nix would skip ("skipping invalid root").
 //!
 //! Opened read-only: the tracker never writes to the store's database.
+//!
+//! [`ValidityCache`] remembers answers between queries of a running tracker and forgets exactly
+//! what the store database may have changed since (new registrations by id, any deletion by
+//! forgetting everything), so a query over a million roots does not cost a million lookups.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
@@ -14,6 +19,12 @@ pub enum ValidityError {
         path: PathBuf,
         #[source]
         source: rusqlite::Error,
+    },
+    #[error("cannot stat the store database {path:?}")]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot query the store database {path:?}")]
     Query {
@@ -95,5 +106,277 @@ impl ValidPaths {
             .optional()
             .map_err(query_error)?;
         Ok(found.is_some())
+    }
+}
+
+/// Validity answers kept across queries, revalidated against the database's `data_version`.
+///
+/// Invariant: every remembered answer equals what `isValidPath` would say now. Nix only adds
+/// rows with fresh, growing ids (`ValidPaths.id` is AUTOINCREMENT) and removes rows when it
+/// collects garbage or repairs; so when the row count grew by exactly the number of rows
+/// beyond the highest id seen, nothing was removed and the new rows are the only change.
+/// Anything else (a removal, a replaced database file) forgets every answer.
+pub struct ValidityCache {
+    db_path: PathBuf,
+    connection: Option<ValidPaths>,
+    /// `PRAGMA data_version` when the answers were last revalidated.
+    data_version: Option<i64>,
+    max_id: i64,
+    rows: i64,
+    known: HashMap<Vec<u8>, bool>,
+    /// (device, inode) of the database file the connection opened: a replaced file is a new
+    /// database whose changes the old connection's `data_version` would never show.
+    file_id: Option<(u64, u64)>,
+    /// Bumped whenever a remembered answer may have changed; callers key their own caches on it.
+    epoch: u64,
+}
+
+impl ValidityCache {
+    pub fn new(db_path: &Path) -> Self {
+        Self {
+            db_path: db_path.to_owned(),
+            connection: None,
+            data_version: None,
+            max_id: 0,
+            rows: 0,
+            known: HashMap::new(),
+            file_id: None,
+            epoch: 0,
+        }
+    }
+
+    /// Changes whenever an answer this cache gave may have changed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Forgets everything and drops the connection (after an error, or when the tracker
+    /// rescans: a fresh start costs one lookup per root, as a scan does).
+    pub fn forget(&mut self) {
+        self.connection = None;
+        self.data_version = None;
+        self.file_id = None;
+        self.known.clear();
+        self.epoch += 1;
+    }
+
+    /// Brings the remembered answers up to date with the database (see the type's invariant).
+    pub fn refresh(&mut self) -> Result<(), ValidityError> {
+        let result = self.try_refresh();
+        if result.is_err() {
+            self.forget();
+        }
+        result
+    }
+
+    fn try_refresh(&mut self) -> Result<(), ValidityError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let file_id = std::fs::metadata(&self.db_path)
+            .map(|meta| (meta.dev(), meta.ino()))
+            .map_err(|source| ValidityError::Stat {
+                path: self.db_path.clone(),
+                source,
+            })?;
+        if self.file_id.is_some_and(|known| known != file_id) {
+            self.forget();
+        }
+        if self.file_id.is_none() {
+            self.connection = None;
+            self.data_version = None;
+        }
+        self.file_id = Some(file_id);
+        let valid_paths = match self.connection.take() {
+            Some(connection) => connection,
+            None => ValidPaths::open(&self.db_path)?,
+        };
+        let valid_paths = self.connection.insert(valid_paths);
+        let query_error = |source| valid_paths.query_error(source);
+        let data_version: i64 = valid_paths
+            .connection
+            .query_row("PRAGMA data_version", [], |row| row.get(0))
+            .map_err(query_error)?;
+        if self.data_version == Some(data_version) {
+            return Ok(());
+        }
+        let snapshot = valid_paths
+            .connection
+            .unchecked_transaction()
+            .map_err(query_error)?;
+        let (max_id, rows): (Option<i64>, i64) = snapshot
+            .query_row("SELECT max(id), count(*) FROM ValidPaths", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(query_error)?;
+        let max_id = max_id.unwrap_or(0);
+        let mut added = Vec::new();
+        if self.data_version.is_some() {
+            let mut statement = snapshot
+                .prepare("SELECT CAST(path AS BLOB) FROM ValidPaths WHERE id > ?1")
+                .map_err(query_error)?;
+            let mut found = statement.query([self.max_id]).map_err(query_error)?;
+            while let Some(row) = found.next().map_err(query_error)? {
+                added.push(row.get::<_, Vec<u8>>(0).map_err(query_error)?);
+            }
+        }
+        // Without AUTOINCREMENT, SQLite may hand a deleted highest id to the next row, and a
+        // removal plus a registration would look like nothing: then every change forgets all.
+        let ids_grow: bool = snapshot
+            .query_row(
+                "SELECT instr(lower(sql), 'autoincrement') > 0 FROM sqlite_master
+                 WHERE type = 'table' AND name = 'ValidPaths'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(query_error)?;
+        snapshot.finish().map_err(query_error)?;
+        let only_added = ids_grow
+            && self.data_version.is_some()
+            && max_id >= self.max_id
+            && i64::try_from(added.len()).is_ok_and(|added| rows == self.rows + added);
+        if only_added {
+            for path in added {
+                if let Some(valid) = self.known.get_mut(&path) {
+                    if !*valid {
+                        *valid = true;
+                        self.epoch += 1;
+                    }
+                }
+            }
+        } else {
+            self.known.clear();
+            self.epoch += 1;
+        }
+        self.data_version = Some(data_version);
+        self.max_id = max_id;
+        self.rows = rows;
+        Ok(())
+    }
+
+    /// Which of `printed_paths` are registered; looks up (in one snapshot) only what it does
+    /// not remember. Call [`Self::refresh`] first.
+    pub fn contains_all(&mut self, printed_paths: &[Vec<u8>]) -> Result<Vec<bool>, ValidityError> {
+        let unknown: Vec<Vec<u8>> = printed_paths
+            .iter()
+            .filter(|path| !self.known.contains_key(*path))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            if self.connection.is_none() {
+                // Answers are only remembered against a data_version baseline.
+                self.refresh()?;
+            }
+            let found = match &self.connection {
+                Some(valid_paths) => valid_paths.contains_all(&unknown),
+                None => ValidPaths::open(&self.db_path)?.contains_all(&unknown),
+            };
+            let found = match found {
+                Ok(found) => found,
+                Err(error) => {
+                    self.forget();
+                    return Err(error);
+                }
+            };
+            self.known.extend(unknown.into_iter().zip(found));
+        }
+        Ok(printed_paths
+            .iter()
+            .map(|path| self.known.get(path).copied().unwrap_or(false))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database with Nix's `ValidPaths` schema (ids AUTOINCREMENT), or plain rowids.
+    fn store_db_with(path: &Path, id: &str) -> Connection {
+        let db = Connection::open(path).unwrap();
+        db.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS ValidPaths (id {id}, path TEXT UNIQUE NOT NULL);"
+        ))
+        .unwrap();
+        db
+    }
+
+    fn store_db(path: &Path) -> Connection {
+        store_db_with(path, "INTEGER PRIMARY KEY AUTOINCREMENT")
+    }
+
+    #[test]
+    fn reused_rowids_do_not_hide_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let db = store_db_with(&path, "INTEGER PRIMARY KEY");
+        register(&db, "/s/a");
+        register(&db, "/s/b");
+        let mut cache = ValidityCache::new(&path);
+        assert_eq!(ask(&mut cache, &["/s/b", "/s/c"]), [true, false]);
+        // /s/c takes /s/b's id: same count, same highest id.
+        db.execute("DELETE FROM ValidPaths WHERE path = '/s/b'", [])
+            .unwrap();
+        register(&db, "/s/c");
+        assert_eq!(ask(&mut cache, &["/s/b", "/s/c"]), [false, true]);
+    }
+
+    fn register(db: &Connection, path: &str) {
+        db.execute("INSERT INTO ValidPaths (path) VALUES (?1)", [path])
+            .unwrap();
+    }
+
+    fn ask(cache: &mut ValidityCache, paths: &[&str]) -> Vec<bool> {
+        cache.refresh().unwrap();
+        let paths: Vec<Vec<u8>> = paths.iter().map(|path| path.as_bytes().to_vec()).collect();
+        cache.contains_all(&paths).unwrap()
+    }
+
+    #[test]
+    fn remembered_answers_follow_registrations_removals_and_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let db = store_db(&path);
+        register(&db, "/s/a");
+        let mut cache = ValidityCache::new(&path);
+        assert_eq!(ask(&mut cache, &["/s/a", "/s/b"]), [true, false]);
+        let epoch = cache.epoch();
+        assert_eq!(ask(&mut cache, &["/s/a", "/s/b"]), [true, false]);
+        assert_eq!(cache.epoch(), epoch, "nothing changed, nothing forgotten");
+
+        // A registration by another connection flips the remembered "invalid".
+        register(&db, "/s/b");
+        register(&db, "/s/c");
+        assert_eq!(
+            ask(&mut cache, &["/s/a", "/s/b", "/s/c"]),
+            [true, true, true]
+        );
+        assert_ne!(cache.epoch(), epoch);
+        let epoch = cache.epoch();
+
+        // A removal (what a collector does) forgets everything.
+        db.execute("DELETE FROM ValidPaths WHERE path = '/s/a'", [])
+            .unwrap();
+        assert_eq!(ask(&mut cache, &["/s/a", "/s/b"]), [false, true]);
+        assert_ne!(cache.epoch(), epoch);
+
+        // A removal hidden by as many registrations is still seen (the row count does not
+        // grow by the new rows).
+        db.execute("DELETE FROM ValidPaths WHERE path = '/s/b'", [])
+            .unwrap();
+        register(&db, "/s/d");
+        assert_eq!(ask(&mut cache, &["/s/b", "/s/d"]), [false, true]);
+
+        // A database replaced by another file is a new database.
+        drop(db);
+        let replacement = dir.path().join("new.sqlite");
+        let other = store_db(&replacement);
+        register(&other, "/s/b");
+        drop(other);
+        // (The old database's WAL files go too, or SQLite would read them with the new file.)
+        for stale in ["db.sqlite-wal", "db.sqlite-shm"] {
+            let _ = std::fs::remove_file(dir.path().join(stale));
+        }
+        std::fs::rename(&replacement, &path).unwrap();
+        assert_eq!(ask(&mut cache, &["/s/b", "/s/d"]), [true, false]);
     }
 }

@@ -15,7 +15,6 @@ use root_tracker::hint::Hint;
 use root_tracker::index::Index;
 use root_tracker::layout::StoreLayout;
 use root_tracker::reconcile::Reconciler;
-use root_tracker::report::ScanReport;
 use root_tracker::scan::{ScanOptions, scan};
 use tests::{FakeStore, Rng};
 
@@ -138,11 +137,9 @@ fn random_op(world: &World, rng: &mut Rng) -> Vec<Hint> {
     }
 }
 
-fn comparable(report: &ScanReport) -> String {
-    format!(
-        "roots {:#?}\nunregistered {:#?}\nstale {:#?}\nunreadable {:#?}",
-        report.roots, report.unregistered, report.stale_links, report.unreadable
-    )
+/// A report as JSON text, one field per line, so a failing comparison shows the difference.
+fn comparable(report: impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(&serde_json::to_value(report).unwrap()).unwrap()
 }
 
 fn run_seed(seed: u64, operations: usize) {
@@ -168,8 +165,8 @@ fn run_seed(seed: u64, operations: usize) {
         let answer = reconciler.answer(&options).unwrap();
         let truth = scan(&world.layout, &options).unwrap();
         assert_eq!(
-            comparable(&answer),
-            comparable(&truth),
+            comparable(answer.report()),
+            comparable(truth.to_json()),
             "seed {seed}: index differs from a scan after {done} operations; replay with RT_SEED={seed}"
         );
     }
@@ -253,7 +250,7 @@ fn verification_counts_drift_and_repairs_it() {
         ..ScanOptions::default()
     };
     assert_eq!(
-        comparable(&reconciler.answer(&options).unwrap()),
-        comparable(&scan(&world.layout, &options).unwrap())
+        comparable(reconciler.answer(&options).unwrap().report()),
+        comparable(scan(&world.layout, &options).unwrap().to_json())
     );
 }

@@ -104,7 +104,8 @@ fn roots(running: &Running) -> Vec<(Vec<u8>, Vec<u8>)> {
             wait_ms: Some(10_000),
         },
     ) {
-        Response::Roots { report } => report["roots"]
+        Response::Roots { report } => serde_json::from_str::<serde_json::Value>(report.get())
+            .unwrap()["roots"]
             .as_array()
             .unwrap()
             .iter()
@@ -168,6 +169,32 @@ fn queries_are_fenced_against_state_tree_and_source_changes() {
         interest.basenames.contains(b"result".as_slice())
             && interest.basenames.contains(b"proj".as_slice())
     );
+}
+
+/// Validity is remembered between queries (validity.rs), yet a registration or a removal in
+/// the store database, which no filesystem watch reports, shows in the very next answer.
+#[test]
+fn answers_follow_the_store_database_between_queries() {
+    let running = start();
+    let store = running.layout.store_dir().to_owned();
+    const LATER: &str = "0123456789abcdfghijklmnpqrsvwx03-later";
+    let direct = running.layout.gcroots_dir().join("later");
+    symlink(store.join(LATER), &direct).unwrap();
+    assert!(roots(&running).is_empty(), "not registered yet");
+    let db = rusqlite::Connection::open(running.layout.db_path()).unwrap();
+    let registered = store.join(LATER);
+    db.execute(
+        "INSERT INTO ValidPaths (path) VALUES (?1)",
+        [registered.to_str().unwrap()],
+    )
+    .unwrap();
+    assert_eq!(roots(&running), vec![(bytes(&direct), bytes(&registered))]);
+    db.execute(
+        "DELETE FROM ValidPaths WHERE path = ?1",
+        [registered.to_str().unwrap()],
+    )
+    .unwrap();
+    assert!(roots(&running).is_empty(), "collected: no longer a root");
 }
 
 #[test]
