@@ -167,6 +167,9 @@ pub struct EventHeader {
     pub tgid: u32,
     /// Thread id.
     pub tid: u32,
+    /// When the record was made, `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`): user
+    /// space measures its lag from the syscall to the index with it.
+    pub ktime_ns: u64,
 }
 
 /// A relevant syscall entered ([`kind::ENTER`]). Mount operations carry no paths.

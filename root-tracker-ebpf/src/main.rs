@@ -19,7 +19,8 @@ fn main() {}
 mod kernel {
     use aya_ebpf::{
         helpers::{
-            bpf_get_current_pid_tgid, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+            bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+            bpf_probe_read_user_str_bytes,
         },
         macros::{fexit, lsm, map, tracepoint},
         maps::{Array, HashMap, PerCpuArray, RingBuf},
@@ -220,6 +221,8 @@ mod kernel {
             op: spec.op,
             tgid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
+            // SAFETY: a helper without arguments, callable from every program type.
+            ktime_ns: unsafe { bpf_ktime_get_ns() },
         };
         // SAFETY: `SYSCALL_NR` is the offset of the `int __syscall_nr` field in the record.
         event.syscall_nr = unsafe { ctx.read_at::<i32>(SYSCALL_NR) }.unwrap_or(-1);
@@ -261,6 +264,8 @@ mod kernel {
                 op: in_flight.op,
                 tgid: (pid_tgid >> 32) as u32,
                 tid: pid_tgid as u32,
+                // SAFETY: a helper without arguments, callable from every program type.
+                ktime_ns: unsafe { bpf_ktime_get_ns() },
             },
             // SAFETY: `RET` is the offset of the `long ret` field of `sys_exit_*` records.
             // Unreadable (never seen) is reported as a failure code that user space cannot
@@ -315,6 +320,8 @@ mod kernel {
             op: opcode.unwrap_or(0),
             tgid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
+            // SAFETY: a helper without arguments, callable from every program type.
+            ktime_ns: unsafe { bpf_ktime_get_ns() },
         };
         send(&header);
         0
@@ -343,6 +350,8 @@ mod kernel {
             op: opcode,
             tgid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
+            // SAFETY: a helper without arguments, callable from every program type.
+            ktime_ns: unsafe { bpf_ktime_get_ns() },
         });
         0
     }

@@ -72,6 +72,14 @@ pub trait Source: Send {
     fn checks(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
+
+    /// When (`CLOCK_MONOTONIC` ns, the kernel's own clock for the event) the earliest
+    /// operation behind the hints appended since the last call completed; `None` when the
+    /// source cannot tell (fanotify and inotify events carry no time), and the tracker measures
+    /// from when it received the hints instead.
+    fn take_earliest_completion(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// Which backend `root-tracker run --backend` asked for.

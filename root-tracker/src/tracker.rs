@@ -69,6 +69,10 @@ pub struct Tracker {
     options: TrackerOptions,
     started: SystemTime,
     last_fence: Option<Duration>,
+    /// From an operation's completion (kernel time, where the source has it) to the index.
+    lag_from_kernel: LagWindow,
+    /// From the tracker reading a batch of hints to the index reflecting it.
+    lag_from_receipt: LagWindow,
     next_verify: Option<Instant>,
     /// When the index was first seen unsettled since the last rescan.
     unsettled_since: Option<Instant>,
@@ -98,6 +102,8 @@ impl Tracker {
             options,
             started: SystemTime::now(),
             last_fence: None,
+            lag_from_kernel: LagWindow::default(),
+            lag_from_receipt: LagWindow::default(),
             next_verify,
             unsettled_since: None,
             last_auto_rescan: None,
@@ -120,8 +126,9 @@ impl Tracker {
                     self.source.name()
                 )));
             }
+            let received = monotonic_ns();
             self.drain_state_watch(&mut hints);
-            let applied = self.apply(&hints);
+            let applied = self.apply(&hints, received);
             self.survive("applying hints", applied);
             if *self.reconciler.settled() == Settled::Settled {
                 self.unsettled_since = None;
@@ -183,12 +190,21 @@ impl Tracker {
         }
     }
 
-    fn apply(&mut self, hints: &[Hint]) -> Result<(), ReconcileError> {
+    /// Applies a batch of hints read at `received` (`CLOCK_MONOTONIC` ns) and records how long
+    /// the changes behind them took to reach the index.
+    fn apply(&mut self, hints: &[Hint], received: u64) -> Result<(), ReconcileError> {
+        let completed = self.source.take_earliest_completion();
         if hints.is_empty() {
             return Ok(());
         }
         self.reconciler.apply(hints)?;
-        self.push_interest()
+        self.push_interest()?;
+        let now = monotonic_ns();
+        self.lag_from_receipt.record(now.saturating_sub(received));
+        if let Some(completed) = completed {
+            self.lag_from_kernel.record(now.saturating_sub(completed));
+        }
+        Ok(())
     }
 
     /// Gives the source the index's current interest, then re-examines every entry that
@@ -258,8 +274,9 @@ impl Tracker {
                     self.source.name()
                 )));
             }
+            let received = monotonic_ns();
             self.drain_state_watch(&mut hints);
-            self.apply(&hints)?;
+            self.apply(&hints, received)?;
             match self.reconciler.settled().clone() {
                 Settled::Settled => break,
                 Settled::Unsettled { reason } if Instant::now() >= deadline => {
@@ -309,7 +326,64 @@ impl Tracker {
             "last_rescan_unix": seconds(stats.last_rescan),
             "started_unix": seconds(Some(self.started)),
             "last_fence_ms": self.last_fence.map(|fence| fence.as_secs_f64() * 1e3),
+            "lag": {
+                "from_kernel_event": self.lag_from_kernel.summary(),
+                "from_receipt": self.lag_from_receipt.summary(),
+            },
             "privileges": self.options.privileges,
+        })
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`, so kernel event times
+/// and ours can be subtracted.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        u64::try_from(now.tv_sec())
+            .unwrap_or(0)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::try_from(now.tv_nsec()).unwrap_or(0))
+    })
+}
+
+/// The last [`LagWindow::CAPACITY`] lags (ns) and the largest ever, for `status`.
+#[derive(Default)]
+struct LagWindow {
+    recent: std::collections::VecDeque<u64>,
+    samples: u64,
+    max: u64,
+}
+
+impl LagWindow {
+    const CAPACITY: usize = 1024;
+
+    fn record(&mut self, lag_ns: u64) {
+        if self.recent.len() == Self::CAPACITY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(lag_ns);
+        self.samples += 1;
+        self.max = self.max.max(lag_ns);
+    }
+
+    /// `null` before the first sample; percentiles are over the recent window.
+    fn summary(&self) -> serde_json::Value {
+        let Some(&last) = self.recent.back() else {
+            return serde_json::Value::Null;
+        };
+        let mut sorted: Vec<u64> = self.recent.iter().copied().collect();
+        sorted.sort_unstable();
+        let percentile = |fraction: f64| {
+            let rank = ((sorted.len() - 1) as f64 * fraction).round() as usize;
+            sorted.get(rank).copied().unwrap_or(last)
+        };
+        let ms = |ns: u64| ns as f64 / 1e6;
+        serde_json::json!({
+            "samples": self.samples,
+            "last_ms": ms(last),
+            "p50_ms": ms(percentile(0.5)),
+            "p99_ms": ms(percentile(0.99)),
+            "max_ms": ms(self.max),
         })
     }
 }

@@ -229,9 +229,19 @@ struct InFlightOp {
 #[derive(Debug, PartialEq, Eq)]
 enum Record {
     Enter(Enter),
-    Exit { tgid: u32, tid: u32, ret: i64 },
-    IoUring { opcode: u32 },
-    IoUringDone { opcode: u32 },
+    Exit {
+        tgid: u32,
+        tid: u32,
+        ret: i64,
+        /// When the syscall returned (`CLOCK_MONOTONIC` ns).
+        ktime_ns: u64,
+    },
+    IoUring {
+        opcode: u32,
+    },
+    IoUringDone {
+        opcode: u32,
+    },
 }
 
 /// A decoded `ENTER` record.
@@ -267,6 +277,9 @@ pub struct EbpfSource {
     /// Counters as of the last check: an increase since is reported as lost hints.
     last_counters: DeliveryCounters,
     records_read: u64,
+    /// When the earliest operation behind the hints handed out since the last
+    /// [`Source::take_earliest_completion`] returned (`CLOCK_MONOTONIC` ns).
+    earliest_completion: Option<u64>,
     checks: Checks,
     /// Owns the programs and their tracepoint links; aya detaches the links when it drops.
     _ebpf: Ebpf,
@@ -348,6 +361,7 @@ impl EbpfSource {
             io_uring_in_flight: 0,
             last_counters: DeliveryCounters::default(),
             records_read: 0,
+            earliest_completion: None,
             checks: Checks {
                 fexit: Probe::Absent {
                     reason: "not probed".to_owned(),
@@ -459,11 +473,20 @@ impl EbpfSource {
                 // exit was dropped, which the counters report).
                 self.in_flight.insert(key, op);
             }
-            Record::Exit { tgid, tid, ret } => {
+            Record::Exit {
+                tgid,
+                tid,
+                ret,
+                ktime_ns,
+            } => {
                 if let Some(op) = self.in_flight.remove(&pid_tgid(tgid, tid)) {
                     // A failed call changed nothing.
-                    if ret >= 0 {
+                    if ret >= 0 && !op.hints.is_empty() {
                         out.extend(op.hints);
+                        self.earliest_completion = Some(
+                            self.earliest_completion
+                                .map_or(ktime_ns, |earliest| earliest.min(ktime_ns)),
+                        );
                     }
                 }
             }
@@ -611,6 +634,10 @@ impl Source for EbpfSource {
 
     fn checks(&self) -> serde_json::Value {
         serde_json::to_value(&self.checks).unwrap_or_default()
+    }
+
+    fn take_earliest_completion(&mut self) -> Option<u64> {
+        self.earliest_completion.take()
     }
 
     fn stats(&self) -> SourceStats {
@@ -825,6 +852,7 @@ fn decode(record: &[u8]) -> Result<Record, EbpfError> {
                 tgid: header.tgid,
                 tid: header.tid,
                 ret: event.ret,
+                ktime_ns: header.ktime_ns,
             })
         }
         kind::IO_URING => Ok(Record::IoUring { opcode: header.op }),
@@ -1063,6 +1091,7 @@ mod tests {
                 op,
                 tgid: 7,
                 tid: 8,
+                ktime_ns: 5,
             },
             syscall_nr: 82,
             flags: 0,
@@ -1107,6 +1136,7 @@ mod tests {
                 op: op::UNLINK,
                 tgid: 1,
                 tid: 2,
+                ktime_ns: 6,
             },
             ret: -2,
         };
@@ -1115,7 +1145,8 @@ mod tests {
             Record::Exit {
                 tgid: 1,
                 tid: 2,
-                ret: -2
+                ret: -2,
+                ktime_ns: 6,
             }
         );
         let io = EventHeader {
@@ -1123,6 +1154,7 @@ mod tests {
             op: io_uring::UNLINKAT,
             tgid: 1,
             tid: 1,
+            ktime_ns: 7,
         };
         assert_eq!(
             decode(&as_bytes(&io)).unwrap(),
