@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_events;
+mod bench_gc;
 mod fixture;
 mod setup;
 mod soak;
@@ -62,6 +63,9 @@ enum BenchArea {
     /// Live tracker: overhead on unrelated file churn per backend, event throughput and lag,
     /// and fenced query time against a scan at 10k, 100k and 1M roots.
     Events,
+    /// `store-gc` against `nix-store --gc` (roots phase, dry run, real collection, memory) on
+    /// synthetic stores of 20k, 100k and 1M paths.
+    Gc,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench { area, quick } => match area {
             BenchArea::Scan => bench::scan(quick)?,
             BenchArea::Events => bench_events::events(quick)?,
+            BenchArea::Gc => bench_gc::gc(quick)?,
         },
         Task::Soak { seeds, ops } => soak::soak(seeds, ops)?,
     }

@@ -28,9 +28,22 @@ impl RunningTracker {
         fixture: &Fixture,
         backend: &'static str,
     ) -> anyhow::Result<Self> {
+        Self::start_with(binary, fixture, backend, &[])
+    }
+
+    /// [`Self::start`] with extra `run` arguments (e.g. `--allow-uid`). The socket's directory
+    /// is searchable by everyone, so allowed users can reach the socket.
+    pub(crate) fn start_with(
+        binary: &Path,
+        fixture: &Fixture,
+        backend: &'static str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::Builder::new()
             .prefix("rt-bench-tracker-")
             .tempdir()?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
         let log = fs::File::create(dir.path().join("tracker.log"))?;
         let started = Instant::now();
         let child = Command::new(binary)
@@ -45,6 +58,7 @@ impl RunningTracker {
             .arg("--state-dir")
             .arg(fixture.state_dir())
             .args(["--verify-interval-secs", "0"])
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
