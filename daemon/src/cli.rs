@@ -1,7 +1,7 @@
 //! The `store-gc` command line: parses arguments, refuses uid 0, calls [`crate::collect`], and
 //! turns errors into one line and an exit status. Nothing else.
 
-use std::io::{self, Write as _};
+use std::io::{self, IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,9 +36,11 @@ pub struct Cli {
 enum Command {
     /// Collect garbage once, as `nix-store --gc` does, with roots from the tracker.
     ///
-    /// Takes the tracker's fenced answer, reads temp roots from `<state>/temproots`, loads the
-    /// store database once, and decides what is dead exactly as Nix 2.8's collectGarbage.
-    /// Refuses (exit 3) when the tracker cannot vouch for every root.
+    /// Takes `<state>/gc.lock` and serves `<state>/gc-socket/socket` for the whole run (so Nix
+    /// clients can still add temp roots), takes the tracker's fenced answer, reads temp roots
+    /// from `<state>/temproots`, loads the store database once, and decides what is dead
+    /// exactly as Nix 2.8's collectGarbage, deleting as it goes unless a --print-* flag or
+    /// --dry-run is given. Refuses (exit 3) when the tracker cannot vouch for every root.
     Collect(CollectArgs),
 }
 
@@ -127,6 +129,7 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
+        .with_ansi(io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     // DESIGN.md invariant 6: the collector never needs root, and running it as root would
@@ -187,6 +190,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         writeln!(out).context("writing the summary")?;
     } else if action == Action::DryRun {
         print_dry_run(&summary, &mut out).context("writing the summary")?;
+    } else if action == Action::Delete {
+        // Nix's `PrintFreed`, word for word.
+        writeln!(
+            out,
+            "{} store paths deleted, {:.2} MiB freed",
+            summary.deleted,
+            summary.freed_bytes as f64 / (1024.0 * 1024.0)
+        )
+        .context("writing the summary")?;
     }
     Ok(())
 }

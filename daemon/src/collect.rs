@@ -1,5 +1,7 @@
-//! One collection, phase by phase: roots (tracker + temp roots), graph (store database),
-//! liveness, then the report (`--print-*`, a dry-run summary, or `--json`).
+//! One collection, phase by phase, in the order of Nix's `collectGarbage`: take the GC lock,
+//! serve the GC socket, roots (tracker, then temp roots), graph (store database), then the walk
+//! that decides liveness and deletes as it goes, then the report (`--print-*`, a summary, or
+//! `--json`).
 //!
 //! Invariant: nothing is deleted unless every phase before deletion succeeded; any doubt
 //! about the roots is an error that stops the run before the store is touched.
@@ -8,17 +10,21 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::delete::{self, DeleteError, Deleter};
+use crate::gc_lock::{self, GcLockError};
+use crate::gc_socket::{GcSocket, GcSocketError, SharedTempRoots};
 use crate::graph::StoreGraph;
 use crate::layout::StoreLayout;
-use crate::liveness::{self, Liveness, RootSet};
+use crate::liveness::{self, KeepEverything, Liveness, RootSet};
 use crate::nix_conf::GcSettings;
 use crate::roots::{self, RootsError, TrackedRoots};
 use crate::store_db::{self, StoreDbError};
-use crate::temp_roots::{self, TempRoots, TempRootsError};
+use crate::temp_roots::{self, TempRootsError};
 use crate::tracker_client::{self, RootKind};
 
 /// What the run does with its verdict.
@@ -64,12 +70,26 @@ pub enum CollectError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    GcLock(#[from] GcLockError),
+    #[error(transparent)]
+    GcSocket(#[from] GcSocketError),
+    #[error(transparent)]
+    Delete(#[from] DeleteError),
+    #[error("cannot remove unused links from {path}")]
+    Links {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("writing the output failed")]
     Output(#[source] io::Error),
-    #[error(
-        "deleting is not implemented yet; use --dry-run, --print-dead or --print-live (nothing was deleted)"
-    )]
-    DeletionNotImplemented,
+    #[error("reading the test synchronisation file {path}")]
+    TestSync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl CollectError {
@@ -86,7 +106,10 @@ pub struct PhaseMillis {
     pub roots: u64,
     pub temp_roots: u64,
     pub load: u64,
+    pub lock: u64,
+    /// Deciding and deleting (interleaved, as in Nix).
     pub liveness: u64,
+    pub links: u64,
     pub report: u64,
     pub total: u64,
 }
@@ -101,6 +124,10 @@ pub struct RootCounts {
     pub tracker_temp: usize,
     /// Temp roots read by the collector itself from `temproots/`.
     pub temp: usize,
+    /// Temp roots received on the GC socket during the run.
+    pub gc_socket: usize,
+    /// Stale `gcroots/auto` links removed.
+    pub stale_links_removed: usize,
     /// Roots naming paths that are not valid (ignored, as Nix does).
     pub invalid: usize,
     /// Unreadable `/proc` entries tolerated with `--allow-unreadable-runtime`.
@@ -124,6 +151,8 @@ pub struct Summary {
     pub dead_nar_bytes: u64,
     pub deleted: usize,
     pub freed_bytes: u64,
+    /// The walk stopped early (`--max-freed` reached).
+    pub stopped_early: bool,
     pub ms: PhaseMillis,
 }
 
@@ -135,36 +164,48 @@ fn millis(since: Instant) -> u64 {
 pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary, CollectError> {
     let start = Instant::now();
     let mut ms = PhaseMillis::default();
+    if options.action == Action::PrintRoots {
+        let phase = Instant::now();
+        let tracked = find_tracked_roots(options)?;
+        ms.roots = millis(phase);
+        print_roots(options, &tracked, out).map_err(CollectError::Output)?;
+        ms.total = millis(start);
+        return Ok(summary(
+            options,
+            root_counts(&tracked),
+            None,
+            None,
+            None,
+            ms,
+        ));
+    }
+    let deleting = options.action == Action::Delete;
+
+    // `collectGarbage`: the lock first, then the socket, so that from here on every new temp
+    // root either is in `temproots/` when we read it or arrives on the socket.
+    let phase = Instant::now();
+    let _lock = gc_lock::acquire(&options.layout)?;
+    let temp_roots = Arc::new(SharedTempRoots::default());
+    let socket = GcSocket::serve(&options.layout, Arc::clone(&temp_roots))?;
+    ms.lock = millis(phase);
 
     let phase = Instant::now();
     let tracked = find_tracked_roots(options)?;
     ms.roots = millis(phase);
-    let mut counts = RootCounts {
-        static_: tracked.count(RootKind::Static),
-        indirect: tracked.count(RootKind::Indirect),
-        runtime: tracked.count(RootKind::Runtime),
-        tracker_temp: tracked.count(RootKind::Temp),
-        tolerated_unreadable: tracked.tolerated.clone(),
-        ..RootCounts::default()
-    };
+    let mut counts = root_counts(&tracked);
     tracing::info!(
         roots = tracked.roots.len(),
         ms = ms.roots,
         "roots from the tracker"
     );
-
-    if options.action == Action::PrintRoots {
-        let phase = Instant::now();
-        print_roots(options, &tracked, out).map_err(CollectError::Output)?;
-        ms.report = millis(phase);
-        ms.total = millis(start);
-        return Ok(summary(options, counts, None, None, ms));
+    if deleting {
+        counts.stale_links_removed =
+            delete::remove_stale_auto_links(&options.layout, &tracked.stale_links);
     }
 
-    // Read after the tracker's answer, as Nix reads temp roots after the other roots: a
-    // client that registers a temp root after this point is the GC socket's business.
     let phase = Instant::now();
-    let temp = temp_roots::find_temp_roots(&options.layout, false)?;
+    let temp = temp_roots::find_temp_roots(&options.layout, deleting)?;
+    temp_roots.add_all(&temp);
     ms.temp_roots = millis(phase);
     counts.temp = temp.len();
 
@@ -182,9 +223,46 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         "store database loaded"
     );
 
+    // Synchronisation point for tests, as Nix's `_NIX_TEST_GC_SYNC` (tests/gc-concurrent.sh):
+    // reading the named FIFO blocks until the test has run its concurrent clients. Here the
+    // lock is held, the socket is served, and the roots are read.
+    if let Some(sync) = std::env::var_os("_STORE_GC_TEST_GC_SYNC") {
+        fs::read(&sync).map_err(|source| CollectError::TestSync {
+            path: PathBuf::from(sync),
+            source,
+        })?;
+    }
+
     let phase = Instant::now();
-    let verdict = decide(options, &graph, &tracked, &temp, &mut counts)?;
+    let mut deleter = if deleting {
+        Some(Deleter::new(&options.layout, options.max_freed)?)
+    } else {
+        None
+    };
+    let verdict = {
+        let _span = tracing::info_span!("liveness").entered();
+        let mut root_set = RootSet::new(&graph, &*temp_roots);
+        for root in &tracked.roots {
+            root_set.add(&graph, &root.basename);
+        }
+        counts.invalid = root_set.invalid;
+        let names = store_entries(options)?;
+        let entries = names.iter().map(|name| name.as_bytes());
+        match deleter.as_mut() {
+            Some(deleter) => liveness::walk(&graph, &root_set, options.settings, entries, deleter),
+            None => liveness::walk(
+                &graph,
+                &root_set,
+                options.settings,
+                entries,
+                &mut KeepEverything,
+            ),
+        }
+    };
     ms.liveness = millis(phase);
+    if let Some(error) = deleter.as_mut().and_then(|deleter| deleter.error.take()) {
+        return Err(error.into());
+    }
     tracing::info!(
         alive = verdict.alive.len(),
         dead = verdict.dead.len(),
@@ -192,15 +270,62 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         "liveness decided"
     );
 
-    if options.action == Action::Delete {
-        return Err(CollectError::DeletionNotImplemented);
+    if deleting {
+        let phase = Instant::now();
+        let links = options.layout.store_dir().join(".links");
+        let removed =
+            delete::remove_unused_links(&options.layout).map_err(|source| CollectError::Links {
+                path: links,
+                source,
+            })?;
+        tracing::info!(removed, "deleted unused links");
+        ms.links = millis(phase);
     }
+    counts.gc_socket = socket.roots().received();
+    drop(socket);
 
     let phase = Instant::now();
     report(options, &graph, &verdict, out).map_err(CollectError::Output)?;
     ms.report = millis(phase);
     ms.total = millis(start);
-    Ok(summary(options, counts, Some(&graph), Some(&verdict), ms))
+    Ok(summary(
+        options,
+        counts,
+        Some(&graph),
+        Some(&verdict),
+        deleter.as_ref(),
+        ms,
+    ))
+}
+
+fn root_counts(tracked: &TrackedRoots) -> RootCounts {
+    RootCounts {
+        static_: tracked.count(RootKind::Static),
+        indirect: tracked.count(RootKind::Indirect),
+        runtime: tracked.count(RootKind::Runtime),
+        tracker_temp: tracked.count(RootKind::Temp),
+        tolerated_unreadable: tracked.tolerated.clone(),
+        ..RootCounts::default()
+    }
+}
+
+/// The store directory's entries in readdir order, as Nix walks them (the order matters in
+/// databases where a deriver does not list its output, see `liveness`). `collectGarbage`
+/// with `maxFreed == 0` does not look at the store at all.
+fn store_entries(options: &CollectOptions) -> Result<Vec<std::ffi::OsString>, CollectError> {
+    if options.max_freed == 0 {
+        return Ok(Vec::new());
+    }
+    let store_dir = options.layout.store_dir();
+    let list_error = |source| CollectError::ListStore {
+        path: store_dir.to_owned(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in fs::read_dir(store_dir).map_err(list_error)? {
+        names.push(entry.map_err(list_error)?.file_name());
+    }
+    Ok(names)
 }
 
 /// The tracker's fenced answer, checked (store, completeness policy) and turned into roots.
@@ -216,7 +341,7 @@ fn find_tracked_roots(options: &CollectOptions) -> Result<TrackedRoots, CollectE
         }
         return Ok(TrackedRoots {
             roots: roots::extract_roots(&report, &options.layout)?,
-            tolerated: Vec::new(),
+            ..TrackedRoots::default()
         });
     }
     Ok(roots::accept_report(
@@ -224,47 +349,6 @@ fn find_tracked_roots(options: &CollectOptions) -> Result<TrackedRoots, CollectE
         &options.layout,
         options.allow_unreadable_runtime,
     )?)
-}
-
-fn decide(
-    options: &CollectOptions,
-    graph: &StoreGraph,
-    tracked: &TrackedRoots,
-    temp: &TempRoots,
-    counts: &mut RootCounts,
-) -> Result<Liveness, CollectError> {
-    let _span = tracing::info_span!("liveness").entered();
-    let mut root_set = RootSet::new(graph, temp);
-    for root in &tracked.roots {
-        root_set.add(graph, &root.basename);
-    }
-    counts.invalid = root_set.invalid;
-    // `collectGarbage` with `maxFreed == 0` does not even look at the store.
-    if options.max_freed == 0 {
-        return Ok(liveness::decide(
-            graph,
-            &root_set,
-            options.settings,
-            std::iter::empty::<&[u8]>(),
-        ));
-    }
-    // Nix walks the store directory in readdir order; so do we (the order matters in
-    // databases where a deriver does not list its output, see `liveness`).
-    let store_dir = options.layout.store_dir();
-    let list_error = |source| CollectError::ListStore {
-        path: store_dir.to_owned(),
-        source,
-    };
-    let mut names = Vec::new();
-    for entry in fs::read_dir(store_dir).map_err(list_error)? {
-        names.push(entry.map_err(list_error)?.file_name());
-    }
-    Ok(liveness::decide(
-        graph,
-        &root_set,
-        options.settings,
-        names.iter().map(|name| name.as_bytes()),
-    ))
 }
 
 /// `nix-store --gc --print-roots`: the transposed (link, store path) pairs, each once, sorted.
@@ -320,6 +404,7 @@ fn summary(
     roots: RootCounts,
     graph: Option<&StoreGraph>,
     verdict: Option<&Liveness>,
+    deleter: Option<&Deleter<'_>>,
     ms: PhaseMillis,
 ) -> Summary {
     Summary {
@@ -337,8 +422,9 @@ fn summary(
             (Some(graph), Some(verdict)) => verdict.dead_nar_bytes(graph),
             _ => 0,
         },
-        deleted: 0,
-        freed_bytes: 0,
+        deleted: deleter.map_or(0, |d| d.deleted),
+        freed_bytes: deleter.map_or(0, |d| d.bytes_freed),
+        stopped_early: verdict.is_some_and(|v| v.stopped),
         ms,
     }
 }

@@ -4,10 +4,15 @@
 //! Data flow, one module per step: [`layout`] and [`nix_conf`] say where and how;
 //! [`tracker_client`] and [`temp_roots`] find the roots ([`roots`] judges whether they can be
 //! trusted); [`store_db`] loads the Nix database once into a [`graph`]; [`liveness`] splits the
-//! store into alive and dead; [`collect`] runs the phases and reports; [`cli`] is the edge.
+//! store into alive and dead; [`delete`] removes the dead while [`gc_lock`] is held and
+//! [`gc_socket`] takes new temp roots; [`collect`] runs the phases and reports; [`cli`] is the
+//! edge.
 
 pub mod cli;
 pub mod collect;
+pub mod delete;
+pub mod gc_lock;
+pub mod gc_socket;
 pub mod graph;
 pub mod layout;
 pub mod liveness;

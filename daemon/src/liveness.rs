@@ -14,22 +14,64 @@
 //! Invariant: `alive` is closed under the forward edges, which lets the forward closure stop at
 //! paths already alive (each path is expanded once in total, not once per root).
 
+use std::ops::ControlFlow;
+
 use crate::graph::{NodeIdx, NodeSet, StoreGraph};
 use crate::nix_conf::GcSettings;
-use crate::store_path;
+use crate::store_path::{self, HashPart};
 use crate::temp_roots::TempRoots;
+
+/// Temp roots as the walk sees them: fixed ones read from `temproots/`, or the GC socket's
+/// live set, which grows while we walk.
+pub trait TempRootGate {
+    /// Nix, under the shared lock: `tempRoots.count(hash)`, and if not, `pending = hash`, so
+    /// a client sending this path waits until we are done with the closure.
+    fn is_temp_root_else_pending(&self, hash: &HashPart) -> bool;
+    /// Nix's `releasePending`: the current closure is finished (deleted); wake waiting clients.
+    fn release_pending(&self);
+}
+
+impl TempRootGate for TempRoots {
+    fn is_temp_root_else_pending(&self, hash: &HashPart) -> bool {
+        self.contains_hash(hash)
+    }
+
+    fn release_pending(&self) {}
+}
+
+/// What happens to dead things as the walk finds them: nothing (dry runs) or deletion.
+/// `Break` stops the walk (Nix's `GCLimitReached`, or an error the sink keeps).
+pub trait DeadSink {
+    /// A closure found dead, newly dead paths only, referrers before references.
+    fn dead_paths(&mut self, graph: &StoreGraph, paths: &[NodeIdx]) -> ControlFlow<()>;
+    /// A dead entry that is not a valid path (unregistered, or not a store path name).
+    fn dead_entry(&mut self, name: &[u8]) -> ControlFlow<()>;
+}
+
+/// Deletes nothing.
+pub struct KeepEverything;
+
+impl DeadSink for KeepEverything {
+    fn dead_paths(&mut self, _: &StoreGraph, _: &[NodeIdx]) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+
+    fn dead_entry(&mut self, _: &[u8]) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+}
 
 /// The roots the collector must keep: valid paths named by the tracker (Nix's `roots`), and
 /// temp roots compared by hash part.
 pub struct RootSet<'a> {
     nodes: NodeSet,
-    temp: &'a TempRoots,
+    temp: &'a dyn TempRootGate,
     /// Roots naming paths that are not valid: Nix skips them (`findRoots`: "skipping invalid root").
     pub invalid: usize,
 }
 
 impl<'a> RootSet<'a> {
-    pub fn new(graph: &StoreGraph, temp: &'a TempRoots) -> Self {
+    pub fn new(graph: &StoreGraph, temp: &'a dyn TempRootGate) -> Self {
         Self {
             nodes: NodeSet::new(graph.len()),
             temp,
@@ -47,10 +89,12 @@ impl<'a> RootSet<'a> {
         }
     }
 
+    /// `roots.count(path)`, then the temp roots (which marks the path pending when it is
+    /// not one), in Nix's order.
     fn holds(&self, graph: &StoreGraph, node: NodeIdx) -> bool {
         self.nodes.contains(node)
             || store_path::hash_part(graph.basename(node))
-                .is_some_and(|hash| self.temp.contains_hash(&hash))
+                .is_some_and(|hash| self.temp.is_temp_root_else_pending(&hash))
     }
 
     pub fn len(&self) -> usize {
@@ -79,6 +123,8 @@ pub struct Liveness {
     pub junk: Vec<Vec<u8>>,
     /// Entries of the store directory examined.
     pub entries: usize,
+    /// The sink stopped the walk (`--max-freed` reached, or a deletion failed).
+    pub stopped: bool,
 }
 
 impl Liveness {
@@ -108,17 +154,32 @@ impl Liveness {
 /// The name of Nix's hard-link directory inside the store, which the collector skips.
 const LINKS_DIR: &[u8] = b".links";
 
-/// Runs the decision over the store directory's entries, given in `readdir` order.
+/// Runs the decision over the store directory's entries, given in `readdir` order, deleting
+/// nothing.
 pub fn decide(
     graph: &StoreGraph,
     roots: &RootSet<'_>,
     settings: GcSettings,
     entries: impl IntoIterator<Item = impl AsRef<[u8]>>,
 ) -> Liveness {
+    walk(graph, roots, settings, entries, &mut KeepEverything)
+}
+
+/// Runs the decision and hands each dead closure and entry to `sink` as soon as it is
+/// decided, as `collectGarbage` deletes inside its loop: a temp root that arrives later can
+/// still save everything not yet decided.
+pub fn walk(
+    graph: &StoreGraph,
+    roots: &RootSet<'_>,
+    settings: GcSettings,
+    entries: impl IntoIterator<Item = impl AsRef<[u8]>>,
+    sink: &mut dyn DeadSink,
+) -> Liveness {
     let mut walk = Walk {
         graph,
         roots,
         settings,
+        sink,
         verdict: Liveness {
             alive: NodeSet::new(graph.len()),
             dead: NodeSet::new(graph.len()),
@@ -127,6 +188,7 @@ pub fn decide(
             invalid_dead: Vec::new(),
             junk: Vec::new(),
             entries: 0,
+            stopped: false,
         },
         visited_epoch: vec![0; graph.len()],
         sorted_epoch: vec![0; graph.len()],
@@ -134,7 +196,10 @@ pub fn decide(
         queue: Vec::new(),
     };
     for name in entries {
-        walk.entry(name.as_ref());
+        if walk.entry(name.as_ref()).is_break() {
+            walk.verdict.stopped = true;
+            break;
+        }
     }
     walk.verdict
 }
@@ -143,6 +208,7 @@ struct Walk<'a> {
     graph: &'a StoreGraph,
     roots: &'a RootSet<'a>,
     settings: GcSettings,
+    sink: &'a mut dyn DeadSink,
     verdict: Liveness,
     /// `visited_epoch[n] == epoch`: visited by the current search (Nix's `visited` set).
     visited_epoch: Vec<u32>,
@@ -154,26 +220,31 @@ struct Walk<'a> {
 
 impl Walk<'_> {
     /// One entry of the store directory (the loop body of `collectGarbage`).
-    fn entry(&mut self, name: &[u8]) {
+    fn entry(&mut self, name: &[u8]) -> ControlFlow<()> {
         if name == b"." || name == b".." || name == LINKS_DIR {
-            return;
+            return ControlFlow::Continue(());
         }
         self.verdict.entries += 1;
         if !store_path::is_valid_basename(name) {
+            // Nix deletes whatever is not named like a store path (`deleteFromStore(name)`).
             self.verdict.junk.push(name.to_vec());
-            return;
+            return self.sink.dead_entry(name);
         }
         match self.graph.find(name) {
             Some(node) => self.delete_referrers_closure(node),
             None => {
                 // Not valid: no edges, never a (non-temp) root, so only its hash can save it.
                 let temp = store_path::hash_part(name)
-                    .is_some_and(|hash| self.roots.temp.contains_hash(&hash));
-                if temp {
+                    .is_some_and(|hash| self.roots.temp.is_temp_root_else_pending(&hash));
+                let flow = if temp {
                     self.verdict.invalid_alive.push(name.to_vec());
+                    ControlFlow::Continue(())
                 } else {
                     self.verdict.invalid_dead.push(name.to_vec());
-                }
+                    self.sink.dead_entry(name)
+                };
+                self.roots.temp.release_pending();
+                flow
             }
         }
     }
@@ -195,8 +266,14 @@ impl Walk<'_> {
         }
     }
 
-    /// Nix's `deleteReferrersClosure(start)`.
-    fn delete_referrers_closure(&mut self, start: NodeIdx) {
+    /// Nix's `deleteReferrersClosure(start)`; pending is released however it ends.
+    fn delete_referrers_closure(&mut self, start: NodeIdx) -> ControlFlow<()> {
+        let flow = self.search_and_delete(start);
+        self.roots.temp.release_pending();
+        flow
+    }
+
+    fn search_and_delete(&mut self, start: NodeIdx) -> ControlFlow<()> {
         self.next_epoch();
         self.queue.clear();
         self.enqueue(start);
@@ -207,7 +284,7 @@ impl Walk<'_> {
             // Bail out if we've previously discovered that this path is alive.
             if self.verdict.alive.contains(path) {
                 self.verdict.alive.insert(start);
-                return;
+                return ControlFlow::Continue(());
             }
             // If we've previously deleted this path, we don't have to handle it again.
             if self.verdict.dead.contains(path) {
@@ -217,7 +294,7 @@ impl Walk<'_> {
             if self.roots.holds(graph, path) {
                 self.mark_alive(path);
                 self.verdict.alive.insert(start);
-                return;
+                return ControlFlow::Continue(());
             }
             for &referrer in graph.referrers(path) {
                 self.enqueue(referrer);
@@ -237,7 +314,11 @@ impl Walk<'_> {
                 }
             }
         }
+        let first_new = self.verdict.deletion_order.len();
         self.mark_dead_closure();
+        let graph = self.graph;
+        self.sink
+            .dead_paths(graph, &self.verdict.deletion_order[first_new..])
     }
 
     /// `alive` gets `path` and its forward closure (`computeFSClosure(path, closure, false,

@@ -1,0 +1,92 @@
+//! Nix clients that run while `store-gc` collects keep what they add: with the GC lock held by
+//! the collector, `nix-store --add` and `nix-store --add-root` cannot take their shared lock,
+//! so they send their temp roots to `<state>/gc-socket/socket` and wait for the ack. The paths
+//! they register or root must survive the collection.
+//!
+//! The collector pauses at its test synchronisation point (the FIFO named by
+//! `_STORE_GC_TEST_GC_SYNC`, as Nix's `_NIX_TEST_GC_SYNC`): lock held, socket served, roots
+//! read, nothing decided yet. Opening the FIFO for writing returns only once it is there.
+
+mod gc_common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use gc_common::{store_gc_command, tracker_args, valid_paths};
+use tests::{HermeticStore, SystemUser, TrackerProcess, bytes_path, require_root};
+
+#[test]
+fn clients_during_a_collection_keep_their_paths() {
+    require_root();
+    let store = HermeticStore::new();
+    let doomed = store.add_file("doomed", b"d");
+    let rescued = store.add_file("rescued", b"r");
+    let gcuser = SystemUser::create("gc", &store.path("home/gc"));
+    store.chown_all(&gcuser);
+    let uid = gcuser.uid.to_string();
+    let tracker = TrackerProcess::start(&store, "fanotify", &tracker_args(&uid));
+
+    let fifo = store.path("gc-sync");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let mut collector = store_gc_command(&gcuser, &store, &tracker.socket());
+    collector
+        .arg("--allow-unreadable-runtime")
+        .env("_STORE_GC_TEST_GC_SYNC", &fifo);
+    let child = collector.spawn().unwrap();
+    // Blocks until the collector opens the FIFO: it holds the lock and serves the socket now.
+    let mut sync = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+
+    // Clients of the store run as its owner.
+    let nix_store = |args: &[&OsStr]| {
+        let mut command = gcuser.command(OsStr::new("nix-store"));
+        command
+            .env_remove("NIX_REMOTE")
+            .envs(store.nix_env())
+            .args(args);
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    };
+    let source = store.path("home/gc/new-file");
+    fs::write(&source, b"added while collecting").unwrap();
+    std::os::unix::fs::chown(&source, Some(gcuser.uid), Some(gcuser.gid)).unwrap();
+    let added = nix_store(&[OsStr::new("--add"), source.as_os_str()]);
+    let added = bytes_path(added.strip_suffix(b"\n").unwrap());
+    let link = store.path("home/gc/result");
+    nix_store(&[
+        OsStr::new("--add-root"),
+        link.as_os_str(),
+        OsStr::new("--indirect"),
+        OsStr::new("-r"),
+        rescued.as_os_str(),
+    ]);
+
+    sync.write_all(b"go").unwrap();
+    drop(sync);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "store-gc failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let valid: Vec<PathBuf> = valid_paths(&store);
+    assert!(
+        valid.contains(&added) && added.exists(),
+        "the path added during GC was collected"
+    );
+    assert!(
+        valid.contains(&rescued) && rescued.exists(),
+        "the path rooted during GC was collected"
+    );
+    assert!(
+        !valid.contains(&doomed) && !doomed.exists(),
+        "the unrooted path must be collected"
+    );
+}
