@@ -39,7 +39,7 @@ enum Command {
     ///
     /// Needs root (or CAP_BPF/CAP_PERFMON for eBPF, CAP_SYS_ADMIN for fanotify, and
     /// CAP_DAC_READ_SEARCH to read every user's links). Stops on SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Ask a running tracker for the roots, as of now (same output as `scan`).
     ///
     /// The answer is fenced: it reflects every filesystem change that completed before the
@@ -80,9 +80,43 @@ struct RunArgs {
     /// The index database (SQLite, WAL).
     #[arg(long, default_value = "/var/lib/root-tracker/index.sqlite")]
     db: PathBuf,
-    /// A uid (besides root) allowed to query; repeatable.
-    #[arg(long = "allow-uid")]
+    /// A uid (besides root) allowed to query; repeatable. Its answers are censored: every
+    /// retainer and path shows as `{censored}` (as Nix shows untrusted users) unless the uid is
+    /// also given to --reveal-uid. Targets, kinds, counts and completeness are never censored.
+    #[arg(long = "allow-uid", value_name = "UID")]
     allow_uids: Vec<u32>,
+    /// A gid allowed to query (censored, like --allow-uid); repeatable. Matched against the
+    /// caller's primary gid only: SO_PEERCRED does not carry supplementary groups.
+    #[arg(long = "allow-gid", value_name = "GID")]
+    allow_gids: Vec<u32>,
+    /// A uid allowed to query and to see retainers, links and paths uncensored; repeatable.
+    /// Root always is.
+    #[arg(long = "reveal-uid", value_name = "UID")]
+    reveal_uids: Vec<u32>,
+    /// A gid allowed to query and to see everything uncensored (primary gid only, as with
+    /// --allow-gid); repeatable.
+    #[arg(long = "reveal-gid", value_name = "GID")]
+    reveal_gids: Vec<u32>,
+    /// Connections served at once (on both sockets together); one more gets a `busy` error
+    /// and is closed.
+    #[arg(long, default_value_t = crate::server::Limits::default().max_connections)]
+    max_connections: usize,
+    /// Requests answered on one connection; the next gets an error and the connection is
+    /// closed. (Each request line is also limited to 64 KiB and 30 s.)
+    #[arg(long, default_value_t = crate::server::Limits::default().max_requests_per_connection)]
+    max_requests_per_connection: usize,
+    /// Also serve Nix's roots-daemon protocol (for Nix's `use-roots-daemon = true`; off by
+    /// default), at PATH or, without one, at `<state>/gc-roots-socket/socket`. Each connection
+    /// gets the store path of every root (all kinds), each followed by NUL, then EOF. When the
+    /// index is unsettled or the answer incomplete it gets one non-path string instead, which
+    /// makes Nix's collector fail rather than collect. --allow-uid/--allow-gid apply.
+    #[arg(long, value_name = "PATH", num_args = 0..=1)]
+    nix_roots_socket: Option<Option<PathBuf>>,
+    /// On the roots-daemon socket, answer even when the only unreadable entries are under
+    /// /proc (processes the tracker may not inspect, e.g. hidden by hidepid or a container's
+    /// pid 1), as Nix's own runtime-root scan ignores them. Off: such answers are refused.
+    #[arg(long, requires = "nix_roots_socket")]
+    nix_roots_allow_unreadable_runtime: bool,
     /// How long a query waits for an unsettled index when the client does not say.
     #[arg(long, default_value_t = 30)]
     query_wait_secs: u64,
@@ -180,7 +214,7 @@ fn init_logging() {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Scan(args) => scan_command(args),
-        Command::Run(args) => run_command(args),
+        Command::Run(args) => run_command(*args),
         Command::Query(args) => query_command(args),
         Command::Status(args) => status_command(args),
     }
@@ -293,16 +327,39 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let state_watch = crate::state_watch::StateWatch::new(&layout)?;
     let (jobs, job_receiver) = std::sync::mpsc::channel();
     let shutdown = Arc::new(AtomicBool::new(false));
-    let start_server = || {
-        crate::server::serve(
-            &args.socket.socket,
-            crate::server::Access {
-                uids: args.allow_uids.iter().copied().collect(),
-            },
-            jobs,
-            shutdown.clone(),
-        )
+    let nix_roots_socket = args
+        .nix_roots_socket
+        .clone()
+        .map(|path| path.unwrap_or_else(|| layout.state_dir().join("gc-roots-socket/socket")));
+    // Made while we may still write anywhere: the state dir need not be root's (a Nix daemon
+    // running as its own user owns it), and after the drop root writes only where it owns.
+    if let Some(dir) = nix_roots_socket
+        .as_deref()
+        .and_then(std::path::Path::parent)
+    {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let server_config = crate::server::ServerConfig {
+        socket: args.socket.socket.clone(),
+        nix_roots: nix_roots_socket
+            .clone()
+            .map(|socket| crate::server::NixRootsConfig {
+                socket,
+                allow_unreadable_runtime: args.nix_roots_allow_unreadable_runtime,
+            }),
+        access: crate::server::Access {
+            uids: args.allow_uids.iter().copied().collect(),
+            gids: args.allow_gids.iter().copied().collect(),
+            reveal_uids: args.reveal_uids.iter().copied().collect(),
+            reveal_gids: args.reveal_gids.iter().copied().collect(),
+        },
+        limits: crate::server::Limits {
+            max_connections: args.max_connections,
+            max_requests_per_connection: args.max_requests_per_connection,
+            ..crate::server::Limits::default()
+        },
     };
+    let start_server = || crate::server::serve(server_config, jobs, shutdown.clone());
     // Least privilege (DESIGN.md 6): after attach, before the server thread exists.
     let (server, privileges) = if args.keep_privileges {
         tracing::warn!("--keep-privileges: running with every privilege");
@@ -318,15 +375,14 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
             _ => PathBuf::from("."),
         };
-        let socket_dir = match args.socket.socket.parent() {
+        let socket_dir = |socket: &std::path::Path| match socket.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
             _ => PathBuf::from("."),
         };
-        let server = crate::privilege::confine_server(
-            &mut privileges,
-            &[&db_dir, &socket_dir],
-            start_server,
-        )??;
+        let mut writable = vec![db_dir, socket_dir(&args.socket.socket)];
+        writable.extend(nix_roots_socket.as_deref().map(socket_dir));
+        let writable: Vec<&std::path::Path> = writable.iter().map(PathBuf::as_path).collect();
+        let server = crate::privilege::confine_server(&mut privileges, &writable, start_server)??;
         (server, privileges)
     };
     let options = crate::tracker::TrackerOptions {

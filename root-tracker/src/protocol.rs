@@ -16,9 +16,13 @@
 //! - `{"response": "roots", "report": {...}}` — `report` is exactly `root-tracker scan --json`'s
 //!   object (docs/json.md).
 //! - `{"response": "status", "status": {...}}`.
-//! - `{"response": "error", "error": "unsettled" | "bad_request" | "unauthorized" | "internal",
-//!   "message": "..."}` — `unsettled` means the tracker cannot be sure of the roots right now
-//!   and the caller must not act as if it had an answer.
+//! - `{"response": "error", "error": "unsettled" | "bad_request" | "unauthorized" | "busy" |
+//!   "internal", "message": "..."}` — `unsettled` means the tracker cannot be sure of the roots
+//!   right now and the caller must not act as if it had an answer.
+//!
+//! Callers that are not root and not listed with `--reveal-uid`/`--reveal-gid` get censored
+//! reports (`report::Disclosure`): every retainer and path is `{censored}`, as Nix censors
+//! `--print-roots` for untrusted users. The Nix roots-daemon protocol (server.rs) is separate.
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +63,8 @@ pub enum ErrorKind {
     Unsettled,
     BadRequest,
     Unauthorized,
+    /// The tracker serves its maximum number of connections; try again later.
+    Busy,
     Internal,
 }
 

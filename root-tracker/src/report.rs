@@ -157,11 +157,33 @@ impl ScanReport {
     }
 }
 
+/// What a caller may see of an answer. Mirrors the `censor` flag of Nix's
+/// `LocalStore::findRoots`: callers that are not trusted learn which store paths are roots,
+/// never which links, processes or files hold them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Disclosure {
+    /// Everything: retainers, links, stale links, unreadable paths.
+    #[default]
+    Full,
+    /// Every retainer, link and path written as [`CENSORED`]; targets, kinds, counts,
+    /// `complete` and the errno/operation of unreadable entries are kept.
+    Censored,
+}
+
+/// What a censored answer shows instead of a path (Nix's `censored`).
+pub const CENSORED: &str = "{censored}";
+
+/// A censored unreadable path keeps only whether it lies under `/proc`: a collector may
+/// tolerate unreadable runtime roots as Nix's `findRuntimeRoots` does, and needs to know which
+/// entries those are. A pid says nothing about whose link it is.
+const CENSORED_PROC: &str = "/proc/{censored}";
+
 /// Several normalized reports of one store read as one: the live index's part and the part
 /// read at query time. Borrows, so answering a query copies no root; serializes straight to
 /// JSON (docs/json.md), so no value tree of a million roots is ever built.
 pub struct MergedReport<'a> {
     layout: &'a StoreLayout,
+    disclosure: Disclosure,
     roots: Vec<&'a Root>,
     unregistered: Vec<&'a Root>,
     stale_links: Vec<&'a StaleLink>,
@@ -200,6 +222,7 @@ impl<'a> MergedReport<'a> {
         );
         Self {
             layout,
+            disclosure: Disclosure::Full,
             roots: merged(parts.iter().map(|part| &part.roots[..]), by_printed),
             unregistered: merged(parts.iter().map(|part| &part.unregistered[..]), by_printed),
             stale_links: merged(parts.iter().map(|part| &part.stale_links[..]), Ord::cmp),
@@ -220,22 +243,47 @@ impl<'a> MergedReport<'a> {
         self.unreadable.is_empty()
     }
 
+    /// The same answer, written for a caller who may see only `disclosure`.
+    pub fn disclosed(mut self, disclosure: Disclosure) -> Self {
+        if disclosure == Disclosure::Censored {
+            // The canonical order is by printed retainer, then target; with every retainer
+            // the same, that is by target, so `--print-roots` readers that drop repeated
+            // neighbours print each `{censored} -> target` once, as Nix's set does.
+            let by_target = |a: &&Root, b: &&Root| (&a.target, a.kind).cmp(&(&b.target, b.kind));
+            self.roots.sort_by(by_target);
+            self.unregistered.sort_by(by_target);
+        }
+        self.disclosure = disclosure;
+        self
+    }
+
     /// The answer as one line of JSON.
     pub fn to_json_string(&self) -> serde_json::Result<String> {
         serde_json::to_string(self)
     }
 }
 
+/// A path as `disclosure` lets it be shown.
+fn disclosed_path(path: &[u8], disclosure: Disclosure) -> JsonBytes<'_> {
+    match disclosure {
+        Disclosure::Full => JsonBytes(path),
+        Disclosure::Censored => JsonBytes(CENSORED.as_bytes()),
+    }
+}
+
 /// A root as docs/json.md shows it.
-struct RootJson<'a>(&'a Root, &'a StoreLayout);
+struct RootJson<'a>(&'a Root, &'a StoreLayout, Disclosure);
 
 impl Serialize for RootJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let RootJson(root, layout) = self;
+        let RootJson(root, layout, disclosure) = *self;
         let mut map = serializer.serialize_map(Some(4))?;
         map.serialize_entry("kind", &root.kind)?;
-        map.serialize_entry("retainer", &JsonBytes(&root.retainer.printed()))?;
-        map.serialize_entry("link", &JsonBytes(&root.link))?;
+        map.serialize_entry(
+            "retainer",
+            &disclosed_path(&root.retainer.printed(), disclosure),
+        )?;
+        map.serialize_entry("link", &disclosed_path(&root.link, disclosure))?;
         map.serialize_entry("target", &JsonBytes(&layout.print_store_path(&root.target)))?;
         map.end()
     }
@@ -258,13 +306,17 @@ fn seq<I: Iterator>(items: I) -> SeqJson<I> {
 fn roots_json<'b>(
     roots: &'b [&'b Root],
     layout: &'b StoreLayout,
+    disclosure: Disclosure,
 ) -> SeqJson<impl Iterator<Item = RootJson<'b>> + 'b> {
-    seq(roots.iter().map(move |root| RootJson(root, layout)))
+    seq(roots
+        .iter()
+        .map(move |root| RootJson(root, layout, disclosure)))
 }
 
 impl Serialize for MergedReport<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let layout = self.layout;
+        let disclosure = self.disclosure;
         let counts: std::collections::BTreeMap<&str, usize> = RootKind::ALL
             .into_iter()
             .map(|kind| {
@@ -283,37 +335,58 @@ impl Serialize for MergedReport<'_> {
         )?;
         map.serialize_entry("complete", &self.is_complete())?;
         map.serialize_entry("counts", &counts)?;
-        map.serialize_entry("roots", &roots_json(&self.roots, layout))?;
-        map.serialize_entry("unregistered", &roots_json(&self.unregistered, layout))?;
+        map.serialize_entry("roots", &roots_json(&self.roots, layout, disclosure))?;
+        map.serialize_entry(
+            "unregistered",
+            &roots_json(&self.unregistered, layout, disclosure),
+        )?;
         map.serialize_entry(
             "stale_links",
             &seq(self.stale_links.iter().map(|stale| {
                 let mut entry = std::collections::BTreeMap::new();
-                entry.insert("link", JsonBytes(&stale.link));
-                entry.insert("target", JsonBytes(&stale.target));
+                entry.insert("link", disclosed_path(&stale.link, disclosure));
+                entry.insert("target", disclosed_path(&stale.target, disclosure));
                 entry
             })),
         )?;
         map.serialize_entry(
             "stale_temp_roots",
-            &seq(self.stale_temp_roots.iter().map(|file| JsonBytes(file))),
+            &seq(self
+                .stale_temp_roots
+                .iter()
+                .map(|file| disclosed_path(file, disclosure))),
         )?;
         map.serialize_entry(
             "unreadable",
-            &seq(self.unreadable.iter().map(|entry| UnreadableJson(entry))),
+            &seq(self
+                .unreadable
+                .iter()
+                .map(|entry| UnreadableJson(entry, disclosure))),
         )?;
         map.end()
     }
 }
 
-struct UnreadableJson<'a>(&'a Unreadable);
+struct UnreadableJson<'a>(&'a Unreadable, Disclosure);
 
 impl Serialize for UnreadableJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let entry = self.0;
+        let UnreadableJson(entry, disclosure) = *self;
+        let path = match disclosure {
+            Disclosure::Censored if entry.path.starts_with(b"/proc/") => {
+                JsonBytes(CENSORED_PROC.as_bytes())
+            }
+            _ => disclosed_path(&entry.path, disclosure),
+        };
         let mut map = serializer.serialize_map(Some(5))?;
-        map.serialize_entry("path", &JsonBytes(&entry.path))?;
-        map.serialize_entry("via", &entry.via.as_deref().map(JsonBytes))?;
+        map.serialize_entry("path", &path)?;
+        map.serialize_entry(
+            "via",
+            &entry
+                .via
+                .as_deref()
+                .map(|via| disclosed_path(via, disclosure)),
+        )?;
         map.serialize_entry("operation", entry.operation)?;
         map.serialize_entry("errno", &entry.errno)?;
         map.serialize_entry(
@@ -349,6 +422,53 @@ pub fn write_print_roots_json(report: &str, out: &mut impl Write) -> io::Result<
         previous = Some(root);
     }
     Ok(())
+}
+
+/// What the Nix roots-daemon protocol sends of a report: the store path of every root and
+/// unregistered root (Nix checks validity itself), each once in byte order.
+pub struct RootTargets {
+    pub complete: bool,
+    /// Unreadable entries that are not under `/proc` (runtime roots of processes we may not
+    /// inspect, which Nix's `findRuntimeRoots` ignores too).
+    pub unreadable_outside_proc: usize,
+    pub targets: std::collections::BTreeSet<Vec<u8>>,
+}
+
+/// Reads [`RootTargets`] from a report's JSON text (what the tracker loop answers).
+pub fn root_targets_json(report: &str) -> serde_json::Result<RootTargets> {
+    #[derive(serde::Deserialize)]
+    struct Targets {
+        complete: bool,
+        roots: Vec<Target>,
+        unregistered: Vec<Target>,
+        unreadable: Vec<UnreadablePath>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Target {
+        target: OwnedJsonBytes,
+    }
+    #[derive(serde::Deserialize)]
+    struct UnreadablePath {
+        path: OwnedJsonBytes,
+    }
+    let Targets {
+        complete,
+        roots,
+        unregistered,
+        unreadable,
+    } = serde_json::from_str(report)?;
+    Ok(RootTargets {
+        complete,
+        unreadable_outside_proc: unreadable
+            .iter()
+            .filter(|entry| !entry.path.0.starts_with(b"/proc/"))
+            .count(),
+        targets: roots
+            .into_iter()
+            .chain(unregistered)
+            .map(|root| root.target.0)
+            .collect(),
+    })
 }
 
 /// The part of a report a client needs to choose its exit status.
@@ -429,5 +549,130 @@ mod tests {
         }
         let value = serde_json::to_value(JsonBytes(b"\xff")).unwrap();
         assert_eq!(value, serde_json::json!({"hex": "ff"}));
+    }
+
+    fn sample() -> ScanReport {
+        let layout = StoreLayout::new("/s".as_ref(), "/v".as_ref()).unwrap();
+        let path = |name: &str| StorePath::from_base_name(name.as_bytes()).unwrap();
+        let a = path("0123456789abcdfghijklmnpqrsvwx00-a");
+        let b = path("0123456789abcdfghijklmnpqrsvwx01-b");
+        let root = |retainer: Retainer, target: &StorePath, kind, link: &[u8]| Root {
+            retainer,
+            target: target.clone(),
+            kind,
+            link: link.to_vec(),
+        };
+        let mut report = ScanReport {
+            layout,
+            roots: vec![
+                root(
+                    Retainer::Path(b"/home/x/result".to_vec()),
+                    &b,
+                    RootKind::Indirect,
+                    b"/v/gcroots/auto/1",
+                ),
+                root(
+                    Retainer::Path(b"/v/gcroots/a".to_vec()),
+                    &a,
+                    RootKind::Static,
+                    b"/v/gcroots/a",
+                ),
+                root(Retainer::Temp(42), &b, RootKind::Temp, b"/v/temproots/42"),
+                root(
+                    Retainer::Path(b"/proc/7/exe".to_vec()),
+                    &a,
+                    RootKind::Runtime,
+                    b"/proc/7/exe",
+                ),
+            ],
+            unregistered: Vec::new(),
+            stale_links: vec![StaleLink {
+                link: b"/v/gcroots/auto/2".to_vec(),
+                target: b"/home/y/gone".to_vec(),
+            }],
+            stale_temp_roots: vec![b"/v/temproots/9".to_vec()],
+            unreadable: vec![
+                Unreadable {
+                    path: b"/proc/8/fd".to_vec(),
+                    via: None,
+                    operation: "opendir",
+                    errno: 13,
+                },
+                Unreadable {
+                    path: b"/home/z/r".to_vec(),
+                    via: Some(b"/v/gcroots/auto/3".to_vec()),
+                    operation: "readlink",
+                    errno: 13,
+                },
+            ],
+        };
+        report.normalize();
+        report
+    }
+
+    /// Nix's `findRoots(censor = true)`: targets, kinds and counts stay; no path does.
+    #[test]
+    fn censored_answers_keep_targets_and_counts_but_no_path() {
+        let report = sample();
+        let full: serde_json::Value =
+            serde_json::from_str(&MergedReport::new(&[&report]).to_json_string().unwrap()).unwrap();
+        let text = MergedReport::new(&[&report])
+            .disclosed(Disclosure::Censored)
+            .to_json_string()
+            .unwrap();
+        for secret in [
+            "/home/",
+            "/v/gcroots",
+            "/v/temproots",
+            "/proc/7",
+            "/proc/8",
+            "temp:42",
+        ] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        let censored: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(censored["counts"], full["counts"]);
+        assert_eq!(censored["complete"], false);
+        let targets = |json: &serde_json::Value| {
+            let mut targets: Vec<_> = json["roots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|root| (root["target"].clone(), root["kind"].clone()))
+                .collect();
+            targets.sort_by_key(|pair| pair.to_owned().0.to_string() + &pair.1.to_string());
+            targets
+        };
+        assert_eq!(targets(&censored), targets(&full));
+        for root in censored["roots"].as_array().unwrap() {
+            assert_eq!(root["retainer"], CENSORED);
+            assert_eq!(root["link"], CENSORED);
+        }
+        assert_eq!(
+            censored["stale_links"],
+            serde_json::json!([{"link": CENSORED, "target": CENSORED}])
+        );
+        assert_eq!(censored["stale_temp_roots"], serde_json::json!([CENSORED]));
+        let unreadable = &censored["unreadable"];
+        assert_eq!(unreadable[0]["path"], CENSORED);
+        assert_eq!(unreadable[0]["via"], CENSORED);
+        assert_eq!(unreadable[0]["errno"], 13);
+        assert_eq!(unreadable[0]["operation"], "readlink");
+        assert_eq!(unreadable[1]["path"], CENSORED_PROC);
+        assert_eq!(unreadable[1]["via"], serde_json::Value::Null);
+
+        // `--print-roots` of a censored answer: one line per target, as Nix prints it.
+        let mut printed = Vec::new();
+        write_print_roots_json(&text, &mut printed).unwrap();
+        assert_eq!(
+            String::from_utf8(printed).unwrap(),
+            "{censored} -> /s/0123456789abcdfghijklmnpqrsvwx00-a\n\
+             {censored} -> /s/0123456789abcdfghijklmnpqrsvwx01-b\n"
+        );
+
+        let targets = root_targets_json(&text).unwrap();
+        assert!(!targets.complete);
+        assert_eq!(targets.unreadable_outside_proc, 1);
+        assert_eq!(targets.targets.len(), 2);
     }
 }

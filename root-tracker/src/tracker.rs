@@ -13,14 +13,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::hint::Hint;
 use crate::protocol::{ErrorKind, Request, Response};
 use crate::reconcile::{ReconcileError, Reconciler, Settled};
-use crate::report::RootKind;
+use crate::report::{Disclosure, RootKind};
 use crate::scan::ScanOptions;
 use crate::source::Source;
 use crate::state_watch::StateWatch;
 
-/// A request and where to send its answer.
+/// A request, what its caller may see of the answer, and where to send it.
 pub struct Job {
     pub request: Request,
+    pub disclosure: Disclosure,
     pub reply: tokio::sync::oneshot::Sender<Response>,
 }
 
@@ -149,7 +150,7 @@ impl Tracker {
             loop {
                 match self.jobs.try_recv() {
                     Ok(job) => {
-                        let response = match self.handle(job.request) {
+                        let response = match self.handle(job.request, job.disclosure) {
                             Ok(response) => response,
                             Err(error) => {
                                 let message = format!("{:#}", anyhow::Error::from(error));
@@ -247,7 +248,11 @@ impl Tracker {
         self.push_interest()
     }
 
-    fn handle(&mut self, request: Request) -> Result<Response, ReconcileError> {
+    fn handle(
+        &mut self,
+        request: Request,
+        disclosure: Disclosure,
+    ) -> Result<Response, ReconcileError> {
         Ok(match request {
             Request::Status {} => Response::Status {
                 status: self.status(),
@@ -256,13 +261,17 @@ impl Tracker {
                 let wait = wait_ms
                     .map_or(self.options.default_query_wait, Duration::from_millis)
                     .min(self.options.max_query_wait);
-                self.query(wait)?
+                self.query(wait, disclosure)?
             }
         })
     }
 
     /// The fenced answer: every change that completed before now is applied first.
-    fn query(&mut self, wait: Duration) -> Result<Response, ReconcileError> {
+    fn query(
+        &mut self,
+        wait: Duration,
+        disclosure: Disclosure,
+    ) -> Result<Response, ReconcileError> {
         let started = Instant::now();
         let deadline = started + wait;
         loop {
@@ -292,7 +301,7 @@ impl Tracker {
         }
         self.last_fence = Some(started.elapsed());
         let answer = self.reconciler.answer(&ScanOptions::default())?;
-        let json = answer.report().to_json_string();
+        let json = answer.report().disclosed(disclosure).to_json_string();
         match json.and_then(serde_json::value::RawValue::from_string) {
             Ok(report) => Ok(Response::Roots { report }),
             Err(error) => Ok(Response::error(

@@ -21,7 +21,7 @@ use root_tracker::layout::StoreLayout;
 use root_tracker::protocol::{ErrorKind, Request, Response};
 use root_tracker::reconcile::Reconciler;
 use root_tracker::report::bytes_from_json;
-use root_tracker::server::{Access, serve};
+use root_tracker::server::{Access, Limits, ServerConfig, serve};
 use root_tracker::source::replay::{ReplayFeed, ReplaySource};
 use root_tracker::state_watch::StateWatch;
 use root_tracker::tracker::{Tracker, TrackerOptions};
@@ -60,7 +60,13 @@ fn start() -> Running {
     let (jobs, job_receiver) = std::sync::mpsc::channel();
     let shutdown = Arc::new(AtomicBool::new(false));
     let socket = root.join("run/socket");
-    let server = serve(&socket, Access::default(), jobs, shutdown.clone()).unwrap();
+    let config = ServerConfig {
+        socket: socket.clone(),
+        nix_roots: None,
+        access: Access::default(),
+        limits: Limits::default(),
+    };
+    let server = serve(config, jobs, shutdown.clone()).unwrap();
     let tracker = Tracker::new(
         reconciler,
         Box::new(source),
@@ -275,11 +281,10 @@ fn unauthorized_callers_get_an_error_and_no_roots() {
         let (client, server_side) = tokio::io::duplex(4096);
         // No tracker behind it: an unauthorized caller must be refused before any job is sent.
         let (jobs, _receiver) = std::sync::mpsc::channel();
-        let server = tokio::spawn(root_tracker::server::handle_connection(
-            server_side,
-            false,
-            jobs,
-        ));
+        let server = tokio::spawn(async move {
+            root_tracker::server::handle_connection(server_side, None, jobs, &Limits::default())
+                .await
+        });
         let (reader, mut writer) = tokio::io::split(client);
         writer
             .write_all(b"{\"request\":\"query\"}\n")
