@@ -307,7 +307,12 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let layout = StoreLayout::new(&args.store.store_dir, &args.store.state_dir)?;
     let index = crate::index::Index::open(&args.db)?;
-    let reconciler = crate::reconcile::Reconciler::new(layout.clone(), index);
+    let mut reconciler = crate::reconcile::Reconciler::new(layout.clone(), index);
+    // Before the privilege drop: see ValidityCache::open_now. Failing here is not fatal (the
+    // store may not be initialised yet); queries report the error until it can be opened.
+    if let Err(error) = reconciler.open_store_db() {
+        tracing::warn!(error = %anyhow::Error::from(error), "cannot open the store database yet");
+    }
     // Attach first, then scan (invariant 4): the source with the interest the last index
     // had is replaced by the bootstrap scan's interest right after the scan.
     let interest = reconciler.index().interest(&layout);

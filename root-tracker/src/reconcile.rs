@@ -17,7 +17,7 @@ use crate::layout::StoreLayout;
 use crate::report::{MergedReport, ScanReport};
 use crate::scan::{Findings, ScanError, ScanOptions};
 use crate::store_path::{base_name_of, is_in_dir};
-use crate::validity::{ValidPaths, ValidityCache};
+use crate::validity::ValidityCache;
 
 /// Whether the index can be trusted to hold every root.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -99,6 +99,13 @@ impl Reconciler {
 
     pub fn layout(&self) -> &StoreLayout {
         &self.layout
+    }
+
+    /// Opens the store database now, while the tracker may still create its WAL files
+    /// ([`ValidityCache::open_now`]).
+    pub fn open_store_db(&mut self) -> Result<(), ReconcileError> {
+        self.validity.open_now().map_err(ScanError::from)?;
+        Ok(())
     }
 
     pub fn index(&self) -> &Index {
@@ -292,12 +299,14 @@ impl Reconciler {
             temp: false,
             ..ScanOptions::default()
         };
-        let valid_paths = ValidPaths::open(&self.layout.db_path()).map_err(ScanError::from)?;
         let mut from_index = Findings::new(&self.layout);
         self.index.add_to(&mut from_index);
-        let mut indexed = from_index.into_report(|paths| valid_paths.contains_all(paths))?;
+        let mut indexed =
+            from_index.into_report(|paths| self.validity.contains_all_uncached(paths))?;
         indexed.normalize();
-        let mut fresh = crate::scan::scan(&self.layout, &options)?;
+        let mut fresh = crate::scan::scan_with_validity(&self.layout, &options, |paths| {
+            self.validity.contains_all_uncached(paths)
+        })?;
         fresh.normalize();
         let drift = symmetric_difference(&indexed.roots, &fresh.roots)
             + symmetric_difference(&indexed.unregistered, &fresh.unregistered)

@@ -57,13 +57,22 @@ pub enum ScanError {
 /// Scans `layout` and returns every root Nix would report, plus what Nix would skip or delete.
 #[tracing::instrument(skip_all, fields(store = ?layout.store_dir()))]
 pub fn scan(layout: &StoreLayout, options: &ScanOptions) -> Result<ScanReport, ScanError> {
-    let started = std::time::Instant::now();
     let valid_paths = ValidPaths::open(&layout.db_path())?;
+    scan_with_validity(layout, options, |paths| valid_paths.contains_all(paths))
+}
+
+/// [`scan`] with validity answered by the caller (the tracker's long-lived connection).
+pub(crate) fn scan_with_validity(
+    layout: &StoreLayout,
+    options: &ScanOptions,
+    validity: impl FnOnce(&[Vec<u8>]) -> Result<Vec<bool>, ValidityError>,
+) -> Result<ScanReport, ScanError> {
+    let started = std::time::Instant::now();
     let mut findings = Findings::new(layout);
     findings.find_roots(&layout.gcroots_dir());
     findings.find_roots(&layout.profiles_dir());
     findings.find_volatile_roots(options);
-    let mut report = findings.into_report(|paths| valid_paths.contains_all(paths))?;
+    let mut report = findings.into_report(validity)?;
     report.normalize();
     if let Some(first) = report.unreadable.first() {
         tracing::info!(

@@ -150,21 +150,49 @@ impl ValidityCache {
         self.epoch
     }
 
-    /// Forgets everything and drops the connection (after an error, or when the tracker
-    /// rescans: a fresh start costs one lookup per root, as a scan does).
+    /// Opens the connection now. The tracker does this before it drops its privileges: in
+    /// WAL mode even a reader needs the `-wal` and `-shm` files, and when no one else has the
+    /// database open it must create them in `<state>/db`, which belongs to the store's owner.
+    /// Root creates them there (SQLite hands them to the database's owner) and the open
+    /// connection keeps them in place; later connections of this process share them.
+    pub fn open_now(&mut self) -> Result<(), ValidityError> {
+        self.refresh()
+    }
+
+    /// Forgets every remembered answer (when the tracker rescans: a fresh start costs one
+    /// lookup per root, as a scan does). The connection stays: see [`Self::open_now`].
     pub fn forget(&mut self) {
-        self.connection = None;
         self.data_version = None;
-        self.file_id = None;
         self.known.clear();
         self.epoch += 1;
+    }
+
+    /// Forgets everything, connection included (the database file was replaced, or failed).
+    fn reset(&mut self) {
+        self.forget();
+        self.connection = None;
+        self.file_id = None;
+    }
+
+    /// The open connection, for other reads of the same snapshot kind (a verification sweep).
+    pub fn contains_all_uncached(
+        &mut self,
+        printed_paths: &[Vec<u8>],
+    ) -> Result<Vec<bool>, ValidityError> {
+        if self.connection.is_none() {
+            self.refresh()?;
+        }
+        match &self.connection {
+            Some(valid_paths) => valid_paths.contains_all(printed_paths),
+            None => ValidPaths::open(&self.db_path)?.contains_all(printed_paths),
+        }
     }
 
     /// Brings the remembered answers up to date with the database (see the type's invariant).
     pub fn refresh(&mut self) -> Result<(), ValidityError> {
         let result = self.try_refresh();
         if result.is_err() {
-            self.forget();
+            self.reset();
         }
         result
     }
@@ -178,7 +206,7 @@ impl ValidityCache {
                 source,
             })?;
         if self.file_id.is_some_and(|known| known != file_id) {
-            self.forget();
+            self.reset();
         }
         if self.file_id.is_none() {
             self.connection = None;
@@ -272,7 +300,7 @@ impl ValidityCache {
             let found = match found {
                 Ok(found) => found,
                 Err(error) => {
-                    self.forget();
+                    self.reset();
                     return Err(error);
                 }
             };

@@ -246,3 +246,87 @@ fn fanotify_tracker_drops_privileges_and_still_answers() {
 fn ebpf_tracker_drops_privileges_and_still_answers() {
     privileges_hold("ebpf");
 }
+
+/// The production layout: the store and its database belong to an ordinary user (the one
+/// `store-gc` runs as), nobody has the database open (so its WAL files do not exist), and the
+/// tracker, without CAP_DAC_OVERRIDE after the drop, may not create files in `<state>/db`.
+/// It must still tell registered roots from unregistered ones, on every later query too.
+fn user_owned_store_is_answered_after_the_drop(backend: &str) {
+    require_root();
+    let store = HermeticStore::new();
+    let targets = store.register_empty_paths("owned", 2);
+    let home = store.path("home/user/proj");
+    fs::create_dir_all(&home).unwrap();
+    store.add_indirect_root(&home.join("result"), &targets[0]);
+    let owner_home = store.path("home/owner");
+    let owner = SystemUser::create("own", &owner_home);
+    store.chown_all(&owner);
+    let db_dir = store.state_dir.join("db");
+    for wal_file in ["db.sqlite-wal", "db.sqlite-shm"] {
+        assert!(
+            !db_dir.join(wal_file).exists(),
+            "{wal_file} exists: this test needs a database nobody has open"
+        );
+    }
+    let tracker = TrackerProcess::start(&store, backend, &[]);
+    let report = tracker.query();
+    assert!(has_root(&report, "indirect", &targets[0]), "{report}");
+    // The WAL files root created belong to the owner, whose Nix must keep writing.
+    for wal_file in ["db.sqlite-wal", "db.sqlite-shm"] {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = fs::metadata(db_dir.join(wal_file)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (owner.uid, owner.gid),
+            "{wal_file}"
+        );
+    }
+    // The owner registers a new path (while the tracker holds the database open) and roots
+    // it; the next answer counts it as registered.
+    let fresh = store
+        .store_dir
+        .join(format!("{}-owned-fresh", tests::nix32_from(99)));
+    fs::write(&fresh, b"").unwrap();
+    std::os::unix::fs::chown(&fresh, Some(owner.uid), Some(owner.gid)).unwrap();
+    let second = home.join("second");
+    symlink(&fresh, &second).unwrap();
+    symlink(&second, store.gcroots().join("auto/second")).unwrap();
+    let report = tracker.query();
+    assert!(
+        !has_root(&report, "indirect", &fresh),
+        "not registered yet: {report}"
+    );
+    let mut register = owner.command(std::ffi::OsStr::new("nix-store"));
+    register
+        .env_remove("NIX_REMOTE")
+        .envs(store.nix_env())
+        .args(["--register-validity", "--hash-given"])
+        .stdin(std::process::Stdio::piped());
+    let mut child = register.spawn().unwrap();
+    {
+        use std::io::Write as _;
+        let line = format!("{}\nsha256:{}\n0\n\n0\n", fresh.display(), "0".repeat(64));
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(line.as_bytes())
+            .unwrap();
+    }
+    assert!(
+        child.wait().unwrap().success(),
+        "the owner's nix-store failed"
+    );
+    let report = tracker.query();
+    assert!(has_root(&report, "indirect", &fresh), "{report}");
+}
+
+#[test]
+fn fanotify_tracker_reads_a_user_owned_store_database() {
+    user_owned_store_is_answered_after_the_drop("fanotify");
+}
+
+#[test]
+fn ebpf_tracker_reads_a_user_owned_store_database() {
+    user_owned_store_is_answered_after_the_drop("ebpf");
+}
