@@ -155,6 +155,18 @@ fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
         .args(cargo_test_args);
     let mut totals = TestTotals::default();
     let status = run_tee(&mut command, |line| totals.add(line))?;
+    // The fuzz targets, briefly: counted as one test each.
+    let mut fuzz_failures = Vec::new();
+    for target in FUZZ_TARGETS {
+        match fuzz(&env, target) {
+            Ok(()) => totals.passed += 1,
+            Err(error) => {
+                eprintln!("xtask: fuzz target {target} failed: {error:#}");
+                totals.failed += 1;
+                fuzz_failures.push(*target);
+            }
+        }
+    }
     // One closing line for all test binaries, so CI does not judge the run by the last
     // binary's summary (often a doc-test run with 0 tests).
     println!(
@@ -164,9 +176,45 @@ fn test(cargo_test_args: &[String]) -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo test failed: {status}");
     }
+    if !fuzz_failures.is_empty() {
+        bail!(
+            "fuzz target(s) failed: {} (inputs in root-tracker/fuzz/artifacts/)",
+            fuzz_failures.join(", ")
+        );
+    }
     if totals.passed == 0 {
         bail!("no test ran");
     }
+    Ok(())
+}
+
+/// The cargo-fuzz targets of `root-tracker/fuzz`.
+const FUZZ_TARGETS: &[&str] = &["request"];
+/// How long `cargo xtask test` fuzzes each target.
+const FUZZ_SECONDS: u32 = 20;
+
+/// Builds and runs one fuzz target for [`FUZZ_SECONDS`] with the toolchain setup chose. The
+/// eBPF object is not needed for it (`AYA_BUILD_SKIP`). A dev build without sanitizer: the code
+/// under test is safe Rust, and this build costs about a quarter of the CPU time of cargo-fuzz's
+/// default (release, AddressSanitizer, one codegen unit) for a fifth of its speed, which 20 s of
+/// smoke-fuzzing does not need. Its own target dir (`root-tracker/fuzz/target`), never mixed
+/// with the workspace's.
+fn fuzz(env: &setup::SetupReport, target: &str) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    println!("xtask: fuzzing {target} for {FUZZ_SECONDS} s (the first build takes minutes)");
+    // The rustup proxy, not $CARGO: `+toolchain` picks the toolchain.
+    run(Command::new("cargo")
+        .current_dir(workspace_root().join("root-tracker"))
+        .envs(env.env.iter().copied())
+        .env("AYA_BUILD_SKIP", "1")
+        .env_remove("CARGO_TARGET_DIR")
+        .arg(format!("+{}", env.ebpf_toolchain.name()))
+        .args(["fuzz", "run", "--dev", "--sanitizer", "none", target, "--"])
+        .arg(format!("-max_total_time={FUZZ_SECONDS}")))?;
+    println!(
+        "xtask: fuzz target {target} passed ({} s with its build)",
+        started.elapsed().as_secs()
+    );
     Ok(())
 }
 

@@ -26,6 +26,8 @@ const NIGHTLY: &str = "nightly";
 const STABLE: &str = "stable";
 /// Read by `root-tracker/build.rs` to pick the eBPF toolchain.
 const TOOLCHAIN_VAR: &str = "ROOT_TRACKER_EBPF_TOOLCHAIN";
+/// Runs the fuzz targets (`root-tracker/fuzz`) in `cargo xtask test`.
+const CARGO_FUZZ: &str = "cargo-fuzz";
 
 /// Whether a piece was already there or had to be installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +42,16 @@ impl fmt::Display for Outcome {
             Self::Present => "already present",
             Self::Installed => "installed",
         })
+    }
+}
+
+impl EbpfToolchain {
+    /// The toolchain name, for `cargo +NAME` (the fuzz targets build with it too).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nightly => NIGHTLY,
+            Self::StableWithBootstrap => STABLE,
+        }
     }
 }
 
@@ -95,6 +107,7 @@ pub fn run() -> anyhow::Result<SetupReport> {
     let (ebpf_toolchain, toolchain_step) = ensure_ebpf_toolchain(NIGHTLY)?;
     steps.push(toolchain_step);
     steps.push(ensure_bpf_linker()?);
+    steps.push(ensure_cargo_fuzz()?);
     let env = match ebpf_toolchain {
         EbpfToolchain::Nightly => Vec::new(),
         EbpfToolchain::StableWithBootstrap => {
@@ -295,6 +308,34 @@ fn ensure_bpf_linker() -> anyhow::Result<Step> {
     }
     Ok(Step {
         name: "bpf-linker",
+        outcome: Outcome::Installed,
+        detail: version,
+    })
+}
+
+/// Installs `cargo-fuzz` unless `cargo fuzz --version` works. It needs a nightly (or
+/// `RUSTC_BOOTSTRAP=1`) only to run, which the eBPF toolchain step provides.
+fn ensure_cargo_fuzz() -> anyhow::Result<Step> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let version = || probe(Command::new(&cargo).args(["fuzz", "--version"]));
+    if let Some(version) = version() {
+        return Ok(Step {
+            name: CARGO_FUZZ,
+            outcome: Outcome::Present,
+            detail: version,
+        });
+    }
+    eprintln!("setup: installing {CARGO_FUZZ} (about a minute)");
+    run_visible(
+        Command::new(&cargo).args(["install", CARGO_FUZZ, "--locked"]),
+        "cargo install cargo-fuzz",
+    )?;
+    let version = version().context(
+        "cargo-fuzz was installed but `cargo fuzz --version` fails; is cargo's bin directory \
+         (usually ~/.cargo/bin) on PATH?",
+    )?;
+    Ok(Step {
+        name: CARGO_FUZZ,
         outcome: Outcome::Installed,
         detail: version,
     })
