@@ -42,6 +42,14 @@ enum Command {
     /// exactly as Nix 2.8's collectGarbage, deleting as it goes unless a --print-* flag or
     /// --dry-run is given. Refuses (exit 3) when the tracker cannot vouch for every root.
     Collect(CollectArgs),
+    /// Run as a daemon: collect on a schedule and when free space runs low, serve metrics.
+    ///
+    /// Each collection is a `collect` (deleting, or deciding only with --dry-run), one at a
+    /// time. A refused collection (the tracker cannot vouch for the roots) deletes nothing and
+    /// is retried after --check-interval, then after twice that, and so on up to 5 minutes.
+    /// SIGTERM or SIGINT stops it after the collection in progress, if any. Logs each
+    /// collection to stderr (RUST_LOG, default info); refuses to run as root, as collect does.
+    Serve(crate::serve::ServeArgs),
 }
 
 #[derive(Args, Debug)]
@@ -105,7 +113,7 @@ struct CollectArgs {
 }
 
 /// Nix's `getIntArg` with units: a number with an optional K, M, G or T suffix.
-fn parse_bytes(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
     let (digits, shift) = match text.as_bytes().last() {
         Some(b'K') => (&text[..text.len() - 1], 10),
         Some(b'M') => (&text[..text.len() - 1], 20),
@@ -124,14 +132,19 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 }
 
 pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A daemon's log is its only report of each run; a one-shot collection prints its own.
+    let default_filter = match cli.command {
+        Command::Serve(_) => "info",
+        Command::Collect(_) => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
     // DESIGN.md invariant 6: the collector never needs root, and running it as root would
     // hide exactly the permission problems the tracker exists to solve.
     if nix::unistd::geteuid().is_root() || nix::unistd::getuid().is_root() {
@@ -151,7 +164,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let Command::Collect(args) = cli.command;
+    let args = match cli.command {
+        Command::Collect(args) => args,
+        Command::Serve(args) => return crate::serve::run(args),
+    };
     let layout = StoreLayout::new(&args.store_dir, &args.state_dir)?;
     let mut settings = nix_conf::read_gc_settings(&args.conf_dir)
         .with_context(|| format!("reading {}/nix.conf", args.conf_dir.display()))?;

@@ -5,8 +5,9 @@
 //! [`tracker_client`] and [`temp_roots`] find the roots ([`roots`] judges whether they can be
 //! trusted); [`store_db`] loads the Nix database once into a [`graph`]; [`liveness`] splits the
 //! store into alive and dead; [`delete`] removes the dead while [`gc_lock`] is held and
-//! [`gc_socket`] takes new temp roots; [`collect`] runs the phases and reports; [`cli`] is the
-//! edge.
+//! [`gc_socket`] takes new temp roots; [`collect`] runs the phases and reports; [`serve`]
+//! runs collections as a daemon and exports [`metrics`] (with [`tracker_status`]); [`cli`] is
+//! the edge.
 
 pub mod cli;
 pub mod collect;
@@ -16,9 +17,12 @@ pub mod gc_socket;
 pub mod graph;
 pub mod layout;
 pub mod liveness;
+pub mod metrics;
 pub mod nix_conf;
 pub mod roots;
+pub mod serve;
 pub mod store_db;
 pub mod store_path;
 pub mod temp_roots;
 pub mod tracker_client;
+pub mod tracker_status;
