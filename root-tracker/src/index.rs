@@ -27,7 +27,56 @@ struct EntryFindings {
     stale: Vec<StaleLink>,
     unreadable: Vec<Unreadable>,
     /// The indirect-root targets this entry's answer depends on (as written and canonical).
-    watched: BTreeSet<Vec<u8>>,
+    watched: PathSet,
+}
+
+/// A small set of paths kept as a sorted vector: entries depend on one or two paths and most
+/// paths have one dependent entry, where a B-tree would spend a 280-byte node on each set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PathSet(Vec<Vec<u8>>);
+
+impl PathSet {
+    fn insert(&mut self, path: Vec<u8>) {
+        if let Err(at) = self.0.binary_search(&path) {
+            self.0.insert(at, path);
+        }
+    }
+
+    fn remove(&mut self, path: &[u8]) {
+        if let Ok(at) = self.0.binary_search_by(|probe| probe.as_slice().cmp(path)) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Vec<u8>> {
+        self.0.iter()
+    }
+
+    fn shrink_to_fit(&mut self) {
+        self.0.shrink_to_fit();
+    }
+}
+
+impl<'a> IntoIterator for &'a PathSet {
+    type Item = &'a Vec<u8>;
+    type IntoIter = std::slice::Iter<'a, Vec<u8>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl IntoIterator for PathSet {
+    type Item = Vec<u8>;
+    type IntoIter = std::vec::IntoIter<Vec<u8>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +94,7 @@ pub enum IndexError {
 pub struct Index {
     entries: BTreeMap<Vec<u8>, EntryFindings>,
     /// Watched path (raw or canonical retainer) → entries depending on it.
-    by_watched: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+    by_watched: BTreeMap<Vec<u8>, PathSet>,
     db: Connection,
     generation: u64,
     /// Set when a watched path was added or removed (sources need a new interest).
@@ -323,10 +372,18 @@ fn group_by_entry(
         }
         entry.watched.insert(watched.retainer);
     }
+    // Entries live as long as the index: no spare capacity (a root vector grown by one push
+    // keeps room for four).
+    for entry in grouped.values_mut() {
+        entry.roots.shrink_to_fit();
+        entry.stale.shrink_to_fit();
+        entry.unreadable.shrink_to_fit();
+        entry.watched.shrink_to_fit();
+    }
     grouped
 }
 
-fn remove_from(map: &mut BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>, watched: &[u8], key: &[u8]) {
+fn remove_from(map: &mut BTreeMap<Vec<u8>, PathSet>, watched: &[u8], key: &[u8]) {
     if let Some(set) = map.get_mut(watched) {
         set.remove(key);
         if set.is_empty() {

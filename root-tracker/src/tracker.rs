@@ -244,8 +244,9 @@ impl Tracker {
     /// later and unsettle the index anew, so callers look at `settled` afterwards.
     fn settle(&mut self) -> Result<(), ReconcileError> {
         self.unsettled_since = None;
-        self.reconciler.rescan()?;
-        self.push_interest()
+        let rescanned = self.reconciler.rescan().and_then(|()| self.push_interest());
+        release_free_memory();
+        rescanned
     }
 
     fn handle(
@@ -341,6 +342,17 @@ impl Tracker {
             },
             "privileges": self.options.privileges,
         })
+    }
+}
+
+/// Hands the heap a rescan freed back to the system. glibc keeps freed memory mapped (one
+/// arena per scan thread, too), so without this a bootstrap over a million roots would hold
+/// gigabytes of transient structures for the tracker's whole life.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
