@@ -386,14 +386,16 @@ struct Binaries {
     store_gc: PathBuf,
 }
 
-pub fn gc(quick: bool) -> anyhow::Result<()> {
+pub fn gc(quick: bool, chosen_sizes: &[usize]) -> anyhow::Result<()> {
     let env = setup_and_report()?;
     run(cargo(&env).args(["build", "--release", "-p", "root-tracker", "-p", "daemon"]))?;
     let binaries = Binaries {
         tracker: workspace_root().join("target/release/root-tracker"),
         store_gc: workspace_root().join("target/release/store-gc"),
     };
-    let sizes: &[usize] = if quick {
+    let sizes: &[usize] = if !chosen_sizes.is_empty() {
+        chosen_sizes
+    } else if quick {
         &[5_000]
     } else {
         &[20_000, 100_000, 1_000_000]
@@ -404,12 +406,15 @@ pub fn gc(quick: bool) -> anyhow::Result<()> {
     for &paths in sizes {
         rows.push(bench_size(paths, &user, &binaries, runs)?);
     }
-    let command = if quick {
-        "cargo xtask bench gc --quick"
-    } else {
-        "cargo xtask bench gc"
-    };
-    let body = render(&rows, command);
+    let mut command = "cargo xtask bench gc".to_owned();
+    if quick {
+        command.push_str(" --quick");
+    }
+    if !chosen_sizes.is_empty() {
+        let sizes: Vec<String> = chosen_sizes.iter().map(ToString::to_string).collect();
+        command.push_str(&format!(" --sizes {}", sizes.join(",")));
+    }
+    let body = render(&rows, &command);
     print!("{body}");
     write_section(&workspace_root().join("BENCHMARKS.md"), "gc", &body)
 }

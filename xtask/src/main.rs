@@ -43,6 +43,9 @@ enum Task {
         /// Smaller sizes, for trying the benchmark itself.
         #[arg(long)]
         quick: bool,
+        /// Store sizes (paths) for `gc`, instead of 20k, 100k and 1M.
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
     },
     /// Run setup, then the live random-workload test (tracker vs scan, each backend) with
     /// many seeds, in release mode.
@@ -76,10 +79,10 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { cargo_test_args } => test(&cargo_test_args)?,
         Task::Run => run_main_job()?,
-        Task::Bench { area, quick } => match area {
+        Task::Bench { area, quick, sizes } => match area {
             BenchArea::Scan => bench::scan(quick)?,
             BenchArea::Events => bench_events::events(quick)?,
-            BenchArea::Gc => bench_gc::gc(quick)?,
+            BenchArea::Gc => bench_gc::gc(quick, &sizes)?,
         },
         Task::Soak { seeds, ops } => soak::soak(seeds, ops)?,
     }
