@@ -296,17 +296,19 @@ pub fn render(metrics: &Metrics, live: &LiveValues) -> String {
         "gauge",
         "1 if the tracker's root index is settled (a collection may run), 0 if not.",
     );
-    out.family(
-        "store_gc_tracker_lag_p99_seconds",
-        "gauge",
-        "99th percentile of how long changes take to reach the tracker's index, over its last 1024 batches, from the kernel event or from the tracker's receipt.",
-    );
     if let Some(tracker) = &live.tracker {
         out.sample(
             "store_gc_tracker_index_settled",
             &[],
             f64::from(u8::from(tracker.settled)),
         );
+    }
+    out.family(
+        "store_gc_tracker_lag_p99_seconds",
+        "gauge",
+        "99th percentile of how long changes take to reach the tracker's index, over its last 1024 batches, from the kernel event or from the tracker's receipt.",
+    );
+    if let Some(tracker) = &live.tracker {
         for (from, p99_ms) in [
             ("kernel_event", tracker.lag_from_kernel_p99_ms),
             ("receipt", tracker.lag_from_receipt_p99_ms),
@@ -507,14 +509,16 @@ mod tests {
         }
     }
 
-    /// Every line is a HELP or TYPE comment or `name{labels} value`, and each sample's family
-    /// was declared before it.
+    /// Every line is a HELP or TYPE comment or `name{labels} value`; each family is declared
+    /// once and its samples follow its TYPE line, together (scrapers reject a family split
+    /// in two).
     fn assert_well_formed(text: &str) {
-        let mut declared = Vec::new();
+        let mut declared: Vec<&str> = Vec::new();
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let name = rest.split(' ').next().unwrap();
-                declared.push(name.to_owned());
+                assert!(!declared.contains(&name), "{name} declared twice");
+                declared.push(name);
                 continue;
             }
             if line.starts_with("# HELP ") {
@@ -523,7 +527,7 @@ mod tests {
             let (series, value) = line.rsplit_once(' ').unwrap();
             value.parse::<f64>().unwrap();
             let name = series.split('{').next().unwrap();
-            assert!(declared.iter().any(|family| family == name), "{line}");
+            assert_eq!(declared.last(), Some(&name), "{line} outside its family");
         }
     }
 
