@@ -20,7 +20,7 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gc_common::{tracker_args, valid_paths};
@@ -95,6 +95,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(setup: &Setup, socket: &Path, args: &[&str]) -> Self {
+        Self::start_with(setup, socket, args, |_| {})
+    }
+
+    /// `start`, with the command adjusted by `configure` (environment) before it is spawned.
+    fn start_with(
+        setup: &Setup,
+        socket: &Path,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Self {
         let log = setup.store.path(&format!(
             "serve-{}.log",
             SystemTime::now()
@@ -127,6 +137,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(fs::File::create(&log).unwrap());
+        configure(&mut command);
         let mut child = command.spawn().unwrap();
         // The first line names the bound address; EOF means it exited.
         let mut line = String::new();
@@ -201,12 +212,39 @@ impl Daemon {
     }
 
     /// SIGTERM, then the daemon must exit 0 on its own.
-    fn terminate(mut self) {
+    fn terminate(self) {
+        self.send_sigterm();
+        self.wait_for_clean_exit();
+    }
+
+    fn send_sigterm(&self) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap()),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
+    }
+
+    /// Waits until `text` appears in the daemon's log.
+    fn wait_for_log(&mut self, text: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.log().contains(text) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "store-gc serve exited with {status} before logging {text:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_for_clean_exit(mut self) {
         let deadline = Instant::now() + DEADLINE;
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -578,5 +616,38 @@ fn dry_run_decides_and_deletes_nothing() {
     assert_eq!(metrics.value("store_gc_deleted_paths_total", &[]), 0.0);
     assert!(metrics.value("store_gc_last_paths", &[("state", "dead")]) >= 2.0);
     drop(daemon);
+    drop(tracker);
+}
+
+#[test]
+fn sigterm_waits_for_the_collection_in_progress() {
+    let setup = Setup::new();
+    let tracker = setup.tracker();
+    let fifo = setup.store.path("gc-sync");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let mut daemon = Daemon::start_with(
+        &setup,
+        &tracker.socket(),
+        &["--interval", "1s", "--allow-unreadable-runtime"],
+        |command| {
+            command.env("_STORE_GC_TEST_GC_SYNC", &fifo);
+        },
+    );
+    // Returns once the collection holds the GC lock and has its roots, before deciding.
+    let sync = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    daemon.send_sigterm();
+    daemon.wait_for_log("SIGTERM: stopping after the collection in progress");
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "exited in the middle of a collection:\n{}",
+        daemon.log()
+    );
+    let metrics = daemon.scrape();
+    assert_eq!(metrics.value("store_gc_running", &[]), 1.0);
+    setup.assert_untouched();
+    // Let the collection go on: it finishes, then the daemon stops.
+    drop(sync);
+    daemon.wait_for_clean_exit();
+    setup.assert_collected();
     drop(tracker);
 }
