@@ -55,7 +55,8 @@ pub struct ServeArgs {
     dry_run: bool,
     /// Serve Prometheus metrics over HTTP at `http://ADDR/metrics`. ADDR must be a loopback
     /// address with a port (e.g. 127.0.0.1:9784; port 0 picks a free one); the address bound is
-    /// printed on stdout. `off`: no metrics endpoint.
+    /// printed on stdout. Every local user can read it (counts, sizes and timings; no paths).
+    /// `off`: no metrics endpoint.
     #[arg(long, value_name = "ADDR|off", default_value = "off", value_parser = parse_listen)]
     metrics_listen: OffOr<SocketAddr>,
     /// The tracker's socket.
@@ -688,6 +689,18 @@ mod tests {
             scheduler.finished(Trigger::FreeSpace, Outcome::Error, 0, retry);
         }
         assert_eq!(scheduler.next_check, retry + MAX_BACKOFF);
+    }
+
+    #[test]
+    fn refuses_contradictory_thresholds() {
+        let error = run(args(&["--min-free", "2G", "--max-free", "1G"])).unwrap_err();
+        assert!(error.to_string().contains("--max-free"), "{error}");
+        let error = run(args(&["--interval", "off"])).unwrap_err();
+        assert!(error.to_string().contains("nothing to do"), "{error}");
+        assert!(
+            Wrapper::try_parse_from(["serve", "--max-free", "1G"]).is_err(),
+            "--max-free without --min-free"
+        );
     }
 
     #[test]

@@ -651,3 +651,20 @@ fn sigterm_waits_for_the_collection_in_progress() {
     setup.assert_collected();
     drop(tracker);
 }
+
+#[test]
+fn refuses_to_run_as_root() {
+    require_root();
+    let output = Command::new(package_bin("store-gc"))
+        .args([
+            "serve",
+            "--interval",
+            "1s",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(4), "{output:?}");
+    assert!(output.stdout.is_empty(), "started anyway: {output:?}");
+}
