@@ -418,6 +418,14 @@ impl HermeticStore {
                 path
             })
             .collect();
+        self.register_validity(&registration);
+        paths
+    }
+
+    /// `nix-store --register-validity --hash-given` with `registration` on its standard input
+    /// (path, hash, size, deriver, reference count, references — one per line, per path).
+    pub fn register_validity(&self, registration: &[u8]) {
+        use std::io::Write as _;
         let mut command = self.nix_store_command();
         command
             .args(["--register-validity", "--hash-given"])
@@ -429,10 +437,9 @@ impl HermeticStore {
             .stdin
             .take()
             .unwrap()
-            .write_all(&registration)
+            .write_all(registration)
             .unwrap();
         check(child.wait_with_output().unwrap(), &command);
-        paths
     }
 }
 

@@ -60,19 +60,7 @@ fn register(store: &HermeticStore, paths: &[(PathBuf, Vec<PathBuf>)]) {
             writeln!(registration, "{}", reference.display()).unwrap();
         }
     }
-    let mut command = store.nix_store_command();
-    command
-        .args(["--register-validity", "--hash-given"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null());
-    let mut child = command.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&registration)
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "register-validity failed");
+    store.register_validity(&registration);
 }
 
 fn build(alice_home: &Path, dead_bulk: usize) -> Built {
