@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use anyhow::{Context as _, bail};
 
 use crate::bench::{drop_caches, machine_description, measure, median, write_section};
 use crate::fixture::{Fixture, nix32_hash};
+use crate::store_owner::StoreOwner;
 use crate::tracker_process::RunningTracker;
 use crate::{cargo, run, setup_and_report, workspace_root};
 
@@ -129,73 +130,6 @@ fn build_store(paths: usize, seed: u64) -> anyhow::Result<Synthetic> {
     })
 }
 
-/// A system user that owns the store and runs `store-gc`; deleted in `Drop`.
-struct BenchUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl BenchUser {
-    fn create() -> anyhow::Result<Self> {
-        let name = format!("rtbench{}", std::process::id() % 100_000);
-        run(Command::new("useradd").args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            &name,
-        ]))?;
-        let id = |flag: &str| -> anyhow::Result<u32> {
-            let out = Command::new("id").arg(flag).arg(&name).output()?;
-            Ok(String::from_utf8(out.stdout)?.trim().parse()?)
-        };
-        // Owned from here on, so a failure below still deletes the user.
-        let mut user = Self {
-            uid: 0,
-            gid: 0,
-            name: name.clone(),
-        };
-        user.uid = id("-u")?;
-        user.gid = id("-g")?;
-        Ok(user)
-    }
-
-    /// Gives the whole fixture (store, state, homes) to this user.
-    fn own(&self, fixture: &Fixture) -> anyhow::Result<()> {
-        use std::os::unix::fs::PermissionsExt as _;
-        fs::set_permissions(fixture.root(), fs::Permissions::from_mode(0o755))?;
-        run(Command::new("chown")
-            .arg("-R")
-            .arg(format!("{}:{}", self.uid, self.gid))
-            .arg(fixture.root()))
-    }
-
-    /// `store-gc ARGS` as this user, aimed at `fixture` and `tracker`.
-    fn store_gc(&self, binary: &Path, fixture: &Fixture, tracker: &Path, args: &[&str]) -> Command {
-        let mut command = fixture.nix_command("setpriv");
-        command
-            .arg(format!("--reuid={}", self.uid))
-            .arg(format!("--regid={}", self.gid))
-            .arg("--clear-groups")
-            .arg("--")
-            .arg(binary)
-            .arg("collect")
-            .arg("--tracker-socket")
-            .arg(tracker)
-            // This sandbox hides its pid 1 from root: the answer is "incomplete" only there.
-            .arg("--allow-unreadable-runtime")
-            .args(args);
-        command
-    }
-}
-
-impl Drop for BenchUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
-}
-
 struct Row {
     paths: usize,
     references: usize,
@@ -243,7 +177,7 @@ fn store_names(fixture: &Fixture) -> anyhow::Result<Vec<String>> {
 
 fn bench_size(
     paths: usize,
-    user: &BenchUser,
+    user: &StoreOwner,
     binaries: &Binaries,
     runs: usize,
 ) -> anyhow::Result<Row> {
@@ -401,7 +335,7 @@ pub fn gc(quick: bool, chosen_sizes: &[usize]) -> anyhow::Result<()> {
         &[20_000, 100_000, 1_000_000]
     };
     let runs = if quick { 1 } else { 3 };
-    let user = BenchUser::create()?;
+    let user = StoreOwner::create("rtbench")?;
     let mut rows = Vec::new();
     for &paths in sizes {
         rows.push(bench_size(paths, &user, &binaries, runs)?);

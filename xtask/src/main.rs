@@ -6,10 +6,11 @@ mod bench_gc;
 mod fixture;
 mod setup;
 mod soak;
+mod store_owner;
 mod tracker_process;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context as _, bail};
@@ -254,8 +255,9 @@ impl TestTotals {
 
 fn run_main_job() -> anyhow::Result<()> {
     let env = setup_and_report()?;
-    run(cargo(&env).args(["build", "--release", "-p", "root-tracker"]))?;
+    run(cargo(&env).args(["build", "--release", "-p", "root-tracker", "-p", "daemon"]))?;
     let tracker = workspace_root().join("target/release/root-tracker");
+    let store_gc = workspace_root().join("target/release/store-gc");
     let machine_db = PathBuf::from("/nix/var/nix/db/db.sqlite");
     if machine_db.exists() {
         println!("xtask: scanning this machine's Nix store (/nix/store, /nix/var/nix)");
@@ -264,13 +266,19 @@ fn run_main_job() -> anyhow::Result<()> {
             .arg("--summary")
             .env_remove("NIX_STORE_DIR")
             .env_remove("NIX_STATE_DIR");
-        return report_scan(scan.status().context("cannot run root-tracker")?);
+        report_scan(scan.status().context("cannot run root-tracker")?)?;
+    } else {
+        println!(
+            "xtask: no Nix store on this machine ({} is absent)",
+            machine_db.display()
+        );
     }
-    println!(
-        "xtask: no Nix store on this machine ({} is absent); building a demo store with nix-store",
-        machine_db.display()
-    );
+    // The live tracker and the collector are shown on a store of their own: the machine's
+    // store is never collected by this job.
+    println!("xtask: building a demo store with nix-store");
     let demo = fixture::Fixture::demo().context("cannot build the demo store")?;
+    // A path nothing roots: the collection below deletes it.
+    let garbage = demo.add_file("garbage")?;
     println!("xtask: demo store in {}", demo.root().display());
     println!("xtask: root-tracker scan --summary:");
     let mut scan = demo.tracker_scan(&tracker);
@@ -280,8 +288,23 @@ fn run_main_job() -> anyhow::Result<()> {
             .context("cannot run root-tracker")?,
     )?;
 
+    // The collector runs as the store's owner, an ordinary user, as in production. Creating
+    // one needs root, as the tracker does.
+    if !nix::unistd::geteuid().is_root() {
+        println!("xtask: not root: the tracker and the collection demo need root; skipped");
+        return Ok(());
+    }
+    let owner = store_owner::StoreOwner::create("rtdemo")?;
+    owner.own(&demo)?;
+    println!(
+        "xtask: the demo store now belongs to the unprivileged user uid {}",
+        owner.uid
+    );
+    let uid = owner.uid.to_string();
+    let allow_args = ["--allow-uid", uid.as_str()];
     println!("xtask: starting root-tracker run --backend auto on the demo store");
-    let running = tracker_process::RunningTracker::start(&tracker, &demo, "auto")?;
+    let running =
+        tracker_process::RunningTracker::start_with(&tracker, &demo, "auto", &allow_args)?;
     let ask = |command: &str| -> anyhow::Result<()> {
         println!("xtask: root-tracker {command}:");
         // Exit 3 (incomplete) is explained by the tracker itself on stderr.
@@ -315,8 +338,61 @@ fn run_main_job() -> anyhow::Result<()> {
         project.join("result").display()
     );
     ask("query")?;
+    collect_demo(&owner, &store_gc, &demo, &running, &garbage, &path)?;
     println!("xtask: stopping the tracker");
     drop(running);
+    Ok(())
+}
+
+/// `store-gc collect` as the store's owner, with roots from the running tracker: what is
+/// dead, then a real collection, then proof that it kept the roots and removed the garbage.
+fn collect_demo(
+    owner: &store_owner::StoreOwner,
+    store_gc: &Path,
+    demo: &fixture::Fixture,
+    running: &tracker_process::RunningTracker,
+    garbage: &Path,
+    rooted: &Path,
+) -> anyhow::Result<()> {
+    // StoreOwner::store_gc passes --allow-unreadable-runtime: this machine may hide processes
+    // even from root (a sandbox's pid 1), and store-gc refuses such answers unless told to
+    // treat those /proc entries as Nix does. Any other unreadable entry still refuses.
+    println!(
+        "xtask: store-gc collect --print-dead, as uid {}:",
+        owner.uid
+    );
+    let status = owner
+        .store_gc(store_gc, demo, &running.socket(), &["--print-dead"])
+        .status()
+        .context("cannot run store-gc")?;
+    if !status.success() {
+        bail!("store-gc --print-dead failed: {status}");
+    }
+    println!(
+        "xtask: store-gc collect --json (deletes), as uid {}:",
+        owner.uid
+    );
+    let status = owner
+        .store_gc(store_gc, demo, &running.socket(), &["--json"])
+        .status()
+        .context("cannot run store-gc")?;
+    if !status.success() {
+        bail!("store-gc collect failed: {status}");
+    }
+    if garbage.exists() || !rooted.exists() {
+        bail!(
+            "the collection did not do what it should: garbage {} exists: {}, root {} exists: {}",
+            garbage.display(),
+            garbage.exists(),
+            rooted.display(),
+            rooted.exists()
+        );
+    }
+    println!(
+        "xtask: collected: {} is gone, the indirect root's {} is kept",
+        garbage.display(),
+        rooted.display()
+    );
     Ok(())
 }
 
