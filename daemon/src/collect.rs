@@ -8,7 +8,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt as _;
+use std::os::unix::ffi::OsStringExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -199,8 +199,7 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         "roots from the tracker"
     );
     if deleting {
-        counts.stale_links_removed =
-            delete::remove_stale_auto_links(&options.layout, &tracked.stale_links);
+        counts.stale_links_removed = delete::remove_stale_auto_links(&options.layout);
     }
 
     let phase = Instant::now();
@@ -246,9 +245,17 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
             root_set.add(&graph, &root.basename);
         }
         counts.invalid = root_set.invalid;
-        let names = store_entries(options)?;
-        let entries = names.iter().map(|name| name.as_bytes());
-        match deleter.as_mut() {
+        // Streamed from readdir, as Nix reads the store while it deletes: a million names
+        // held at once would cost more than the graph.
+        let mut list_error = None;
+        let entries = store_entries(options)?.map_while(|entry| match entry {
+            Ok(entry) => Some(entry.file_name().into_vec()),
+            Err(error) => {
+                list_error = Some(error);
+                None
+            }
+        });
+        let verdict = match deleter.as_mut() {
             Some(deleter) => liveness::walk(&graph, &root_set, options.settings, entries, deleter),
             None => liveness::walk(
                 &graph,
@@ -257,7 +264,14 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
                 entries,
                 &mut KeepEverything,
             ),
+        };
+        if let Some(source) = list_error {
+            return Err(CollectError::ListStore {
+                path: options.layout.store_dir().to_owned(),
+                source,
+            });
         }
+        verdict
     };
     ms.liveness = millis(phase);
     if let Some(error) = deleter.as_mut().and_then(|deleter| deleter.error.take()) {
@@ -312,20 +326,20 @@ fn root_counts(tracked: &TrackedRoots) -> RootCounts {
 /// The store directory's entries in readdir order, as Nix walks them (the order matters in
 /// databases where a deriver does not list its output, see `liveness`). `collectGarbage`
 /// with `maxFreed == 0` does not look at the store at all.
-fn store_entries(options: &CollectOptions) -> Result<Vec<std::ffi::OsString>, CollectError> {
-    if options.max_freed == 0 {
-        return Ok(Vec::new());
-    }
+fn store_entries(
+    options: &CollectOptions,
+) -> Result<impl Iterator<Item = io::Result<fs::DirEntry>>, CollectError> {
     let store_dir = options.layout.store_dir();
-    let list_error = |source| CollectError::ListStore {
+    let entries = fs::read_dir(store_dir).map_err(|source| CollectError::ListStore {
         path: store_dir.to_owned(),
         source,
+    })?;
+    let limit = if options.max_freed == 0 {
+        0
+    } else {
+        usize::MAX
     };
-    let mut names = Vec::new();
-    for entry in fs::read_dir(store_dir).map_err(list_error)? {
-        names.push(entry.map_err(list_error)?.file_name());
-    }
-    Ok(names)
+    Ok(entries.take(limit))
 }
 
 /// The tracker's fenced answer, checked (store, completeness policy) and turned into roots.

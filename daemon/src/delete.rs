@@ -190,6 +190,10 @@ impl DeadSink for Deleter<'_> {
     fn dead_entry(&mut self, name: &[u8]) -> ControlFlow<()> {
         self.remove(name)
     }
+
+    fn deletes(&self) -> bool {
+        true
+    }
 }
 
 /// Nix's `_deletePath`: a missing path is fine; a directory is made accessible (u+rwx) before
@@ -241,41 +245,57 @@ pub fn remove_unused_links(layout: &StoreLayout) -> io::Result<usize> {
     Ok(removed)
 }
 
-/// `findRoots` removes a `gcroots/auto` link whose target does not exist. The tracker reports
-/// such links without touching them; we re-check each one now (under the GC lock) and remove
-/// it only when its target is still missing — an unreadable target is kept.
-pub fn remove_stale_auto_links(layout: &StoreLayout, links: &[Vec<u8>]) -> usize {
-    let auto = layout.state_dir().join("gcroots/auto");
+/// `findRoots` removes a link under `<state>/gcroots/auto` whose target does not exist
+/// ("removing stale link"). We walk that tree ourselves (it belongs to the store's owner; the
+/// tracker may censor link paths for us) without following directory symlinks, and remove a
+/// link only when its target is confirmed missing (ENOENT or ENOTDIR, Nix's `pathExists`):
+/// an unreadable target (EACCES in a private home) is kept. A link into the store is a direct
+/// root, never stale. Returns how many links were removed.
+pub fn remove_stale_auto_links(layout: &StoreLayout) -> usize {
     let mut removed = 0;
-    for link in links {
-        let link = Path::new(std::ffi::OsStr::from_bytes(link));
-        if link.parent() != Some(auto.as_path()) {
-            continue;
-        }
-        let Ok(target) = fs::read_link(link) else {
+    let mut dirs = vec![layout.state_dir().join("gcroots/auto")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
-        let absolute = link
-            .parent()
-            .map_or(target.clone(), |dir| dir.join(&target));
-        let Some(absolute) = canon_path(&absolute) else {
-            continue;
-        };
-        let missing = match fs::symlink_metadata(&absolute) {
-            Ok(_) => false,
-            Err(error) => {
-                error.kind() == io::ErrorKind::NotFound
-                    || error.raw_os_error() == Some(libc::ENOTDIR)
-            }
-        };
-        if missing {
-            tracing::info!(link = %link.display(), target = %absolute.display(), "removing stale link");
-            if fs::remove_file(link).is_ok() {
-                removed += 1;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
+            if file_type.is_dir() {
+                dirs.push(path);
+            } else if file_type.is_symlink() && is_stale(layout, &path) {
+                tracing::info!(link = %path.display(), "removing stale link");
+                if fs::remove_file(&path).is_ok() {
+                    removed += 1;
+                }
             }
         }
     }
     removed
+}
+
+fn is_stale(layout: &StoreLayout, link: &Path) -> bool {
+    let Ok(target) = fs::read_link(link) else {
+        return false;
+    };
+    if layout.is_in_store(target.as_os_str().as_bytes()) {
+        return false;
+    }
+    let absolute = match link.parent() {
+        Some(dir) => dir.join(&target),
+        None => target,
+    };
+    let Some(absolute) = canon_path(&absolute) else {
+        return false;
+    };
+    match fs::symlink_metadata(&absolute) {
+        Ok(_) => false,
+        Err(error) => {
+            error.kind() == io::ErrorKind::NotFound || error.raw_os_error() == Some(libc::ENOTDIR)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -298,5 +318,29 @@ mod tests {
         // Symlinks count their own size (the target text), as lstat reports it.
         assert_eq!(bytes, 5 + 3 + 4);
         delete_path(&tree, &mut bytes).unwrap();
+    }
+
+    #[test]
+    fn only_auto_links_with_missing_targets_are_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout =
+            StoreLayout::new(&dir.path().join("store"), &dir.path().join("state")).unwrap();
+        let auto = layout.state_dir().join("gcroots/auto");
+        fs::create_dir_all(auto.join("sub")).unwrap();
+        fs::create_dir_all(layout.store_dir()).unwrap();
+        let result = dir.path().join("result");
+        fs::write(&result, b"").unwrap();
+        std::os::unix::fs::symlink(&result, auto.join("alive")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), auto.join("stale")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), auto.join("sub/stale")).unwrap();
+        // A (dangling) link into the store is a direct root, not an indirect one.
+        let in_store = layout
+            .store_dir()
+            .join("0123456789abcdfghijklmnpqrsvwxyz-x");
+        std::os::unix::fs::symlink(&in_store, auto.join("direct")).unwrap();
+        assert_eq!(remove_stale_auto_links(&layout), 2);
+        assert!(auto.join("alive").symlink_metadata().is_ok());
+        assert!(auto.join("direct").symlink_metadata().is_ok());
+        assert!(auto.join("stale").symlink_metadata().is_err());
     }
 }

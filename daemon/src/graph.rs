@@ -26,8 +26,10 @@ const NO_NODE: u32 = u32::MAX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
-    #[error("store path names are not sorted or not unique at {name:?}")]
-    Unsorted { name: String },
+    #[error("store path {name:?} is registered twice")]
+    Duplicate { name: String },
+    #[error("store path name {name:?} is longer than 255 bytes")]
+    NameTooLong { name: String },
     #[error("the store is too large for 32-bit indexes ({what})")]
     TooLarge { what: &'static str },
 }
@@ -106,11 +108,86 @@ impl Csr {
     }
 }
 
+/// Basenames in one buffer, in the order they were read; `starts`/`lens` are indexed by node
+/// (sorted order), so sorting permutes 5 bytes per path, never the names themselves.
+/// `table` is an open-addressing hash index (linear probing, at most half full) from a name's
+/// first 8 bytes to its node: the collector looks up every entry of the store directory, and
+/// a bisection over a million names costs a cache miss per level.
+#[derive(Debug, Default)]
+struct PathNames {
+    buffer: Vec<u8>,
+    starts: Vec<u32>,
+    lens: Vec<u8>,
+    table: Vec<u32>,
+}
+
+/// The slot of a key: the hash parts of store paths are already random, Fibonacci hashing
+/// spreads whatever else.
+fn slot(key: u64, mask: usize) -> usize {
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & mask
+}
+
+/// The first 8 bytes of a name, zero-padded, big-endian: ordering by (key, name) is byte order.
+fn name_key(name: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let len = name.len().min(8);
+    bytes[..len].copy_from_slice(&name[..len]);
+    u64::from_be_bytes(bytes)
+}
+
+impl PathNames {
+    fn get(&self, index: usize) -> &[u8] {
+        let start = self.starts[index] as usize;
+        &self.buffer[start..start + self.lens[index] as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Only once sorted (the index is built then).
+    fn find(&self, basename: &[u8]) -> Option<NodeIdx> {
+        let mask = self.table.len().checked_sub(1)?;
+        let mut at = slot(name_key(basename), mask);
+        loop {
+            let node = self.table[at];
+            if node == NO_NODE {
+                return None;
+            }
+            if self.get(node as usize) == basename {
+                return Some(NodeIdx(node));
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Builds the hash index over the (sorted) names.
+    fn index(&mut self) {
+        let size = (self.len() * 2).next_power_of_two().max(2);
+        let mask = size - 1;
+        let mut table = vec![NO_NODE; size];
+        for node in 0..self.len() {
+            let mut at = slot(name_key(self.get(node)), mask);
+            while table[at] != NO_NODE {
+                at = (at + 1) & mask;
+            }
+            table[at] = node as u32;
+        }
+        self.table = table;
+    }
+
+    fn bytes(&self) -> usize {
+        self.buffer.capacity()
+            + self.starts.capacity() * 4
+            + self.lens.capacity()
+            + self.table.capacity() * 4
+    }
+}
+
 /// The store database as a graph. Built by [`GraphBuilder`] (see `store_db`).
 #[derive(Debug)]
 pub struct StoreGraph {
-    names: Vec<u8>,
-    name_offsets: Vec<u32>,
+    names: PathNames,
     nar_sizes: Vec<u64>,
     derivers: Vec<u32>,
     references: Csr,
@@ -136,23 +213,12 @@ impl StoreGraph {
 
     /// The basename of a node (`<hash>-<name>`).
     pub fn basename(&self, node: NodeIdx) -> &[u8] {
-        let start = self.name_offsets[node.index()] as usize;
-        let end = self.name_offsets[node.index() + 1] as usize;
-        &self.names[start..end]
+        self.names.get(node.index())
     }
 
-    /// The node of a basename, if it is a valid path (binary search).
+    /// The node of a basename, if it is a valid path (hash index).
     pub fn find(&self, basename: &[u8]) -> Option<NodeIdx> {
-        let (mut low, mut high) = (0usize, self.len());
-        while low < high {
-            let mid = low + (high - low) / 2;
-            match self.basename(NodeIdx(mid as u32)).cmp(basename) {
-                std::cmp::Ordering::Less => low = mid + 1,
-                std::cmp::Ordering::Greater => high = mid,
-                std::cmp::Ordering::Equal => return Some(NodeIdx(mid as u32)),
-            }
-        }
-        None
+        self.names.find(basename)
     }
 
     pub fn nar_size(&self, node: NodeIdx) -> u64 {
@@ -191,8 +257,7 @@ impl StoreGraph {
 
     /// Heap bytes held, for the summary and the benchmarks.
     pub fn heap_bytes(&self) -> usize {
-        self.names.capacity()
-            + self.name_offsets.capacity() * 4
+        self.names.bytes()
             + self.nar_sizes.capacity() * 8
             + self.derivers.capacity() * 4
             + self.references.bytes()
@@ -207,11 +272,10 @@ impl StoreGraph {
     }
 }
 
-/// Collects paths (in sorted order), then edges, then builds the rows.
+/// Collects paths (in any order), sorts them, then takes edges, then builds the rows.
 #[derive(Debug, Default)]
 pub struct GraphBuilder {
-    names: Vec<u8>,
-    name_offsets: Vec<u32>,
+    names: PathNames,
     nar_sizes: Vec<u64>,
     derivers: Vec<u32>,
     references: Vec<(NodeIdx, NodeIdx)>,
@@ -221,53 +285,76 @@ pub struct GraphBuilder {
 
 impl GraphBuilder {
     pub fn new() -> Self {
-        Self {
-            name_offsets: vec![0],
-            ..Self::default()
-        }
+        Self::default()
     }
 
-    /// Adds the next path; basenames must come in strictly increasing byte order.
-    pub fn push_path(&mut self, basename: &[u8], nar_size: u64) -> Result<NodeIdx, GraphError> {
-        let count = self.nar_sizes.len();
-        if count > 0 {
-            let last_start = self.name_offsets[count - 1] as usize;
-            if self.names[last_start..] >= *basename {
-                return Err(GraphError::Unsorted {
-                    name: String::from_utf8_lossy(basename).into_owned(),
-                });
-            }
-        }
-        let index = u32::try_from(count)
+    /// Adds a path; returns its row (the order of adding). Call [`Self::sort_paths`] after
+    /// the last one.
+    pub fn add_path(&mut self, basename: &[u8], nar_size: u64) -> Result<u32, GraphError> {
+        let row = u32::try_from(self.names.len())
             .ok()
-            .filter(|&index| index != NO_NODE)
+            .filter(|&row| row != NO_NODE)
             .ok_or(GraphError::TooLarge { what: "paths" })?;
-        self.names.extend_from_slice(basename);
-        let end = u32::try_from(self.names.len()).map_err(|_| GraphError::TooLarge {
+        let len = u8::try_from(basename.len()).map_err(|_| GraphError::NameTooLong {
+            name: String::from_utf8_lossy(basename).into_owned(),
+        })?;
+        let start = u32::try_from(self.names.buffer.len()).map_err(|_| GraphError::TooLarge {
             what: "path name bytes",
         })?;
-        self.name_offsets.push(end);
+        self.names.buffer.extend_from_slice(basename);
+        self.names.starts.push(start);
+        self.names.lens.push(len);
         self.nar_sizes.push(nar_size);
         self.derivers.push(NO_NODE);
-        Ok(NodeIdx(index))
+        Ok(row)
     }
 
-    /// Lookup during building (paths are complete before edges are added).
-    pub fn find(&self, basename: &[u8]) -> Option<NodeIdx> {
-        let count = self.nar_sizes.len();
-        let name = |i: usize| {
-            &self.names[self.name_offsets[i] as usize..self.name_offsets[i + 1] as usize]
-        };
-        let (mut low, mut high) = (0usize, count);
-        while low < high {
-            let mid = low + (high - low) / 2;
-            match name(mid).cmp(basename) {
-                std::cmp::Ordering::Less => low = mid + 1,
-                std::cmp::Ordering::Greater => high = mid,
-                std::cmp::Ordering::Equal => return Some(NodeIdx(mid as u32)),
-            }
+    /// Numbers the paths in byte order of their basenames; returns the node of each row.
+    pub fn sort_paths(&mut self) -> Result<Vec<NodeIdx>, GraphError> {
+        let names = &self.names;
+        let keys: Vec<u64> = (0..names.len())
+            .map(|row| name_key(names.get(row)))
+            .collect();
+        let mut order: Vec<u32> = (0..names.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            keys[a]
+                .cmp(&keys[b])
+                .then_with(|| names.get(a).cmp(names.get(b)))
+        });
+        if let Some(pair) = order
+            .windows(2)
+            .map(|pair| (pair[0] as usize, pair[1] as usize))
+            .find(|&(a, b)| keys[a] == keys[b] && names.get(a) == names.get(b))
+        {
+            return Err(GraphError::Duplicate {
+                name: String::from_utf8_lossy(names.get(pair.0)).into_owned(),
+            });
         }
-        None
+        let mut node_of_row = vec![NodeIdx(0); order.len()];
+        for (node, &row) in order.iter().enumerate() {
+            node_of_row[row as usize] = NodeIdx(node as u32);
+        }
+        self.names.starts = order
+            .iter()
+            .map(|&row| self.names.starts[row as usize])
+            .collect();
+        self.names.lens = order
+            .iter()
+            .map(|&row| self.names.lens[row as usize])
+            .collect();
+        drop(keys);
+        self.names.index();
+        self.nar_sizes = order
+            .iter()
+            .map(|&row| self.nar_sizes[row as usize])
+            .collect();
+        Ok(node_of_row)
+    }
+
+    /// Lookup once the paths are sorted.
+    pub fn find(&self, basename: &[u8]) -> Option<NodeIdx> {
+        self.names.find(basename)
     }
 
     pub fn set_deriver(&mut self, node: NodeIdx, deriver: NodeIdx) {
@@ -302,10 +389,9 @@ impl GraphBuilder {
         let flipped: Vec<_> = self.drv_outputs.iter().map(|&(d, o)| (o, d)).collect();
         let output_derivers = Csr::from_pairs(nodes, &flipped)?.sorted_rows();
         let mut names = self.names;
-        names.shrink_to_fit();
+        names.buffer.shrink_to_fit();
         Ok(StoreGraph {
             names,
-            name_offsets: self.name_offsets,
             nar_sizes: self.nar_sizes,
             derivers: self.derivers,
             references,
@@ -400,12 +486,11 @@ pub(crate) mod tests {
 
     /// A graph of paths named `<hash>-<name>` with the given references (by name).
     pub(crate) fn graph(names: &[&str], refs: &[(&str, &str)]) -> StoreGraph {
-        let mut sorted: Vec<&str> = names.to_vec();
-        sorted.sort();
         let mut builder = GraphBuilder::new();
-        for name in &sorted {
-            builder.push_path(name.as_bytes(), 1).unwrap();
+        for name in names {
+            builder.add_path(name.as_bytes(), 1).unwrap();
         }
+        builder.sort_paths().unwrap();
         for (from, to) in refs {
             let from = builder.find(from.as_bytes()).unwrap();
             let to = builder.find(to.as_bytes()).unwrap();
@@ -430,11 +515,44 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unsorted_input_is_refused() {
+    fn paths_are_numbered_in_name_order_and_duplicates_refused() {
         let mut builder = GraphBuilder::new();
-        builder.push_path(b"b", 0).unwrap();
-        assert!(builder.push_path(b"a", 0).is_err());
-        assert!(builder.push_path(b"b", 0).is_err());
+        for name in [&b"c"[..], b"a", b"b"] {
+            builder.add_path(name, 0).unwrap();
+        }
+        let node_of_row = builder.sort_paths().unwrap();
+        assert_eq!(node_of_row, vec![NodeIdx(2), NodeIdx(0), NodeIdx(1)]);
+        assert_eq!(builder.find(b"b"), Some(NodeIdx(1)));
+        let mut twice = GraphBuilder::new();
+        twice.add_path(b"a", 0).unwrap();
+        twice.add_path(b"a", 0).unwrap();
+        assert!(matches!(
+            twice.sort_paths(),
+            Err(GraphError::Duplicate { .. })
+        ));
+        assert!(GraphBuilder::new().add_path(&[b'x'; 256], 0).is_err());
+    }
+
+    #[test]
+    fn lookups_agree_with_byte_order_for_shared_prefixes() {
+        // Names sharing their first 8 bytes, and names shorter than 8 bytes.
+        let names = ["abcdefghX", "abcdefgh", "abcdefghA", "ab", "ab\u{0}c", "b"];
+        let g = graph(&names, &[]);
+        let mut sorted: Vec<&str> = names.to_vec();
+        sorted.sort();
+        let in_order: Vec<&[u8]> = g.nodes().map(|node| g.basename(node)).collect();
+        assert_eq!(
+            in_order,
+            sorted.iter().map(|n| n.as_bytes()).collect::<Vec<_>>()
+        );
+        for name in names {
+            assert_eq!(
+                g.basename(g.find(name.as_bytes()).unwrap()),
+                name.as_bytes()
+            );
+        }
+        assert_eq!(g.find(b"abcdefghB"), None);
+        assert_eq!(g.find(b"a"), None);
     }
 
     #[test]

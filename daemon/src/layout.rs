@@ -60,6 +60,12 @@ impl StoreLayout {
         path
     }
 
+    /// Nix's `isInStore` on raw link text: the text starts with `<store>/`.
+    pub fn is_in_store(&self, text: &[u8]) -> bool {
+        text.strip_prefix(self.store_dir.as_os_str().as_bytes())
+            .is_some_and(|rest| rest.first() == Some(&b'/'))
+    }
+
     /// The basename of `path` when it is `<store>/<basename>` exactly (Nix's `parseStorePath`
     /// after `canonPath`; validity of the name is checked separately).
     pub fn store_basename<'a>(&self, path: &'a [u8]) -> Option<&'a [u8]> {

@@ -46,6 +46,9 @@ pub trait DeadSink {
     fn dead_paths(&mut self, graph: &StoreGraph, paths: &[NodeIdx]) -> ControlFlow<()>;
     /// A dead entry that is not a valid path (unregistered, or not a store path name).
     fn dead_entry(&mut self, name: &[u8]) -> ControlFlow<()>;
+    /// Whether dead paths stop being valid: then, as in Nix's database, a later closure
+    /// (`computeFSClosure`) no longer reaches them through derivers or outputs.
+    fn deletes(&self) -> bool;
 }
 
 /// Deletes nothing.
@@ -58,6 +61,10 @@ impl DeadSink for KeepEverything {
 
     fn dead_entry(&mut self, _: &[u8]) -> ControlFlow<()> {
         ControlFlow::Continue(())
+    }
+
+    fn deletes(&self) -> bool {
+        false
     }
 }
 
@@ -323,10 +330,15 @@ impl Walk<'_> {
 
     /// `alive` gets `path` and its forward closure (`computeFSClosure(path, closure, false,
     /// keepOutputs, keepDerivations)`). Paths already alive are not expanded: their closure
-    /// is already alive (module invariant).
+    /// is already alive (module invariant). When deleting, paths already found dead are gone
+    /// from Nix's database by now, so its closure skips them (a deriver that did not list
+    /// its output may have been deleted before the output was found alive); when only
+    /// printing, they are still valid there and the closure goes through them.
     fn mark_alive(&mut self, path: NodeIdx) {
         let graph = self.graph;
         let settings = self.settings;
+        let skip_dead = self.sink.deletes();
+        let dead = &self.verdict.dead;
         let alive = &mut self.verdict.alive;
         alive.insert(path);
         let mut stack = vec![path];
@@ -343,6 +355,9 @@ impl Walk<'_> {
                 .chain(outputs)
                 .chain(deriver.as_ref())
             {
+                if skip_dead && dead.contains(next) {
+                    continue;
+                }
                 if alive.insert(next) {
                     stack.push(next);
                 }
@@ -420,8 +435,9 @@ mod tests {
         names.sort();
         let mut builder = GraphBuilder::new();
         for n in &names {
-            builder.push_path(n.as_bytes(), 10).unwrap();
+            builder.add_path(n.as_bytes(), 10).unwrap();
         }
+        builder.sort_paths().unwrap();
         let find = |builder: &GraphBuilder, key: char| {
             let n = names
                 .iter()
@@ -543,6 +559,65 @@ mod tests {
         assert!(drv_first.alive_basenames(&f.graph).contains(&by_key('d')));
         let root_first = decide(&f.graph, &set, DEFAULT, ['r', 'd', 'q'].map(by_key));
         assert!(root_first.dead_basenames(&f.graph).is_empty());
+    }
+
+    /// Deletes nothing but says it does, to see the walk as a deleting run sees it.
+    struct PretendToDelete;
+
+    impl DeadSink for PretendToDelete {
+        fn dead_paths(&mut self, _: &StoreGraph, _: &[NodeIdx]) -> ControlFlow<()> {
+            ControlFlow::Continue(())
+        }
+
+        fn dead_entry(&mut self, _: &[u8]) -> ControlFlow<()> {
+            ControlFlow::Continue(())
+        }
+
+        fn deletes(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_deleted_deriver_is_not_revived_by_a_later_closure() {
+        // d.drv (referring to s) derived q but does not list it; r roots q. With d seen first
+        // it is deleted; a deleting Nix then no longer finds it valid when r's closure is
+        // computed, while a printing Nix still does.
+        let f = fixture(
+            &[('d', "x.drv"), ('s', "src"), ('q', "x"), ('r', "r")],
+            &[('d', 's'), ('r', 'q')],
+            &[],
+            &[('q', 'd')],
+        );
+        let temp = TempRoots::default();
+        let mut set = RootSet::new(&f.graph, &temp);
+        let by_key = |k: char| {
+            f.names
+                .iter()
+                .find(|n| n.as_bytes()[31] == k as u8)
+                .unwrap()
+                .as_bytes()
+        };
+        set.add(&f.graph, by_key('r'));
+        let order = ['d', 's', 'q', 'r'].map(by_key);
+        let deleting = walk(&f.graph, &set, DEFAULT, order, &mut PretendToDelete);
+        assert_eq!(
+            deleting.dead_basenames(&f.graph),
+            vec![by_key('d'), by_key('s')]
+        );
+        assert_eq!(
+            deleting.alive_basenames(&f.graph),
+            vec![by_key('q'), by_key('r')]
+        );
+        let printing = decide(&f.graph, &set, DEFAULT, order);
+        assert_eq!(
+            printing.dead_basenames(&f.graph),
+            vec![by_key('d'), by_key('s')]
+        );
+        assert_eq!(
+            printing.alive_basenames(&f.graph),
+            vec![by_key('d'), by_key('q'), by_key('r'), by_key('s')]
+        );
     }
 
     #[test]

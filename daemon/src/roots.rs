@@ -45,8 +45,6 @@ pub struct TrackedRoot {
 #[derive(Debug, Default)]
 pub struct TrackedRoots {
     pub roots: Vec<TrackedRoot>,
-    /// `gcroots/auto` links the tracker found stale (to re-check and remove when deleting).
-    pub stale_links: Vec<Vec<u8>>,
     /// Unreadable `/proc` entries that `--allow-unreadable-runtime` let through, rendered.
     pub tolerated: Vec<String>,
 }
@@ -66,12 +64,7 @@ pub fn accept_report(
     check_store(report, layout)?;
     let tolerated = check_complete(report, allow_unreadable_runtime)?;
     let roots = extract_roots(report, layout)?;
-    let stale_links = stale_links(report)?;
-    Ok(TrackedRoots {
-        roots,
-        stale_links,
-        tolerated,
-    })
+    Ok(TrackedRoots { roots, tolerated })
 }
 
 /// The tracker must watch the store we collect, or its roots mean nothing here.
@@ -136,15 +129,6 @@ pub fn check_complete(
         tracing::warn!(entry = %text, "tolerating an unreadable runtime root entry (--allow-unreadable-runtime)");
     }
     Ok(tolerated)
-}
-
-/// The stale auto links of a report.
-pub fn stale_links(report: &Report) -> Result<Vec<Vec<u8>>, RootsError> {
-    Ok(report
-        .stale_links
-        .iter()
-        .map(|stale| stale.link.to_bytes())
-        .collect::<Result<_, _>>()?)
 }
 
 /// The roots of a report, as store path basenames.

@@ -104,23 +104,14 @@ fn load_from(
         .execute_batch("BEGIN DEFERRED")
         .map_err(query_error("begin"))?;
     let store_dir = layout.store_dir();
-    let basename_of = |path: &str| -> Result<Vec<u8>, StoreDbError> {
-        layout
-            .store_basename(path.as_bytes())
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| StoreDbError::ForeignPath {
-                path: path.to_owned(),
-                store_dir: store_dir.to_owned(),
-            })
-    };
 
     let mut builder = GraphBuilder::new();
     let mut ids = Vec::new();
     {
-        // ORDER BY path uses the UNIQUE index on path; BINARY collation is byte order, and
-        // every path shares the store-dir prefix, so this is basename order.
+        // Table order, not `ORDER BY path`: walking the path index visits table pages at
+        // random (2.4 s against 0.13 s at a million paths); sorting in memory is cheaper.
         let mut statement = connection
-            .prepare("SELECT id, path, narSize FROM ValidPaths ORDER BY path")
+            .prepare("SELECT id, path, narSize FROM ValidPaths")
             .map_err(query_error("ValidPaths"))?;
         let mut rows = statement.query([]).map_err(query_error("ValidPaths"))?;
         while let Some(row) = rows.next().map_err(query_error("ValidPaths"))? {
@@ -130,11 +121,18 @@ fn load_from(
                 .as_str()
                 .map_err(|e| query_error("ValidPaths.path")(e.into()))?;
             let nar_size: Option<i64> = row.get(2).map_err(query_error("ValidPaths.narSize"))?;
-            let basename = basename_of(path)?;
-            let node = builder.push_path(&basename, nar_size.unwrap_or(0).max(0) as u64)?;
-            ids.push((id, node));
+            let basename = layout.store_basename(path.as_bytes()).ok_or_else(|| {
+                StoreDbError::ForeignPath {
+                    path: path.to_owned(),
+                    store_dir: store_dir.to_owned(),
+                }
+            })?;
+            builder.add_path(basename, nar_size.unwrap_or(0).max(0) as u64)?;
+            ids.push(id);
         }
     }
+    let node_of_row = builder.sort_paths()?;
+    let ids: Vec<(i64, NodeIdx)> = ids.into_iter().zip(node_of_row).collect();
     let ids = IdMap::new(ids);
     let node_of = |id: i64, table| ids.get(id).ok_or(StoreDbError::DanglingId { id, table });
 

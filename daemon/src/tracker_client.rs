@@ -102,12 +102,6 @@ pub struct ReportUnreadable {
     pub error: String,
 }
 
-/// A `gcroots/auto` link whose target does not exist (Nix deletes these in `findRoots`).
-#[derive(Clone, Debug, Deserialize)]
-pub struct StaleLink {
-    pub link: JsonPath,
-}
-
 /// The part of the tracker's report (`root-tracker scan --json`) the collector reads.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Report {
@@ -116,8 +110,6 @@ pub struct Report {
     pub complete: bool,
     pub roots: Vec<ReportRoot>,
     pub unreadable: Vec<ReportUnreadable>,
-    #[serde(default)]
-    pub stale_links: Vec<StaleLink>,
 }
 
 #[derive(Debug, Deserialize)]

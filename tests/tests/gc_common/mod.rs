@@ -58,17 +58,13 @@ pub fn success(output: Output, what: &str) -> Vec<u8> {
     output.stdout
 }
 
-/// Arguments for `TrackerProcess::start`: allow `uid` (unless empty), and keep the tracker's
-/// privileges. Why: after its privilege drop the tracker (root without CAP_DAC_OVERRIDE) cannot
-/// open the store database of a store owned by another user — SQLite needs to create `db.sqlite-shm`
-/// in the owner's `db/` directory (SQLITE_READONLY_DIRECTORY). That is the tracker's bug to fix,
-/// not the collector's; these tests are about the collector.
+/// Arguments for `TrackerProcess::start`: allow `uid` (unless empty) to query.
 pub fn tracker_args(uid: &str) -> Vec<&str> {
-    let mut args = vec!["--keep-privileges"];
-    if !uid.is_empty() {
-        args.extend(["--allow-uid", uid]);
+    if uid.is_empty() {
+        Vec::new()
+    } else {
+        vec!["--allow-uid", uid]
     }
-    args
 }
 
 /// What a random store was made of, for assertions and failure messages.
