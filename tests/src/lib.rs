@@ -433,12 +433,7 @@ impl HermeticStore {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(registration)
-            .unwrap();
+        child.stdin.take().unwrap().write_all(registration).unwrap();
         check(child.wait_with_output().unwrap(), &command);
     }
 }

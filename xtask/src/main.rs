@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | test | run | bench | soak`. See README.md.
+//! Project tasks: `cargo xtask setup | test | run | bench | soak | vm`. See README.md.
 
 mod bench;
 mod bench_events;
@@ -8,6 +8,7 @@ mod setup;
 mod soak;
 mod store_owner;
 mod tracker_process;
+mod vm;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -58,6 +59,20 @@ enum Task {
         #[arg(long, default_value_t = 500)]
         ops: u64,
     },
+    /// Boot Debian's 6.1 cloud kernel under qemu (software emulation) with the BPF LSM enabled
+    /// and check the eBPF source there: fexit/LSM probes, tracepoints, a fenced tracker query.
+    /// Installs qemu-system-x86 and busybox-static; caches the kernel under target/vm/.
+    Vm {
+        /// Kill qemu and fail after this many seconds (boot included).
+        #[arg(long, default_value_t = 240)]
+        timeout_secs: u64,
+        /// Boot this kernel package instead of the one linux-image-cloud-amd64 depends on.
+        #[arg(long)]
+        kernel_package: Option<String>,
+        /// Show every console line, not only the test's markers.
+        #[arg(long)]
+        verbose: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -86,6 +101,18 @@ fn main() -> anyhow::Result<()> {
             BenchArea::Gc => bench_gc::gc(quick, &sizes)?,
         },
         Task::Soak { seeds, ops } => soak::soak(seeds, ops)?,
+        Task::Vm {
+            timeout_secs,
+            kernel_package,
+            verbose,
+        } => {
+            let summary = vm::vm(&vm::VmOptions {
+                timeout: std::time::Duration::from_secs(timeout_secs),
+                kernel_package,
+                verbose,
+            })?;
+            println!("{summary}");
+        }
     }
     Ok(())
 }
@@ -103,6 +130,22 @@ pub fn workspace_root() -> PathBuf {
     manifest_dir
         .parent()
         .map_or_else(|| manifest_dir.clone(), PathBuf::from)
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(
+            || workspace_root().join("target"),
+            |dir| {
+                if dir.is_absolute() {
+                    dir
+                } else {
+                    workspace_root().join(dir)
+                }
+            },
+        )
 }
 
 /// A `cargo` command in the workspace, with the environment setup chose for the eBPF build.

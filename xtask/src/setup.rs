@@ -122,7 +122,7 @@ pub fn run() -> anyhow::Result<SetupReport> {
 }
 
 /// Installs the Debian packages not yet installed (one `apt-get update`, one install).
-fn ensure_apt_packages(packages: &[&str]) -> anyhow::Result<Step> {
+pub(crate) fn ensure_apt_packages(packages: &[&str]) -> anyhow::Result<Step> {
     let mut missing = Vec::new();
     for &package in packages {
         if !dpkg_installed(package)? {
