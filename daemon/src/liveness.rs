@@ -370,6 +370,10 @@ impl Walk<'_> {
     /// in path order, reversed post-order — referrers before their references).
     fn mark_dead_closure(&mut self) {
         let graph = self.graph;
+        // When deleting, paths of earlier dead closures are no longer valid in Nix's database:
+        // `topoSortPaths` gets no references for them (InvalidPath), which changes the order
+        // (and so what `--max-freed` lets go). When only printing, they keep their references.
+        let skip_dead = self.sink.deletes();
         let mut items = std::mem::take(&mut self.queue);
         items.sort_unstable();
         let mut post_order = Vec::with_capacity(items.len());
@@ -382,7 +386,11 @@ impl Walk<'_> {
             stack.push((item, 0));
             while let Some((node, next_child)) = stack.last_mut() {
                 let node = *node;
-                let children = graph.references(node);
+                let children = if skip_dead && self.verdict.dead.contains(node) {
+                    &[]
+                } else {
+                    graph.references(node)
+                };
                 if let Some(&child) = children.get(*next_child) {
                     *next_child += 1;
                     let in_items = self.visited_epoch[child.index()] == self.epoch;
@@ -618,6 +626,39 @@ mod tests {
             printing.alive_basenames(&f.graph),
             vec![by_key('d'), by_key('q'), by_key('r'), by_key('s')]
         );
+    }
+
+    #[test]
+    fn deleted_paths_have_no_references_in_the_topological_sort() {
+        // x is deleted first; then s's closure {s, y, m, x, z} is sorted. Deleting, x has no
+        // references any more (Nix's topoSortPaths gets InvalidPath), so m is placed from z;
+        // printing, x still refers to m and places it early.
+        let f = fixture(
+            &[('a', "s"), ('b', "x"), ('c', "y"), ('d', "m"), ('f', "z")],
+            &[('c', 'a'), ('d', 'a'), ('b', 'd'), ('f', 'd')],
+            &[],
+            &[],
+        );
+        let temp = TempRoots::default();
+        let set = RootSet::new(&f.graph, &temp);
+        let by_key = |k: char| {
+            f.names
+                .iter()
+                .find(|n| n.as_bytes()[31] == k as u8)
+                .unwrap()
+                .as_bytes()
+        };
+        let order = ['b', 'a'].map(by_key);
+        let keys = |verdict: &Liveness| -> String {
+            verdict
+                .deletion_order
+                .iter()
+                .map(|&n| f.graph.basename(n)[31] as char)
+                .collect()
+        };
+        let deleting = walk(&f.graph, &set, DEFAULT, order, &mut PretendToDelete);
+        assert_eq!(keys(&deleting), "bfdca");
+        assert_eq!(keys(&decide(&f.graph, &set, DEFAULT, order)), "bfcda");
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! a running tracker, leaves exactly the store that root's `nix-store --gc` leaves when run on
 //! an identical copy: the same valid paths, the same entries in the store directory, the same
 //! `gcroots/auto` links (stale ones removed), and the same "N store paths deleted, X MiB freed".
+//! Every third seed collects with `--max-freed 600`, which stops both part-way (a derivation
+//! file is a few hundred bytes), so the deletion order must be Nix's too.
 //!
 //! The two collections run one after the other at the same location (the database holds
-//! absolute paths), restoring a `cp -a` snapshot in between.
+//! absolute paths), each on a fresh `cp -a` copy of one snapshot.
 //! Replay one seed: `RT_GC_SEED=<seed> cargo test -p tests --test gc_delete`;
 //! more seeds: `RT_GC_DELETE_SEEDS=<count>`.
 
@@ -60,6 +62,25 @@ fn left(store: &HermeticStore) -> Left {
     }
 }
 
+/// Replaces the store and state dirs with fresh copies of the snapshot. Both collections run
+/// on such copies: `cp` may create entries in another order than it read them (GNU cp sorts
+/// by inode), and the order of the store directory decides which closure is deleted first —
+/// so what `--max-freed` lets go — for Nix as for us.
+fn restore(store: &HermeticStore, snapshot: &Path) {
+    for dir in [&store.store_dir, &store.state_dir] {
+        let status = Command::new("chmod")
+            .arg("-R")
+            .arg("u+w")
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fs::remove_dir_all(dir).unwrap();
+    }
+    cp_a(&snapshot.join("store"), &store.store_dir);
+    cp_a(&snapshot.join("state"), &store.state_dir);
+}
+
 fn cp_a(from: &Path, to: &Path) {
     let status = Command::new("cp")
         .arg("-a")
@@ -108,6 +129,12 @@ fn one_seed(seed: u64) {
         )
     };
 
+    restore(&store, &snapshot);
+    let limit: &[&str] = if seed.is_multiple_of(3) {
+        &["--max-freed", "600"]
+    } else {
+        &[]
+    };
     let uid = gcuser.uid.to_string();
     let tracker = TrackerProcess::start(&store, "fanotify", &tracker_args(&uid));
     let ours_printed = success(
@@ -115,26 +142,15 @@ fn one_seed(seed: u64) {
             &gcuser,
             &store,
             &tracker.socket(),
-            &["--allow-unreadable-runtime"],
+            &[&["--allow-unreadable-runtime"], limit].concat(),
         ),
         "store-gc collect",
     );
     drop(tracker);
     let ours = left(&store);
 
-    for dir in [&store.store_dir, &store.state_dir] {
-        let status = Command::new("chmod")
-            .arg("-R")
-            .arg("u+w")
-            .arg(dir)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        fs::remove_dir_all(dir).unwrap();
-    }
-    cp_a(&snapshot.join("store"), &store.store_dir);
-    cp_a(&snapshot.join("state"), &store.state_dir);
-    let nix_printed = store.nix_store(&["--gc"]);
+    restore(&store, &snapshot);
+    let nix_printed = store.nix_store(&[&["--gc"], limit].concat());
     let nix = left(&store);
 
     assert_eq!(
@@ -150,10 +166,9 @@ fn one_seed(seed: u64) {
         context()
     );
     // Something was deleted and something kept, whatever the seed.
-    assert!(!ours.valid.contains(&made.orphan), "{}", context());
     assert!(
-        !ours.valid.contains(&tree_dead) && !tree_dead.exists(),
-        "{}",
+        ours.valid.len() < made.valid.len() + 2,
+        "nothing deleted: {}",
         context()
     );
     assert!(
@@ -161,4 +176,12 @@ fn one_seed(seed: u64) {
         "{}",
         context()
     );
+    if limit.is_empty() {
+        assert!(!ours.valid.contains(&made.orphan), "{}", context());
+        assert!(
+            !ours.valid.contains(&tree_dead) && !tree_dead.exists(),
+            "{}",
+            context()
+        );
+    }
 }
