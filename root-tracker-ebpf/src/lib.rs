@@ -307,9 +307,9 @@ mod tests {
 
     #[test]
     fn layout_has_no_padding() {
-        assert_eq!(core::mem::size_of::<EventHeader>(), 16);
-        assert_eq!(core::mem::size_of::<PathEvent>(), 40 + 2 * PATH_BYTES);
-        assert_eq!(core::mem::size_of::<ExitEvent>(), 24);
+        assert_eq!(core::mem::size_of::<EventHeader>(), 24);
+        assert_eq!(core::mem::size_of::<PathEvent>(), 48 + 2 * PATH_BYTES);
+        assert_eq!(core::mem::size_of::<ExitEvent>(), 32);
         assert_eq!(core::mem::size_of::<InFlight>(), 8);
         assert_eq!(core::mem::size_of::<Config>(), 16);
         assert_eq!(core::mem::size_of::<StorePrefix>(), 4 + STORE_PREFIX_MAX);
