@@ -102,9 +102,13 @@ struct RunArgs {
     #[arg(long, default_value_t = crate::server::Limits::default().max_connections)]
     max_connections: usize,
     /// Requests answered on one connection; the next gets an error and the connection is
-    /// closed. (Each request line is also limited to 64 KiB and 30 s.)
+    /// closed. (Each request line is also limited to 64 KiB and --request-timeout-ms.)
     #[arg(long, default_value_t = crate::server::Limits::default().max_requests_per_connection)]
     max_requests_per_connection: usize,
+    /// How long a request line may take to arrive, from the connection or the previous answer;
+    /// a slower client gets an error and the connection is closed.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    request_timeout_ms: u64,
     /// Also serve Nix's roots-daemon protocol (for Nix's `use-roots-daemon = true`; off by
     /// default), at PATH or, without one, at `<state>/gc-roots-socket/socket`. Each connection
     /// gets the store path of every root (all kinds), each followed by NUL, then EOF. When the
@@ -361,6 +365,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         limits: crate::server::Limits {
             max_connections: args.max_connections,
             max_requests_per_connection: args.max_requests_per_connection,
+            request_timeout: std::time::Duration::from_millis(args.request_timeout_ms),
             ..crate::server::Limits::default()
         },
     };

@@ -246,6 +246,35 @@ fn connection_and_request_limits_cost_only_the_offender() {
     );
 }
 
+/// A client that starts a request and stalls is cut off after the request timeout with an
+/// error, while another client is answered meanwhile.
+#[test]
+fn slow_requests_are_cut_off_and_others_served() {
+    require_root();
+    let store = HermeticStore::new();
+    let tracker = TrackerProcess::start(&store, "fanotify", &["--request-timeout-ms", "500"]);
+    let slow = UnixStream::connect(tracker.socket()).unwrap();
+    (&slow).write_all(b"{\"request\":").unwrap();
+    // Served while the slow one holds its connection open.
+    assert_eq!(tracker.status()["settled"]["state"], "settled");
+    // A safety net only: the server decides at 500 ms.
+    slow.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let refused = first_line(&slow);
+    assert_eq!(refused["error"], "bad_request", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("timed out"),
+        "{refused}"
+    );
+    let mut rest = Vec::new();
+    assert_eq!((&slow).read_to_end(&mut rest).unwrap(), 0, "then closed");
+    assert_eq!(
+        tracker.status()["settled"]["state"],
+        "settled",
+        "still serving"
+    );
+}
+
 /// Nix's client side of the roots-daemon protocol (`requestRuntimeRoots` in libstore's gc.cc):
 /// read NUL-terminated strings until the end of the stream or an empty one, each parsed as a
 /// store path (`parseStorePath`: absolute, directly in the store dir); a read error or a
