@@ -51,7 +51,7 @@ pub struct VmSummary {
     booted_secs: Option<f64>,
     total: Duration,
     checks: Option<serde_json::Value>,
-    steps: Vec<String>,
+    passed: Vec<String>,
 }
 
 impl fmt::Display for VmSummary {
@@ -64,15 +64,14 @@ impl fmt::Display for VmSummary {
         };
         write!(
             f,
-            "vm: ok: kernel {}, booted in {} s, whole run {:.1} s; fexit {}, lsm {}, io_uring {}; {} checks passed",
+            "vm: ok: kernel {}, booted in {} s, whole run {:.1} s; fexit {}, lsm {}; passed: {}",
             self.kernel,
             self.booted_secs
                 .map_or_else(|| "?".to_owned(), |secs| format!("{secs:.1}")),
             self.total.as_secs_f64(),
             probe("fexit"),
             probe("lsm"),
-            probe("io_uring_submit"),
-            self.steps.len(),
+            self.passed.join(", "),
         )
     }
 }
@@ -104,12 +103,16 @@ pub fn vm(options: &VmOptions) -> anyhow::Result<VmSummary> {
     let console_log = cache.join("console.log");
     let outcome = boot(&vmlinuz, &initramfs, &console_log, options)?;
     let failure = match outcome.result.as_deref() {
-        Some("ok") => None,
+        Some("ok") if outcome.failed.is_empty() => None,
+        Some(_) if !outcome.failed.is_empty() => Some(format!(
+            "failed in the guest: {}",
+            outcome.failed.join("; ")
+        )),
         Some(other) => Some(format!("the guest reported: {other}")),
         None => Some(outcome.ended.clone()),
     };
     if let Some(failure) = failure {
-        if !options.verbose {
+        if !options.verbose && outcome.failed.is_empty() {
             eprintln!("vm: last console lines:");
             for line in &outcome.tail {
                 eprintln!("  {line}");
@@ -125,7 +128,7 @@ pub fn vm(options: &VmOptions) -> anyhow::Result<VmSummary> {
         booted_secs: outcome.booted_secs,
         total: started.elapsed(),
         checks: outcome.checks,
-        steps: outcome.steps,
+        passed: outcome.passed.into_iter().map(|(step, _)| step).collect(),
     })
 }
 
@@ -449,7 +452,10 @@ struct BootOutcome {
     kernel: Option<String>,
     booted_secs: Option<f64>,
     checks: Option<serde_json::Value>,
-    steps: Vec<String>,
+    /// Steps of `vm-check` that passed, with what they showed.
+    passed: Vec<(String, String)>,
+    /// Steps that failed, with why (`step: reason`).
+    failed: Vec<String>,
     /// The last console lines, for a failure report.
     tail: Vec<String>,
 }
@@ -526,7 +532,8 @@ fn boot(
         kernel: None,
         booted_secs: None,
         checks: None,
-        steps: Vec::new(),
+        passed: Vec::new(),
+        failed: Vec::new(),
         tail: Vec::new(),
     };
     loop {
@@ -558,7 +565,11 @@ fn boot(
             "KERNEL" => outcome.kernel = Some(value.to_owned()),
             "BOOTED" => outcome.booted_secs = value.trim().parse().ok(),
             "CHECKS" => outcome.checks = serde_json::from_str(value).ok(),
-            "STEP" => outcome.steps.push(value.to_owned()),
+            "PASS" => {
+                let (step, detail) = value.split_once(": ").unwrap_or((value, ""));
+                outcome.passed.push((step.to_owned(), detail.to_owned()));
+            }
+            "FAIL" => outcome.failed.push(value.to_owned()),
             "RESULT" => {
                 outcome.result = Some(value.to_owned());
                 break;

@@ -401,6 +401,19 @@ impl EbpfSource {
         Ok(source)
     }
 
+    /// Whether the kernel accepts fexit and LSM programs, found as [`Self::attach`] finds it,
+    /// but without loading or attaching anything else: for diagnosing kernels on which the
+    /// attach itself fails (`cargo xtask vm`).
+    pub fn probe_fexit_and_lsm() -> Result<(Probe, Probe), EbpfError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(EbpfError::NotBuilt);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(|e| EbpfError::Load(Box::new(e)))?;
+        Ok(probe_fexit_and_lsm(&mut ebpf))
+    }
+
     /// What the kernel supports, as found at attach time.
     pub fn checks(&self) -> &Checks {
         &self.checks

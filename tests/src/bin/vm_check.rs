@@ -2,8 +2,8 @@
 //! source's probes must find fexit and LSM programs loadable there (they are refused on the
 //! CI host), the tracepoint path must still report a symlink into the store, and a tracker
 //! (`tracker-cli run --backend ebpf`) must answer a fenced query with a root that only the
-//! kernel source can have seen. Prints `RT-VM-…` marker lines for the xtask to read; exits
-//! non-zero (by panic) on the first failed expectation.
+//! kernel source can have seen. Prints `RT-VM-…` marker lines for the xtask to read (one
+//! `RT-VM-PASS`/`RT-VM-FAIL` per step) and exits non-zero if a step failed.
 
 #![expect(
     clippy::unwrap_used,
@@ -35,18 +35,58 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the tracker's start-up (attach + bootstrap scan of an almost empty store).
 const TRACKER_START_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn main() {
+/// One check: what it showed, or why it failed.
+type Step = fn() -> Result<String, String>;
+
+fn main() -> std::process::ExitCode {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("RT-VM-KERNEL: {}", kernel.trim());
     let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     println!("RT-VM-LSMS: {}", lsms.trim());
-    source_probes_and_symlink_hint();
-    tracker_fenced_query();
+    // A step runs even when an earlier one failed (each says something on its own), except
+    // the tracker after a failed attach.
+    let steps: [(&str, Step); 3] = [
+        ("probes", fexit_and_lsm_probes),
+        ("tracepoints", source_sees_symlink),
+        ("tracker", tracker_fenced_query),
+    ];
+    let mut failed = Vec::new();
+    for (name, step) in steps {
+        // The tracker attaches the same programs: where they failed, it would only fail again,
+        // after another minute of emulated verifier time.
+        if name == "tracker" && failed.contains(&"tracepoints") {
+            println!("RT-VM-FAIL: {name}: not run, the eBPF source does not attach here");
+            continue;
+        }
+        match step() {
+            Ok(detail) => println!("RT-VM-PASS: {name}: {detail}"),
+            Err(reason) => {
+                failed.push(name);
+                println!("RT-VM-FAIL: {name}: {reason}");
+            }
+        }
+    }
+    if !failed.is_empty() {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
 }
 
-/// Attaches the source directly: prints its checks, requires fexit and LSM to be loadable and
-/// the io_uring tracepoint attached, and sees a symlink into the store through a fence.
-fn source_probes_and_symlink_hint() {
+/// The probes alone (nothing attached): fexit and LSM programs must load on this kernel.
+fn fexit_and_lsm_probes() -> Result<String, String> {
+    let (fexit, lsm) = EbpfSource::probe_fexit_and_lsm().map_err(|e| brief(&e))?;
+    let json = serde_json::json!({ "fexit": fexit, "lsm": lsm });
+    println!("RT-VM-CHECKS: {json}");
+    if fexit != Probe::Loadable || lsm != Probe::Loadable {
+        return Err(format!("fexit and LSM are not both loadable: {json}"));
+    }
+    Ok("fexit and LSM programs load".to_owned())
+}
+
+/// Attaches the source (every tracepoint program): its checks must agree with the probes, the
+/// io_uring tracepoint must be attached, and a symlink into the store must come through a fence.
+fn source_sees_symlink() -> Result<String, String> {
     let store = FakeStore::new(&[]);
     let interest = Interest {
         store_dir: store.layout.store_dir().to_owned(),
@@ -54,42 +94,44 @@ fn source_probes_and_symlink_hint() {
         paths: vec![store.root.join("home")],
     };
     let started = Instant::now();
-    let mut source = EbpfSource::attach(&interest).unwrap();
-    println!(
-        "RT-VM-STEP: eBPF source attached in {} ms",
-        started.elapsed().as_millis()
-    );
+    let mut source = EbpfSource::attach(&interest).map_err(|e| brief(&e))?;
+    let attach_ms = started.elapsed().as_millis();
     let checks = source.checks().clone();
-    println!("RT-VM-CHECKS: {}", serde_json::to_string(&checks).unwrap());
-    assert_eq!(checks.fexit, Probe::Loadable, "fexit probe: {checks:?}");
-    assert_eq!(checks.lsm, Probe::Loadable, "LSM probe: {checks:?}");
-    assert_eq!(
-        checks.io_uring_submit,
-        Probe::Attached,
-        "io_uring: {checks:?}"
+    println!(
+        "RT-VM-ATTACH-CHECKS: {}",
+        serde_json::to_string(&checks).unwrap()
     );
-
+    if checks.fexit != Probe::Loadable
+        || checks.lsm != Probe::Loadable
+        || checks.io_uring_submit != Probe::Attached
+    {
+        return Err(format!("unexpected checks after attach: {checks:?}"));
+    }
     // Not a watched basename: reported only because its target is in the store.
     let link = store.root.join("home/vm-link");
-    symlink(store.layout.store_dir().join(STORE_NAME), &link).unwrap();
+    symlink(store.layout.store_dir().join(STORE_NAME), &link).map_err(|e| e.to_string())?;
     let mut hints = Vec::new();
     source
         .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
-        .unwrap();
-    assert!(
-        hints.contains(&Hint::Path(link.clone())),
-        "no hint for {} after a fence: {hints:?}",
-        link.display()
-    );
-    println!("RT-VM-STEP: symlink into the store seen through the syscall tracepoints");
+        .map_err(|e| brief(&e))?;
+    if !hints.contains(&Hint::Path(link.clone())) {
+        return Err(format!(
+            "no hint for {} after a fence: {hints:?}",
+            link.display()
+        ));
+    }
+    Ok(format!(
+        "attached in {attach_ms} ms; a symlink into the store came through a fence"
+    ))
 }
 
 /// Runs the tracker with the eBPF backend, creates an indirect root's user link while it runs,
 /// and requires the next (fenced) query to list it.
-fn tracker_fenced_query() {
+fn tracker_fenced_query() -> Result<String, String> {
     let store = FakeStore::new(&[STORE_NAME]);
-    let run_dir = tempfile::tempdir().unwrap();
+    let run_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let socket = run_dir.path().join("socket");
+    let log = run_dir.path().join("tracker.log");
     let mut tracker = Tracker(
         Command::new(package_bin("tracker-cli"))
             .args(["run", "--backend", "ebpf", "--verify-interval-secs", "0"])
@@ -103,20 +145,25 @@ fn tracker_fenced_query() {
             .arg(store.layout.state_dir())
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
             .spawn()
-            .unwrap(),
+            .map_err(|e| format!("cannot start tracker-cli: {e}"))?,
     );
-    let status = wait_ready(&mut tracker, &socket);
-    println!(
-        "RT-VM-STATUS: backend={} source_checks={}",
-        status["backend"], status["source_checks"]
-    );
-    assert_eq!(status["backend"], "ebpf", "{status}");
+    let tracker_log = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        last_lines(&text, 3)
+    };
+    let status =
+        wait_ready(&mut tracker, &socket).map_err(|e| format!("{e}: {}", tracker_log()))?;
+    if status["backend"] != "ebpf" {
+        return Err(format!("backend is not ebpf: {status}"));
+    }
 
     // The auto link first, so the tracker watches the basename `result`; the user link is then
     // made where only the kernel source can see it.
     let project = store.root.join("home/alice/proj");
-    std::fs::create_dir_all(&project).unwrap();
+    std::fs::create_dir_all(&project).map_err(|e| e.to_string())?;
     let user_link = project.join("result");
     symlink(
         &user_link,
@@ -125,19 +172,58 @@ fn tracker_fenced_query() {
             .state_dir()
             .join("gcroots/auto/vm-check-result"),
     )
-    .unwrap();
-    symlink(store.layout.store_dir().join(STORE_NAME), &user_link).unwrap();
-    let response = request(&socket, r#"{"request":"query","wait_ms":60000}"#).unwrap();
-    assert_eq!(response["response"], "roots", "{response}");
-    let roots = response["report"]["roots"].as_array().unwrap();
+    .map_err(|e| e.to_string())?;
+    symlink(store.layout.store_dir().join(STORE_NAME), &user_link).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let response = request(&socket, r#"{"request":"query","wait_ms":60000}"#)
+        .map_err(|e| format!("query failed: {e}"))?;
+    if response["response"] != "roots" {
+        return Err(format!("query refused: {response}"));
+    }
+    let roots = response["report"]["roots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let user_link = user_link.to_str().unwrap();
-    assert!(
-        roots
-            .iter()
-            .any(|root| root["retainer"] == user_link && root["kind"] == "indirect"),
-        "the fenced query lacks the indirect root {user_link}: {response}"
-    );
-    println!("RT-VM-STEP: fenced query lists the indirect root made while the tracker ran");
+    if !roots
+        .iter()
+        .any(|root| root["retainer"] == user_link && root["kind"] == "indirect")
+    {
+        return Err(format!(
+            "the fenced query lacks the indirect root {user_link}: {response}"
+        ));
+    }
+    Ok(format!(
+        "the fenced query ({} ms) lists the indirect root made while the tracker ran; source_checks {}",
+        started.elapsed().as_millis(),
+        status["source_checks"]
+    ))
+}
+
+/// An error's chain on one line, without the middle of a verifier log (thousands of lines that
+/// would take minutes on an emulated serial console): its first line and its last lines.
+fn brief(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let first = text.lines().next().unwrap_or_default().to_owned();
+    if text.lines().count() <= 1 {
+        return first;
+    }
+    format!("{first} [...] {}", last_lines(&text, 3))
+}
+
+/// The last `count` non-empty lines of `text`, joined with " | ".
+fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(count)..].join(" | ")
 }
 
 /// The tracker process, killed and reaped when dropped (also on panic).
@@ -151,18 +237,20 @@ impl Drop for Tracker {
 }
 
 /// Waits until the tracker answers a status request (served only after its bootstrap scan).
-fn wait_ready(tracker: &mut Tracker, socket: &Path) -> serde_json::Value {
+fn wait_ready(tracker: &mut Tracker, socket: &Path) -> Result<serde_json::Value, String> {
     let deadline = Instant::now() + TRACKER_START_TIMEOUT;
     loop {
-        if let Some(status) = tracker.0.try_wait().unwrap() {
-            panic!("the tracker exited with {status} while starting");
+        if let Some(status) = tracker.0.try_wait().map_err(|e| e.to_string())? {
+            return Err(format!("the tracker exited with {status} while starting"));
         }
         if let Ok(response) = request(socket, r#"{"request":"status"}"#) {
             if response["response"] == "status" {
-                return response["status"].clone();
+                return Ok(response["status"].clone());
             }
         }
-        assert!(Instant::now() < deadline, "the tracker did not start");
+        if Instant::now() >= deadline {
+            return Err("the tracker did not start".to_owned());
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
