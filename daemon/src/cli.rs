@@ -110,6 +110,9 @@ struct CollectArgs {
     /// Print a JSON summary (roots, counts, bytes, milliseconds per phase).
     #[arg(long, conflicts_with = "print")]
     json: bool,
+    /// No progress line (shown on standard error only when it is a terminal).
+    #[arg(long)]
+    no_progress: bool,
 }
 
 /// Nix's `getIntArg` with units: a number with an optional K, M, G or T suffix.
@@ -196,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         action,
         max_freed: args.max_freed.unwrap_or(u64::MAX),
         allow_unreadable_runtime: args.allow_unreadable_runtime,
+        progress: !args.no_progress,
     };
     let stdout = io::stdout();
     let mut out = stdout.lock();

@@ -22,6 +22,7 @@ use crate::graph::StoreGraph;
 use crate::layout::StoreLayout;
 use crate::liveness::{self, KeepEverything, Liveness, RootSet};
 use crate::nix_conf::GcSettings;
+use crate::progress::Progress;
 use crate::roots::{self, RootsError, TrackedRoots};
 use crate::store_db::{self, StoreDbError};
 use crate::temp_roots::{self, TempRootsError};
@@ -54,6 +55,8 @@ pub struct CollectOptions {
     /// Nix's `--max-freed`; `u64::MAX` when not given. Zero means do nothing, as in Nix.
     pub max_freed: u64,
     pub allow_unreadable_runtime: bool,
+    /// A progress line on standard error when it is a terminal.
+    pub progress: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,8 +236,9 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
     }
 
     let phase = Instant::now();
+    let progress = Progress::new(options.progress, graph.len());
     let mut deleter = if deleting {
-        Some(Deleter::new(&options.layout, options.max_freed)?)
+        Some(Deleter::new(&options.layout, options.max_freed, &progress)?)
     } else {
         None
     };
@@ -248,13 +252,15 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         // Streamed from readdir, as Nix reads the store while it deletes: a million names
         // held at once would cost more than the graph.
         let mut list_error = None;
-        let entries = store_entries(options)?.map_while(|entry| match entry {
-            Ok(entry) => Some(entry.file_name().into_vec()),
-            Err(error) => {
-                list_error = Some(error);
-                None
-            }
-        });
+        let entries = store_entries(options)?
+            .map_while(|entry| match entry {
+                Ok(entry) => Some(entry.file_name().into_vec()),
+                Err(error) => {
+                    list_error = Some(error);
+                    None
+                }
+            })
+            .inspect(|_| progress.examined());
         let verdict = match deleter.as_mut() {
             Some(deleter) => liveness::walk(&graph, &root_set, options.settings, entries, deleter),
             None => liveness::walk(
@@ -274,6 +280,7 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         verdict
     };
     ms.liveness = millis(phase);
+    progress.finish();
     if let Some(error) = deleter.as_mut().and_then(|deleter| deleter.error.take()) {
         return Err(error.into());
     }

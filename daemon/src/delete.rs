@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior};
 use crate::graph::{NodeIdx, StoreGraph};
 use crate::layout::{StoreLayout, canon_path};
 use crate::liveness::DeadSink;
+use crate::progress::Progress;
 
 /// Invalidations per transaction when no `--max-freed` bound needs path-by-path accounting.
 const CHUNK: usize = 512;
@@ -65,10 +66,15 @@ pub struct Deleter<'a> {
     pub invalidated: usize,
     /// The error that stopped the walk, if any.
     pub error: Option<DeleteError>,
+    progress: &'a Progress,
 }
 
 impl<'a> Deleter<'a> {
-    pub fn new(layout: &'a StoreLayout, max_freed: u64) -> Result<Self, DeleteError> {
+    pub fn new(
+        layout: &'a StoreLayout,
+        max_freed: u64,
+        progress: &'a Progress,
+    ) -> Result<Self, DeleteError> {
         let path = layout.db_path();
         let db = Connection::open(&path).map_err(|source| DeleteError::OpenDb {
             path: path.clone(),
@@ -95,6 +101,7 @@ impl<'a> Deleter<'a> {
             bytes_freed: 0,
             invalidated: 0,
             error: None,
+            progress,
         })
     }
 
@@ -162,6 +169,7 @@ impl<'a> Deleter<'a> {
             self.error = Some(DeleteError::Remove { path, source });
             return ControlFlow::Break(());
         }
+        self.progress.deleted(self.bytes_freed);
         if self.bytes_freed > self.max_freed {
             tracing::warn!(
                 max_freed = self.max_freed,

@@ -19,6 +19,7 @@ pub mod layout;
 pub mod liveness;
 pub mod metrics;
 pub mod nix_conf;
+pub mod progress;
 pub mod roots;
 pub mod serve;
 pub mod store_db;

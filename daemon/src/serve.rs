@@ -353,6 +353,8 @@ fn collect_options(args: &ServeArgs) -> anyhow::Result<CollectOptions> {
         },
         max_freed: u64::MAX,
         allow_unreadable_runtime: args.allow_unreadable_runtime,
+        // A daemon logs; it draws no progress line.
+        progress: false,
     })
 }
 

@@ -313,3 +313,40 @@ fn a_collection_killed_while_deleting_is_finished_by_the_next() {
     assert_consistent(store);
     assert_eq!(left(store), what_nix_leaves(DEAD_BULK));
 }
+
+/// On a terminal, a collection draws a progress line on standard error; piped, it does not.
+#[test]
+fn progress_is_drawn_only_on_a_terminal() {
+    let world = world(6);
+    let World { built, gcuser, .. } = &world;
+    let store = &built.store;
+    let command = store_gc_command(gcuser, store, &world.tracker.socket());
+    let words: Vec<String> = std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|word| word.to_str().unwrap().to_owned())
+        .chain(["--dry-run", "--allow-unreadable-runtime"].map(String::from))
+        .collect();
+    assert!(words.iter().all(|word| !word.contains([' ', '\'', '"'])));
+    // util-linux `script` runs the command on a new pseudo-terminal and copies what it writes.
+    let on_terminal = Command::new("script")
+        .args(["--quiet", "--return", "--command"])
+        .arg(words.join(" "))
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{shown}");
+    assert!(
+        shown.contains("store-gc: examined "),
+        "no progress line: {shown}"
+    );
+    let piped = store_gc(
+        gcuser,
+        store,
+        &world.tracker.socket(),
+        &["--dry-run", "--allow-unreadable-runtime"],
+    );
+    let piped_err = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success(), "{piped_err}");
+    assert!(!piped_err.contains("store-gc: examined"), "{piped_err}");
+}
