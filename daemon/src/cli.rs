@@ -69,12 +69,27 @@ struct CollectArgs {
     /// Stop after freeing this many bytes (suffixes K, M, G, T as in Nix). 0 does nothing.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
     max_freed: Option<u64>,
+    #[command(flatten)]
+    pub(crate) store: CollectorArgs,
+    /// Print a JSON summary (roots, counts, bytes, milliseconds per phase).
+    #[arg(long, conflicts_with = "print")]
+    json: bool,
+    /// No progress line (shown on standard error only when it is a terminal).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// What every collection needs, for `collect` and `serve` alike: where the store and the
+/// tracker are, and the keep-* settings.
+#[derive(Args, Debug)]
+pub(crate) struct CollectorArgs {
     /// The tracker's socket.
     #[arg(long, value_name = "PATH", env = "STORE_GC_TRACKER_SOCKET", default_value = DEFAULT_SOCKET)]
     tracker_socket: PathBuf,
     /// How long the tracker may wait for its index to settle before answering "unsettled".
     #[arg(long, value_name = "MS", default_value_t = 30_000)]
     tracker_wait_ms: u64,
+    /// The store directory.
     #[arg(
         long,
         value_name = "DIR",
@@ -82,6 +97,7 @@ struct CollectArgs {
         default_value = "/nix/store"
     )]
     store_dir: PathBuf,
+    /// The state directory (database, gcroots, temproots, gc.lock).
     #[arg(
         long,
         value_name = "DIR",
@@ -89,7 +105,7 @@ struct CollectArgs {
         default_value = "/nix/var/nix"
     )]
     state_dir: PathBuf,
-    /// Where nix.conf is read from (keep-derivations, keep-outputs).
+    /// Where nix.conf is read from (keep-derivations, keep-outputs); `serve` reads it once.
     #[arg(
         long,
         value_name = "DIR",
@@ -107,12 +123,37 @@ struct CollectArgs {
     /// may not inspect). Nix ignores those too; any other unreadable entry still refuses.
     #[arg(long)]
     allow_unreadable_runtime: bool,
-    /// Print a JSON summary (roots, counts, bytes, milliseconds per phase).
-    #[arg(long, conflicts_with = "print")]
-    json: bool,
-    /// No progress line (shown on standard error only when it is a terminal).
-    #[arg(long)]
-    no_progress: bool,
+}
+
+impl CollectorArgs {
+    /// Collection options with nix.conf read and the flags applied; the caller picks the
+    /// action, the bound and the progress line.
+    pub(crate) fn options(
+        &self,
+        action: Action,
+        max_freed: u64,
+        progress: bool,
+    ) -> anyhow::Result<CollectOptions> {
+        let layout = StoreLayout::new(&self.store_dir, &self.state_dir)?;
+        let mut settings = nix_conf::read_gc_settings(&self.conf_dir)
+            .with_context(|| format!("reading {}/nix.conf", self.conf_dir.display()))?;
+        if let Some(keep) = self.keep_derivations {
+            settings.keep_derivations = keep;
+        }
+        if let Some(keep) = self.keep_outputs {
+            settings.keep_outputs = keep;
+        }
+        Ok(CollectOptions {
+            layout,
+            tracker_socket: self.tracker_socket.clone(),
+            tracker_wait_ms: self.tracker_wait_ms,
+            settings,
+            action,
+            max_freed,
+            allow_unreadable_runtime: self.allow_unreadable_runtime,
+            progress,
+        })
+    }
 }
 
 /// Nix's `getIntArg` with units: a number with an optional K, M, G or T suffix.
@@ -171,15 +212,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Collect(args) => args,
         Command::Serve(args) => return crate::serve::run(args),
     };
-    let layout = StoreLayout::new(&args.store_dir, &args.state_dir)?;
-    let mut settings = nix_conf::read_gc_settings(&args.conf_dir)
-        .with_context(|| format!("reading {}/nix.conf", args.conf_dir.display()))?;
-    if let Some(keep) = args.keep_derivations {
-        settings.keep_derivations = keep;
-    }
-    if let Some(keep) = args.keep_outputs {
-        settings.keep_outputs = keep;
-    }
     let action = if args.print_roots {
         Action::PrintRoots
     } else if args.print_live {
@@ -191,16 +223,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         Action::Delete
     };
-    let options = CollectOptions {
-        layout,
-        tracker_socket: args.tracker_socket,
-        tracker_wait_ms: args.tracker_wait_ms,
-        settings,
+    let options = args.store.options(
         action,
-        max_freed: args.max_freed.unwrap_or(u64::MAX),
-        allow_unreadable_runtime: args.allow_unreadable_runtime,
-        progress: !args.no_progress,
-    };
+        args.max_freed.unwrap_or(u64::MAX),
+        !args.no_progress,
+    )?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
     // The error is returned as is (not wrapped) so `main` can tell a roots refusal apart.

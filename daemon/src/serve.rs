@@ -21,10 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::collect::{Action, CollectError, CollectOptions, Summary, collect};
-use crate::layout::StoreLayout;
 use crate::metrics::{self, LiveValues, Metrics, Outcome, Trigger};
-use crate::nix_conf;
-use crate::tracker_client::DEFAULT_SOCKET;
 use crate::tracker_status;
 
 /// Run the collector as a daemon: on a schedule, and when free space runs low.
@@ -59,46 +56,8 @@ pub struct ServeArgs {
     /// `off`: no metrics endpoint.
     #[arg(long, value_name = "ADDR|off", default_value = "off", value_parser = parse_listen)]
     metrics_listen: OffOr<SocketAddr>,
-    /// The tracker's socket.
-    #[arg(long, value_name = "PATH", env = "STORE_GC_TRACKER_SOCKET", default_value = DEFAULT_SOCKET)]
-    tracker_socket: PathBuf,
-    /// How long the tracker may wait for its index to settle before answering "unsettled".
-    #[arg(long, value_name = "MS", default_value_t = 30_000)]
-    tracker_wait_ms: u64,
-    /// The store directory.
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "NIX_STORE_DIR",
-        default_value = "/nix/store"
-    )]
-    store_dir: PathBuf,
-    /// The state directory (database, gcroots, temproots, gc.lock).
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "NIX_STATE_DIR",
-        default_value = "/nix/var/nix"
-    )]
-    state_dir: PathBuf,
-    /// Where nix.conf is read from, once at start (keep-derivations, keep-outputs).
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "NIX_CONF_DIR",
-        default_value = "/etc/nix"
-    )]
-    conf_dir: PathBuf,
-    /// Override nix.conf's keep-derivations (default true).
-    #[arg(long, value_name = "BOOL")]
-    keep_derivations: Option<bool>,
-    /// Override nix.conf's keep-outputs (default false).
-    #[arg(long, value_name = "BOOL")]
-    keep_outputs: Option<bool>,
-    /// Accept an answer whose only unreadable entries are under /proc (processes the tracker
-    /// may not inspect). Nix ignores those too; any other unreadable entry still refuses.
-    #[arg(long)]
-    allow_unreadable_runtime: bool,
+    #[command(flatten)]
+    collector: crate::cli::CollectorArgs,
 }
 
 /// `off` or a value. An alias, because clap takes a field typed `Option` for an optional flag
@@ -332,30 +291,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The options every run starts from (nix.conf is read once, here).
 fn collect_options(args: &ServeArgs) -> anyhow::Result<CollectOptions> {
-    let layout = StoreLayout::new(&args.store_dir, &args.state_dir)?;
-    let mut settings = nix_conf::read_gc_settings(&args.conf_dir)
-        .with_context(|| format!("reading {}/nix.conf", args.conf_dir.display()))?;
-    if let Some(keep) = args.keep_derivations {
-        settings.keep_derivations = keep;
-    }
-    if let Some(keep) = args.keep_outputs {
-        settings.keep_outputs = keep;
-    }
-    Ok(CollectOptions {
-        layout,
-        tracker_socket: args.tracker_socket.clone(),
-        tracker_wait_ms: args.tracker_wait_ms,
-        settings,
-        action: if args.dry_run {
-            Action::DryRun
-        } else {
-            Action::Delete
-        },
-        max_freed: u64::MAX,
-        allow_unreadable_runtime: args.allow_unreadable_runtime,
-        // A daemon logs; it draws no progress line.
-        progress: false,
-    })
+    let action = if args.dry_run {
+        Action::DryRun
+    } else {
+        Action::Delete
+    };
+    // A daemon logs; it draws no progress line.
+    args.collector.options(action, u64::MAX, false)
 }
 
 async fn serve(args: ServeArgs, options: CollectOptions) -> anyhow::Result<()> {
