@@ -8,7 +8,7 @@
 //!
 //! Invariant: every failure is an error variant, and the caller deletes nothing on any of them.
 
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -129,6 +129,27 @@ enum Response {
 /// Asks the tracker at `socket` for the roots as of now (a fenced query), letting it wait up
 /// to `wait_ms` for an unsettled index to settle.
 pub fn query(socket: &Path, wait_ms: u64) -> Result<Report, TrackerError> {
+    // The tracker answers within `wait_ms` plus its fence; a tracker that hangs beyond that
+    // must not hang the collector forever.
+    let timeout = Duration::from_millis(wait_ms.saturating_add(60_000));
+    let request = format!("{{\"request\":\"query\",\"wait_ms\":{wait_ms}}}\n");
+    let line = ask(socket, request.as_bytes(), timeout, u64::MAX)?;
+    if line.is_empty() {
+        return Err(TrackerError::BadResponse {
+            reason: "the tracker closed the connection without answering".to_owned(),
+        });
+    }
+    parse_response(&line)
+}
+
+/// One request line to the tracker at `socket`, one answer line back (at most `max_bytes`),
+/// each way within `timeout`. An empty answer means the tracker closed the connection.
+pub(crate) fn ask(
+    socket: &Path,
+    request: &[u8],
+    timeout: Duration,
+    max_bytes: u64,
+) -> Result<Vec<u8>, TrackerError> {
     let stream = UnixStream::connect(socket).map_err(|source| TrackerError::Unreachable {
         socket: socket.to_owned(),
         source,
@@ -137,23 +158,14 @@ pub fn query(socket: &Path, wait_ms: u64) -> Result<Report, TrackerError> {
         socket: socket.to_owned(),
         source,
     };
-    // The tracker answers within `wait_ms` plus its fence; a tracker that hangs beyond that
-    // must not hang the collector forever.
-    let timeout = Duration::from_millis(wait_ms.saturating_add(60_000));
     stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
     stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
-    let request = format!("{{\"request\":\"query\",\"wait_ms\":{wait_ms}}}\n");
-    (&stream).write_all(request.as_bytes()).map_err(io_error)?;
+    (&stream).write_all(request).map_err(io_error)?;
     let mut line = Vec::new();
-    BufReader::new(&stream)
+    BufReader::new((&stream).take(max_bytes))
         .read_until(b'\n', &mut line)
         .map_err(io_error)?;
-    if line.is_empty() {
-        return Err(TrackerError::BadResponse {
-            reason: "the tracker closed the connection without answering".to_owned(),
-        });
-    }
-    parse_response(&line)
+    Ok(line)
 }
 
 fn parse_response(line: &[u8]) -> Result<Report, TrackerError> {

@@ -5,8 +5,6 @@
 //! Invariant: this answer is only ever displayed; no collection decision depends on it (a
 //! collection asks for a fenced `query` and is refused there when the index is unsettled).
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
@@ -56,23 +54,8 @@ struct LagSummary {
 
 /// One `status` request, answered within `timeout`.
 pub fn status(socket: &Path, timeout: Duration) -> Result<TrackerHealth, TrackerError> {
-    let stream = UnixStream::connect(socket).map_err(|source| TrackerError::Unreachable {
-        socket: socket.to_owned(),
-        source,
-    })?;
-    let io_error = |source| TrackerError::Io {
-        socket: socket.to_owned(),
-        source,
-    };
-    stream.set_read_timeout(Some(timeout)).map_err(io_error)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io_error)?;
-    (&stream)
-        .write_all(b"{\"request\":\"status\"}\n")
-        .map_err(io_error)?;
-    let mut line = Vec::new();
-    BufReader::new((&stream).take(MAX_ANSWER))
-        .read_until(b'\n', &mut line)
-        .map_err(io_error)?;
+    let line =
+        crate::tracker_client::ask(socket, b"{\"request\":\"status\"}\n", timeout, MAX_ANSWER)?;
     parse(&line)
 }
 
