@@ -360,7 +360,14 @@ fn ms(duration: Duration) -> String {
 fn ratio(nix: Option<Duration>, ours: Duration) -> String {
     nix.map_or_else(
         || "–".to_owned(),
-        |nix| format!("{:.0}×", nix.as_secs_f64() / ours.as_secs_f64().max(1e-9)),
+        |nix| {
+            let ratio = nix.as_secs_f64() / ours.as_secs_f64().max(1e-9);
+            if ratio < 10.0 {
+                format!("{ratio:.1}×")
+            } else {
+                format!("{ratio:.0}×")
+            }
+        },
     )
 }
 
