@@ -202,7 +202,8 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         "roots from the tracker"
     );
     if deleting {
-        counts.stale_links_removed = delete::remove_stale_auto_links(&options.layout);
+        counts.stale_links_removed =
+            delete::remove_stale_auto_links(&options.layout, &tracked.stale_links);
     }
 
     let phase = Instant::now();

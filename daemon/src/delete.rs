@@ -258,30 +258,26 @@ pub fn remove_unused_links(layout: &StoreLayout) -> io::Result<usize> {
 }
 
 /// `findRoots` removes a link under `<state>/gcroots/auto` whose target does not exist
-/// ("removing stale link"). We walk that tree ourselves (it belongs to the store's owner; the
-/// tracker may censor link paths for us) without following directory symlinks, and remove a
-/// link only when its target is confirmed missing (ENOENT or ENOTDIR, Nix's `pathExists`):
-/// an unreadable target (EACCES in a private home) is kept. A link into the store is a direct
-/// root, never stale. Returns how many links were removed.
-pub fn remove_stale_auto_links(layout: &StoreLayout) -> usize {
+/// ("removing stale link"). Only links the tracker itself found stale are candidates, and each
+/// is checked again now (under the GC lock) from here: removed only when the target is
+/// confirmed missing for both (ENOENT or ENOTDIR, Nix's `pathExists`). Our own view alone is
+/// not enough — in another mount namespace (a service's PrivateTmp, ProtectHome) a live
+/// user's link can look missing, and removing its auto link would lose the root at the next
+/// run. A tracker that censors links for us confirms nothing, so nothing is removed then.
+/// Returns how many links were removed.
+pub fn remove_stale_auto_links(layout: &StoreLayout, confirmed: &[Vec<u8>]) -> usize {
+    let auto = layout.state_dir().join("gcroots/auto");
     let mut removed = 0;
-    let mut dirs = vec![layout.state_dir().join("gcroots/auto")];
-    while let Some(dir) = dirs.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
+    for link in confirmed {
+        let link = Path::new(std::ffi::OsStr::from_bytes(link));
+        if !link.starts_with(&auto) || link == auto {
             continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Ok(file_type) = entry.file_type() else {
-                continue;
-            };
-            if file_type.is_dir() {
-                dirs.push(path);
-            } else if file_type.is_symlink() && is_stale(layout, &path) {
-                tracing::info!(link = %path.display(), "removing stale link");
-                if fs::remove_file(&path).is_ok() {
-                    removed += 1;
-                }
+        }
+        let is_link = fs::symlink_metadata(link).is_ok_and(|meta| meta.file_type().is_symlink());
+        if is_link && is_stale(layout, link) {
+            tracing::info!(link = %link.display(), "removing stale link");
+            if fs::remove_file(link).is_ok() {
+                removed += 1;
             }
         }
     }
@@ -312,6 +308,8 @@ fn is_stale(layout: &StoreLayout, link: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStringExt as _;
+
     use super::*;
 
     #[test]
@@ -350,9 +348,30 @@ mod tests {
             .store_dir()
             .join("0123456789abcdfghijklmnpqrsvwxyz-x");
         std::os::unix::fs::symlink(&in_store, auto.join("direct")).unwrap();
-        assert_eq!(remove_stale_auto_links(&layout), 2);
+        let bytes = |name: &str| auto.join(name).into_os_string().into_vec();
+        // Unconfirmed by the tracker: kept, however missing its target looks from here.
+        assert_eq!(remove_stale_auto_links(&layout, &[]), 0);
+        assert_eq!(
+            remove_stale_auto_links(&layout, &[b"{censored}".to_vec()]),
+            0
+        );
+        assert!(auto.join("stale").symlink_metadata().is_ok());
+        // Confirmed: removed only where the target is missing from here too, and only links
+        // under gcroots/auto.
+        let outside = dir.path().join("outside");
+        std::os::unix::fs::symlink(dir.path().join("gone"), &outside).unwrap();
+        let confirmed = [
+            bytes("alive"),
+            bytes("stale"),
+            bytes("sub/stale"),
+            bytes("direct"),
+            outside.clone().into_os_string().into_vec(),
+        ];
+        assert_eq!(remove_stale_auto_links(&layout, &confirmed), 2);
         assert!(auto.join("alive").symlink_metadata().is_ok());
         assert!(auto.join("direct").symlink_metadata().is_ok());
+        assert!(outside.symlink_metadata().is_ok());
         assert!(auto.join("stale").symlink_metadata().is_err());
+        assert!(auto.join("sub/stale").symlink_metadata().is_err());
     }
 }

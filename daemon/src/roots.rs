@@ -47,6 +47,8 @@ pub struct TrackedRoots {
     pub roots: Vec<TrackedRoot>,
     /// Unreadable `/proc` entries that `--allow-unreadable-runtime` let through, rendered.
     pub tolerated: Vec<String>,
+    /// `gcroots/auto` links the tracker found stale, by path; none when it censors links.
+    pub stale_links: Vec<Vec<u8>>,
 }
 
 impl TrackedRoots {
@@ -64,7 +66,19 @@ pub fn accept_report(
     check_store(report, layout)?;
     let tolerated = check_complete(report, allow_unreadable_runtime)?;
     let roots = extract_roots(report, layout)?;
-    Ok(TrackedRoots { roots, tolerated })
+    let mut stale_links = Vec::new();
+    for stale in &report.stale_links {
+        let link = stale.link.to_bytes()?;
+        // A censored link names nothing we could check; it is left in place.
+        if link.first() == Some(&b'/') {
+            stale_links.push(link);
+        }
+    }
+    Ok(TrackedRoots {
+        roots,
+        tolerated,
+        stale_links,
+    })
 }
 
 /// The tracker must watch the store we collect, or its roots mean nothing here.

@@ -110,6 +110,15 @@ pub struct Report {
     pub complete: bool,
     pub roots: Vec<ReportRoot>,
     pub unreadable: Vec<ReportUnreadable>,
+    /// `gcroots/auto` links whose target the tracker found missing (`{censored}` unless the
+    /// tracker reveals links to us).
+    #[serde(default)]
+    pub stale_links: Vec<ReportStaleLink>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ReportStaleLink {
+    pub link: JsonPath,
 }
 
 #[derive(Debug, Deserialize)]

@@ -58,12 +58,14 @@ pub fn success(output: Output, what: &str) -> Vec<u8> {
     output.stdout
 }
 
-/// Arguments for `TrackerProcess::start`: allow `uid` (unless empty) to query.
+/// Arguments for `TrackerProcess::start`: allow `uid` (unless empty) to query, and reveal
+/// link paths to it, as a collector that removes stale auto links as Nix does must see them
+/// (a censored answer confirms no stale link, and store-gc then removes none).
 pub fn tracker_args(uid: &str) -> Vec<&str> {
     if uid.is_empty() {
         Vec::new()
     } else {
-        vec!["--allow-uid", uid]
+        vec!["--reveal-uid", uid]
     }
 }
 
