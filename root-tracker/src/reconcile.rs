@@ -280,7 +280,11 @@ impl Reconciler {
         }
         let mut findings = Findings::new(&self.layout);
         findings.find_volatile_roots(options);
-        let mut volatile = findings.into_report(|paths| self.validity.contains_all(paths))?;
+        // Not remembered: runtime and temp roots come from any process's environment and
+        // mappings, and remembering every store-path-like string a user can put there would
+        // let them grow the tracker's heap without bound. They are few per query.
+        let mut volatile =
+            findings.into_report(|paths| self.validity.contains_all_uncached(paths))?;
         volatile.normalize();
         let Some(cached) = &self.index_answer else {
             unreachable!("filled above");

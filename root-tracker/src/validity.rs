@@ -167,7 +167,7 @@ impl ValidityCache {
         self.epoch += 1;
     }
 
-    /// Forgets everything, connection included (the database file was replaced, or failed).
+    /// Forgets everything, connection included (the database file was replaced).
     fn reset(&mut self) {
         self.forget();
         self.connection = None;
@@ -192,7 +192,10 @@ impl ValidityCache {
     pub fn refresh(&mut self) -> Result<(), ValidityError> {
         let result = self.try_refresh();
         if result.is_err() {
-            self.reset();
+            // Answers are forgotten; the connection stays (a busy database or a passing I/O
+            // error is no reason to lose it: after the privilege drop a new one may not be
+            // possible, see `open_now`). Only a replaced file drops it (`try_refresh`).
+            self.forget();
         }
         result
     }
@@ -300,7 +303,7 @@ impl ValidityCache {
             let found = match found {
                 Ok(found) => found,
                 Err(error) => {
-                    self.reset();
+                    self.forget();
                     return Err(error);
                 }
             };
