@@ -161,6 +161,23 @@ impl<'a> Deleter<'a> {
         Ok(())
     }
 
+    /// Whether `<store>/<name>` is a valid path in the database now.
+    fn registered_now(&self, name: &[u8]) -> Result<bool, DeleteError> {
+        let printed = self.layout.print_store_path(name);
+        // Nix stores paths as text: a name that is not UTF-8 cannot be registered.
+        let Ok(path) = std::str::from_utf8(&printed) else {
+            return Ok(false);
+        };
+        self.db
+            .prepare_cached("SELECT 1 FROM ValidPaths WHERE path = ?1")
+            .and_then(|mut statement| statement.exists([path]))
+            .map_err(|source| DeleteError::Db {
+                path: self.layout.db_path(),
+                what: "look up path",
+                source,
+            })
+    }
+
     /// Nix's `deleteFromStore`: remove `<store>/<name>`, count it, stop past `--max-freed`.
     fn remove(&mut self, name: &[u8]) -> ControlFlow<()> {
         let path = self
@@ -200,7 +217,20 @@ impl DeadSink for Deleter<'_> {
     }
 
     fn dead_entry(&mut self, name: &[u8]) -> ControlFlow<()> {
-        self.remove(name)
+        // Not in the graph we loaded; but a client that takes no temp root (plain
+        // `--register-validity`) may have registered it since. Nix asks `isValidPath` at this
+        // point; so do we, and keep what is valid now.
+        match self.registered_now(name) {
+            Ok(false) => self.remove(name),
+            Ok(true) => {
+                tracing::info!(name = %String::from_utf8_lossy(name), "registered since the database was loaded; kept");
+                ControlFlow::Continue(())
+            }
+            Err(error) => {
+                self.error = Some(error);
+                ControlFlow::Break(())
+            }
+        }
     }
 
     fn deletes(&self) -> bool {

@@ -8,7 +8,7 @@
 //! Invariant: a root is in the shared set before its client hears `1`.
 
 use std::collections::HashSet;
-use std::io::{BufRead as _, BufReader, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::PermissionsExt as _;
@@ -23,6 +23,11 @@ use crate::layout::{StoreLayout, canon_path};
 use crate::liveness::TempRootGate;
 use crate::store_path::{self, HashPart};
 use crate::temp_roots::TempRoots;
+
+/// Longest line read from a client: PATH_MAX and its newline.
+const MAX_LINE: u64 = 4097;
+/// Clients served at once.
+const MAX_CLIENTS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GcSocketError {
@@ -199,6 +204,15 @@ fn serve_loop(
             break;
         }
         match listener.accept() {
+            // Every local user may connect; past this many clients at once a new one is closed
+            // at once (its `addTempRoot` fails, so its path is never left unprotected).
+            Ok((stream, _)) if clients.len() >= MAX_CLIENTS => {
+                tracing::warn!(
+                    clients = clients.len(),
+                    "GC socket: too many clients; closing a new one"
+                );
+                drop(stream);
+            }
             Ok((stream, _)) => {
                 let Ok(handle) = stream.try_clone() else {
                     continue;
@@ -236,7 +250,9 @@ fn serve_client(stream: UnixStream, roots: &SharedTempRoots, layout: &StoreLayou
     let mut line = Vec::new();
     loop {
         line.clear();
-        match reader.read_until(b'\n', &mut line) {
+        // A store path is shorter than PATH_MAX: a longer line is not one, and the socket is
+        // open to every local user, so it is not read any further.
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut line) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -273,7 +289,6 @@ fn parse_store_path(layout: &StoreLayout, path: &[u8]) -> Option<HashPart> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
 
     #[test]
     fn clients_add_roots_and_get_an_ack() {
