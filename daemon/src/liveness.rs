@@ -431,6 +431,17 @@ mod tests {
         names: Vec<String>,
     }
 
+    impl Fixture {
+        /// The name of the path keyed `key` (its hash part ends in that char).
+        fn name(&self, key: char) -> &[u8] {
+            self.names
+                .iter()
+                .find(|n| n.as_bytes()[31] == key as u8)
+                .unwrap()
+                .as_bytes()
+        }
+    }
+
     /// Paths keyed by a char; `drv` names end in `.drv`. `outputs`: (drv, output) rows;
     /// `derivers`: (output, deriver).
     fn fixture(
@@ -553,13 +564,7 @@ mod tests {
         );
         let temp = TempRoots::default();
         let mut set = RootSet::new(&f.graph, &temp);
-        let by_key = |k: char| {
-            f.names
-                .iter()
-                .find(|n| n.as_bytes()[31] == k as u8)
-                .unwrap()
-                .as_bytes()
-        };
+        let by_key = |k: char| f.name(k);
         set.add(&f.graph, by_key('r'));
         let drv_first = decide(&f.graph, &set, DEFAULT, ['d', 'q', 'r'].map(by_key));
         assert_eq!(drv_first.dead_basenames(&f.graph), vec![by_key('d')]);
@@ -599,13 +604,7 @@ mod tests {
         );
         let temp = TempRoots::default();
         let mut set = RootSet::new(&f.graph, &temp);
-        let by_key = |k: char| {
-            f.names
-                .iter()
-                .find(|n| n.as_bytes()[31] == k as u8)
-                .unwrap()
-                .as_bytes()
-        };
+        let by_key = |k: char| f.name(k);
         set.add(&f.graph, by_key('r'));
         let order = ['d', 's', 'q', 'r'].map(by_key);
         let deleting = walk(&f.graph, &set, DEFAULT, order, &mut PretendToDelete);
@@ -641,13 +640,7 @@ mod tests {
         );
         let temp = TempRoots::default();
         let set = RootSet::new(&f.graph, &temp);
-        let by_key = |k: char| {
-            f.names
-                .iter()
-                .find(|n| n.as_bytes()[31] == k as u8)
-                .unwrap()
-                .as_bytes()
-        };
+        let by_key = |k: char| f.name(k);
         let order = ['b', 'a'].map(by_key);
         let keys = |verdict: &Liveness| -> String {
             verdict

@@ -16,7 +16,7 @@ use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use tests::{HermeticStore, Rng, SystemUser, nix32_from, package_bin};
 
@@ -235,7 +235,7 @@ pub fn generate(store: &HermeticStore, rng: &mut Rng, seed: u64) -> RandomStore 
             made.valid.push(path);
         }
     }
-    register(store, &registration);
+    store.register_validity(&registration);
 
     make_roots(store, rng, &mut made);
     made.valid.push(made.orphan.clone());
@@ -330,21 +330,6 @@ fn indirect_root(store: &HermeticStore, link: &Path, target: &Path, name: &str) 
     symlink(target, link).unwrap();
     fs::create_dir_all(store.gcroots().join("auto")).unwrap();
     symlink(link, store.gcroots().join("auto").join(name)).unwrap();
-}
-
-fn register(store: &HermeticStore, registration: &[u8]) {
-    let mut command = store.nix_store_command();
-    command
-        .args(["--register-validity", "--hash-given"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    child.stdin.take().unwrap().write_all(registration).unwrap();
-    success(
-        child.wait_with_output().unwrap(),
-        "nix-store --register-validity",
-    );
 }
 
 fn db(store: &HermeticStore) -> rusqlite::Connection {
