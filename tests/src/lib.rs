@@ -131,6 +131,21 @@ impl HermeticStore {
         command
     }
 
+    /// A `nix-store` command aimed at this store, run as `user` (the store's owner, or a user
+    /// who cannot read everything).
+    pub fn nix_store_command_as(&self, user: &SystemUser) -> Command {
+        let mut command = user.command(OsStr::new("nix-store"));
+        command.env_remove("NIX_REMOTE").envs(self.nix_env());
+        command
+    }
+
+    /// `nix-store ARGS` as `user`; panics with its stderr unless it succeeds; its stdout.
+    pub fn nix_store_as<S: AsRef<OsStr>>(&self, user: &SystemUser, args: &[S]) -> Vec<u8> {
+        let mut command = self.nix_store_command_as(user);
+        command.args(args);
+        check(command.output().unwrap(), &command).stdout
+    }
+
     /// `nix-env -p PROFILE --set PATH`: a profile generation, as a user's `nix-env` makes it.
     pub fn set_profile(&self, profile: &Path, path: &Path) {
         let mut command = Command::new("nix-env");

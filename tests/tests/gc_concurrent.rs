@@ -39,20 +39,7 @@ fn clients_during_a_collection_keep_their_paths() {
     let mut sync = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
 
     // Clients of the store run as its owner.
-    let nix_store = |args: &[&OsStr]| {
-        let mut command = gcuser.command(OsStr::new("nix-store"));
-        command
-            .env_remove("NIX_REMOTE")
-            .envs(store.nix_env())
-            .args(args);
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    };
+    let nix_store = |args: &[&OsStr]| store.nix_store_as(&gcuser, args);
     let source = store.path("home/gc/new-file");
     fs::write(&source, b"added while collecting").unwrap();
     std::os::unix::fs::chown(&source, Some(gcuser.uid), Some(gcuser.gid)).unwrap();

@@ -134,15 +134,6 @@ fn what_nix_leaves(dead_bulk: usize) -> (Vec<OsString>, Vec<OsString>) {
     left(&twin.store)
 }
 
-fn nix_as(user: &SystemUser, store: &HermeticStore, args: &[&str]) -> Vec<u8> {
-    let mut command = user.command(OsStr::new("nix-store"));
-    command
-        .env_remove("NIX_REMOTE")
-        .envs(store.nix_env())
-        .args(args);
-    success(command.output().unwrap(), "nix-store as gcuser")
-}
-
 /// The users and a tracker; `home` holds alice's home (0700, hers).
 struct World {
     built: Built,
@@ -189,7 +180,7 @@ fn an_unprivileged_collection_keeps_what_only_root_can_see() {
     let store = &built.store;
 
     // The bug: gcuser's own Nix cannot read alice's home and calls her build dead.
-    let nix_dead = nix_as(gcuser, store, &["--gc", "--print-dead"]);
+    let nix_dead = store.nix_store_as(gcuser, &["--gc", "--print-dead"]);
     let nix_dead = lines(&nix_dead);
     for path in &built.chain[..3] {
         assert!(

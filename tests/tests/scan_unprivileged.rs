@@ -3,7 +3,6 @@
 //! collect live paths; `root-tracker scan` misses them too, but says so (exit 3, JSON lists the
 //! entry). Root's answer, next to it, sees them.
 
-use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::symlink;
 
@@ -82,20 +81,7 @@ fn unprivileged_scan_cannot_see_a_private_home_and_says_so() {
     );
 
     // Nix as the same user silently skips the root and calls alice's build dead: the bug.
-    let nix_as_gcuser = |args: &[&str]| {
-        let mut command = gcuser.command(OsStr::new("nix-store"));
-        command
-            .env_remove("NIX_REMOTE")
-            .envs(store.nix_env())
-            .args(args);
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output.stdout
-    };
+    let nix_as_gcuser = |args: &[&str]| store.nix_store_as(&gcuser, args);
     let nix_roots = nix_as_gcuser(&["--gc", "--print-roots"]);
     assert!(!roots_lines(&nix_roots).contains(&private_line));
     assert!(roots_lines(&nix_roots).contains(&public_line));

@@ -296,10 +296,8 @@ fn user_owned_store_is_answered_after_the_drop(backend: &str) {
         !has_root(&report, "indirect", &fresh),
         "not registered yet: {report}"
     );
-    let mut register = owner.command(std::ffi::OsStr::new("nix-store"));
+    let mut register = store.nix_store_command_as(&owner);
     register
-        .env_remove("NIX_REMOTE")
-        .envs(store.nix_env())
         .args(["--register-validity", "--hash-given"])
         .stdin(std::process::Stdio::piped());
     let mut child = register.spawn().unwrap();
