@@ -262,22 +262,6 @@ impl Reconciler {
     /// roots read now, checked against the store database.
     pub fn answer(&mut self, options: &ScanOptions) -> Result<Answer<'_>, ReconcileError> {
         self.validity.refresh().map_err(ScanError::from)?;
-        let generation = self.index.generation();
-        let reusable = self.index_answer.as_ref().is_some_and(|cached| {
-            cached.generation == generation && cached.validity_epoch == self.validity.epoch()
-        });
-        if !reusable {
-            self.index_answer = None;
-            let mut findings = Findings::new(&self.layout);
-            self.index.add_to(&mut findings);
-            let mut report = findings.into_report(|paths| self.validity.contains_all(paths))?;
-            report.normalize();
-            self.index_answer = Some(IndexAnswer {
-                generation,
-                validity_epoch: self.validity.epoch(),
-                report,
-            });
-        }
         let mut findings = Findings::new(&self.layout);
         findings.find_volatile_roots(options);
         // Not remembered: runtime and temp roots come from any process's environment and
@@ -286,9 +270,27 @@ impl Reconciler {
         let mut volatile =
             findings.into_report(|paths| self.validity.contains_all_uncached(paths))?;
         volatile.normalize();
-        let Some(cached) = &self.index_answer else {
-            unreachable!("filled above");
+        let generation = self.index.generation();
+        let cached = match self.index_answer.take() {
+            Some(cached)
+                if cached.generation == generation
+                    && cached.validity_epoch == self.validity.epoch() =>
+            {
+                cached
+            }
+            _ => {
+                let mut findings = Findings::new(&self.layout);
+                self.index.add_to(&mut findings);
+                let mut report = findings.into_report(|paths| self.validity.contains_all(paths))?;
+                report.normalize();
+                IndexAnswer {
+                    generation,
+                    validity_epoch: self.validity.epoch(),
+                    report,
+                }
+            }
         };
+        let cached = self.index_answer.insert(cached);
         Ok(Answer {
             index: &cached.report,
             volatile,

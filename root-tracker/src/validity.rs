@@ -174,7 +174,8 @@ impl ValidityCache {
         self.file_id = None;
     }
 
-    /// The open connection, for other reads of the same snapshot kind (a verification sweep).
+    /// Which of `printed_paths` are registered, looked up through the same connection and
+    /// remembered nowhere (a verification sweep; query-time runtime and temp roots).
     pub fn contains_all_uncached(
         &mut self,
         printed_paths: &[Vec<u8>],
