@@ -183,6 +183,9 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         ));
     }
     let deleting = options.action == Action::Delete;
+    if deleting {
+        delete::release_reserved_space(&options.layout);
+    }
 
     // `collectGarbage`: the lock first, then the socket, so that from here on every new temp
     // root either is in `temproots/` when we read it or arrives on the socket.

@@ -268,6 +268,24 @@ pub fn delete_path(path: &Path, bytes_freed: &mut u64) -> io::Result<()> {
     }
 }
 
+/// The start of a deleting `collectGarbage`: `deletePath(reservedPath)`, so that a collection
+/// started because the disk is full has room for its database transactions. Nix recreates the
+/// file the next time a store is opened. A failure is only logged: the file is a convenience,
+/// and not releasing it keeps every path alive that would have been.
+pub fn release_reserved_space(layout: &StoreLayout) {
+    let path = layout.reserved_path();
+    let mut freed = 0;
+    match delete_path(&path, &mut freed) {
+        Ok(()) if freed > 0 => {
+            tracing::info!(path = %path.display(), freed, "released the reserved space")
+        }
+        Ok(()) => {}
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot release the reserved space")
+        }
+    }
+}
+
 /// The end of `collectGarbage`: files in `<store>/.links` with no other link are unused.
 pub fn remove_unused_links(layout: &StoreLayout) -> io::Result<usize> {
     let dir = layout.store_dir().join(".links");

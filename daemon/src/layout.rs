@@ -45,6 +45,12 @@ impl StoreLayout {
         self.state_dir.join("db/db.sqlite")
     }
 
+    /// `<state>/db/reserved`: space Nix keeps in reserve (`gc-reserved-space`, 8 MiB by
+    /// default) so that a collection can start on a full disk; a deleting collection frees it.
+    pub fn reserved_path(&self) -> PathBuf {
+        self.state_dir.join("db/reserved")
+    }
+
     /// `<state>/temproots`: one file per client process, NUL-terminated store paths.
     pub fn temproots_dir(&self) -> PathBuf {
         self.state_dir.join("temproots")

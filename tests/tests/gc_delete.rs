@@ -37,12 +37,14 @@ fn seeds() -> Vec<u64> {
     (1..=count).collect()
 }
 
-/// What a collection leaves: valid paths, store directory entries, auto links.
+/// What a collection leaves: valid paths, store directory entries, auto links, and whether
+/// Nix's reserved space (`<state>/db/reserved`) is still there.
 #[derive(Debug, PartialEq, Eq)]
 struct Left {
     valid: Vec<PathBuf>,
     entries: Vec<OsString>,
     auto_links: Vec<OsString>,
+    reserved: bool,
 }
 
 fn sorted_names(dir: &Path) -> Vec<OsString> {
@@ -59,6 +61,7 @@ fn left(store: &HermeticStore) -> Left {
         valid: valid_paths(store),
         entries: sorted_names(&store.store_dir),
         auto_links: sorted_names(&store.gcroots().join("auto")),
+        reserved: store.state_dir.join("db/reserved").exists(),
     }
 }
 
@@ -135,6 +138,13 @@ fn one_seed(seed: u64) {
     } else {
         &[]
     };
+    // Every nix-store run that opened the store made it (gc-reserved-space); a collection
+    // releases it.
+    assert!(
+        store.state_dir.join("db/reserved").exists(),
+        "nix-store left no db/reserved to release: {}",
+        context()
+    );
     let uid = gcuser.uid.to_string();
     let tracker = TrackerProcess::start(&store, "fanotify", &tracker_args(&uid));
     let ours_printed = success(
