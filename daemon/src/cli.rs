@@ -105,7 +105,8 @@ pub(crate) struct CollectorArgs {
         default_value = "/nix/var/nix"
     )]
     state_dir: PathBuf,
-    /// Where nix.conf is read from (keep-derivations, keep-outputs); `serve` reads it once.
+    /// Where nix.conf is read from (keep-derivations, keep-outputs; for `serve` also min-free
+    /// and max-free); `serve` reads it once, at start.
     #[arg(
         long,
         value_name = "DIR",
@@ -126,6 +127,12 @@ pub(crate) struct CollectorArgs {
 }
 
 impl CollectorArgs {
+    /// `<conf-dir>/nix.conf`, as found (the keep-* flags are applied by [`Self::options`]).
+    pub(crate) fn nix_settings(&self) -> anyhow::Result<nix_conf::NixSettings> {
+        nix_conf::read_settings(&self.conf_dir)
+            .with_context(|| format!("reading {}/nix.conf", self.conf_dir.display()))
+    }
+
     /// Collection options with nix.conf read and the flags applied; the caller picks the
     /// action, the bound and the progress line.
     pub(crate) fn options(
@@ -135,8 +142,7 @@ impl CollectorArgs {
         progress: bool,
     ) -> anyhow::Result<CollectOptions> {
         let layout = StoreLayout::new(&self.store_dir, &self.state_dir)?;
-        let mut settings = nix_conf::read_gc_settings(&self.conf_dir)
-            .with_context(|| format!("reading {}/nix.conf", self.conf_dir.display()))?;
+        let mut settings = self.nix_settings()?.gc;
         if let Some(keep) = self.keep_derivations {
             settings.keep_derivations = keep;
         }

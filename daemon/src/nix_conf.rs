@@ -1,6 +1,9 @@
-//! The two settings of `nix.conf` that change what the collector keeps: `keep-derivations`
-//! (alias `gc-keep-derivations`, default true) and `keep-outputs` (alias `gc-keep-outputs`,
-//! default false), read as Nix 2.8's `AbstractConfig::applyConfig` reads them.
+//! The settings of `nix.conf` a collector uses, read as Nix 2.8's `AbstractConfig::applyConfig`
+//! reads them: the two that change what it keeps, `keep-derivations` (alias
+//! `gc-keep-derivations`, default true) and `keep-outputs` (alias `gc-keep-outputs`, default
+//! false), and the two that make `store-gc serve` collect when space runs low, `min-free`
+//! (default 0: never) and `max-free` (default: no limit), byte counts with an optional K, M,
+//! G or T suffix.
 //!
 //! Only `$NIX_CONF_DIR/nix.conf` (default `/etc/nix/nix.conf`) and what it includes are read:
 //! user configuration files and `NIX_CONFIG` belong to the user who runs `nix-store`, not to
@@ -26,6 +29,16 @@ impl Default for GcSettings {
     }
 }
 
+/// Everything read from `nix.conf`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NixSettings {
+    pub gc: GcSettings,
+    /// `min-free`, when set to more than 0.
+    pub min_free: Option<u64>,
+    /// `max-free`, when set.
+    pub max_free: Option<u64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfError {
     #[error("illegal configuration line {line:?} in {path}")]
@@ -38,19 +51,31 @@ pub enum ConfError {
         name: String,
         value: String,
     },
+    #[error("setting '{name}' in {path} has invalid value {value:?}: {reason}")]
+    NotABytes {
+        path: PathBuf,
+        name: String,
+        value: String,
+        reason: String,
+    },
     #[error("{path} includes itself (include depth over 32)")]
     IncludeLoop { path: PathBuf },
 }
 
 /// Reads `<conf_dir>/nix.conf`. A missing or unreadable file leaves the defaults, as in
 /// Nix's `applyConfigFile`, which ignores system errors.
-pub fn read_gc_settings(conf_dir: &Path) -> Result<GcSettings, ConfError> {
-    let mut settings = GcSettings::default();
+pub fn read_settings(conf_dir: &Path) -> Result<NixSettings, ConfError> {
+    let mut settings = NixSettings::default();
     apply_file(&conf_dir.join("nix.conf"), &mut settings, 0)?;
     Ok(settings)
 }
 
-fn apply_file(path: &Path, settings: &mut GcSettings, depth: u32) -> Result<(), ConfError> {
+/// [`read_settings`], the settings that change what is kept.
+pub fn read_gc_settings(conf_dir: &Path) -> Result<GcSettings, ConfError> {
+    Ok(read_settings(conf_dir)?.gc)
+}
+
+fn apply_file(path: &Path, settings: &mut NixSettings, depth: u32) -> Result<(), ConfError> {
     if depth > 32 {
         return Err(ConfError::IncludeLoop {
             path: path.to_owned(),
@@ -70,7 +95,7 @@ fn apply_file(path: &Path, settings: &mut GcSettings, depth: u32) -> Result<(), 
 pub fn apply_config(
     contents: &str,
     path: &Path,
-    settings: &mut GcSettings,
+    settings: &mut NixSettings,
     depth: u32,
 ) -> Result<(), ConfError> {
     for raw in contents.split('\n') {
@@ -97,22 +122,41 @@ pub fn apply_config(
             ["include" | "!include", ..] => return Err(illegal()),
             [name, "=", values @ ..] => {
                 let value = values.join(" ");
-                let slot = match *name {
-                    "keep-derivations" | "gc-keep-derivations" => &mut settings.keep_derivations,
-                    "keep-outputs" | "gc-keep-outputs" => &mut settings.keep_outputs,
+                let (bool_slot, bytes_slot) = match *name {
+                    "keep-derivations" | "gc-keep-derivations" => {
+                        (Some(&mut settings.gc.keep_derivations), None)
+                    }
+                    "keep-outputs" | "gc-keep-outputs" => {
+                        (Some(&mut settings.gc.keep_outputs), None)
+                    }
+                    "min-free" => (None, Some(&mut settings.min_free)),
+                    "max-free" => (None, Some(&mut settings.max_free)),
                     _ => continue,
                 };
-                *slot = match value.as_str() {
-                    "true" => true,
-                    "false" => false,
-                    _ => {
-                        return Err(ConfError::NotABool {
+                if let Some(slot) = bool_slot {
+                    *slot = match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => {
+                            return Err(ConfError::NotABool {
+                                path: path.to_owned(),
+                                name: (*name).to_owned(),
+                                value,
+                            });
+                        }
+                    };
+                }
+                if let Some(slot) = bytes_slot {
+                    let bytes =
+                        crate::cli::parse_bytes(&value).map_err(|reason| ConfError::NotABytes {
                             path: path.to_owned(),
                             name: (*name).to_owned(),
-                            value,
-                        });
-                    }
-                };
+                            value: value.clone(),
+                            reason,
+                        })?;
+                    // min-free 0 is Nix's "off"; max-free is kept as given.
+                    *slot = (*name != "min-free" || bytes > 0).then_some(bytes);
+                }
             }
             _ => return Err(illegal()),
         }
@@ -124,10 +168,14 @@ pub fn apply_config(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<GcSettings, ConfError> {
-        let mut settings = GcSettings::default();
+    fn parse_all(text: &str) -> Result<NixSettings, ConfError> {
+        let mut settings = NixSettings::default();
         apply_config(text, Path::new("/etc/nix/nix.conf"), &mut settings, 0)?;
         Ok(settings)
+    }
+
+    fn parse(text: &str) -> Result<GcSettings, ConfError> {
+        Ok(parse_all(text)?.gc)
     }
 
     #[test]
@@ -170,6 +218,21 @@ mod tests {
         assert!(matches!(
             parse("include /nonexistent/file"),
             Err(ConfError::MissingInclude { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_free_space_settings() {
+        let none = parse_all("").unwrap();
+        assert_eq!((none.min_free, none.max_free), (None, None));
+        let set = parse_all("min-free = 1G\nmax-free = 3221225472\n").unwrap();
+        assert_eq!(set.min_free, Some(1 << 30));
+        assert_eq!(set.max_free, Some(3 << 30));
+        // 0 is Nix's default: never collect for space.
+        assert_eq!(parse_all("min-free = 0").unwrap().min_free, None);
+        assert!(matches!(
+            parse_all("min-free = lots"),
+            Err(ConfError::NotABytes { .. })
         ));
     }
 

@@ -7,11 +7,12 @@
 //! (the tracker cannot vouch for the roots) deletes nothing and is retried later. On SIGTERM or
 //! SIGINT a collection in progress is waited for, never abandoned half-way.
 
+use std::fs;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -33,17 +34,25 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION|off", default_value = "1d", value_parser = parse_interval)]
     interval: OffOr<Duration>,
     /// Collect when the store's filesystem has less than this many bytes available (suffixes
-    /// K, M, G, T as in Nix), as Nix's `min-free`. Unset: never collect for space.
+    /// K, M, G, T as in Nix), as Nix's `min-free`. Unset: nix.conf's `min-free`; if that is
+    /// unset or 0 too, never collect for space.
     #[arg(long, value_name = "BYTES", value_parser = crate::cli::parse_bytes)]
     min_free: Option<u64>,
     /// A collection started by --min-free stops once this many bytes are available, i.e. it
     /// frees at most max-free minus the free space at its start, as Nix's `max-free`.
-    /// Unset: no limit. Must not be below --min-free.
-    #[arg(long, value_name = "BYTES", value_parser = crate::cli::parse_bytes, requires = "min_free")]
+    /// Unset: nix.conf's `max-free`, else no limit. Must not be below min-free.
+    #[arg(long, value_name = "BYTES", value_parser = crate::cli::parse_bytes)]
     max_free: Option<u64>,
     /// How often free space is checked against --min-free (statvfs on the store directory).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     check_interval: Duration,
+    /// Where the time of the last successful scheduled collection is kept, so that a
+    /// restarted daemon keeps the schedule instead of starting a new interval (a daemon
+    /// restarted more often than --interval would otherwise never collect). Default:
+    /// `<state-dir>/store-gc/last-scheduled-run`. `off`: not kept; the first scheduled
+    /// collection is one interval after start.
+    #[arg(long, value_name = "PATH|off")]
+    schedule_file: Option<PathBuf>,
     /// Stop a scheduled collection after freeing this many bytes (suffixes K, M, G, T).
     #[arg(long, value_name = "BYTES", value_parser = crate::cli::parse_bytes)]
     max_freed: Option<u64>,
@@ -167,14 +176,18 @@ struct Scheduler {
 }
 
 impl Scheduler {
-    fn new(config: &ServeArgs, now: Instant) -> Self {
+    /// `since_last`: how long ago the last scheduled collection succeeded, if known; the next
+    /// one is due an interval after it (at once if that has passed), else an interval from now.
+    fn new(config: &ServeArgs, now: Instant, since_last: Option<Duration>) -> Self {
         Self {
             interval: config.interval,
             check_interval: config.check_interval,
             min_free: config.min_free,
             max_free: config.max_free.unwrap_or(u64::MAX),
             scheduled_max_freed: config.max_freed.unwrap_or(u64::MAX),
-            next_scheduled: config.interval.map(|interval| now + interval),
+            next_scheduled: config
+                .interval
+                .map(|interval| now + interval.saturating_sub(since_last.unwrap_or_default())),
             next_check: now,
             unproductive: 0,
         }
@@ -198,7 +211,7 @@ impl Scheduler {
         match free() {
             // Nix's autoGC: below min-free, collect until max-free is available.
             Ok(free) if free < min_free => {
-                tracing::info!(free, min_free, "free space below --min-free");
+                tracing::info!(free, min_free, "free space below min-free");
                 Some((Trigger::FreeSpace, self.max_free.saturating_sub(free)))
             }
             Ok(_) => None,
@@ -270,16 +283,26 @@ const MAX_SCRAPES: usize = 8;
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `store-gc serve`: runs until SIGTERM or SIGINT.
-pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if let (Some(min_free), Some(max_free)) = (args.min_free, args.max_free) {
-        anyhow::ensure!(
+pub fn run(mut args: ServeArgs) -> anyhow::Result<()> {
+    // The flags win; otherwise nix.conf's, as Nix's own automatic collection reads them.
+    let conf = args.collector.nix_settings()?;
+    let max_free_flag = args.max_free.is_some();
+    args.min_free = args.min_free.or(conf.min_free);
+    args.max_free = args.max_free.or(conf.max_free);
+    match (args.min_free, args.max_free) {
+        (Some(min_free), Some(max_free)) => anyhow::ensure!(
             max_free >= min_free,
-            "--max-free ({max_free}) must not be below --min-free ({min_free})"
-        );
+            "max-free ({max_free}) must not be below min-free ({min_free}) (flags, else nix.conf)"
+        ),
+        (None, Some(_)) => anyhow::ensure!(
+            !max_free_flag,
+            "--max-free needs a min-free (--min-free, or min-free in nix.conf)"
+        ),
+        _ => {}
     }
     anyhow::ensure!(
         args.interval.is_some() || args.min_free.is_some(),
-        "nothing to do: --interval is off and --min-free is not set"
+        "nothing to do: --interval is off and no min-free is set (--min-free or nix.conf)"
     );
     let options = collect_options(&args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -333,7 +356,28 @@ async fn serve(args: ServeArgs, options: CollectOptions) -> anyhow::Result<()> {
         "store-gc serve started"
     );
 
-    let mut scheduler = Scheduler::new(&args, Instant::now());
+    let schedule_file = match &args.schedule_file {
+        Some(path) if path.as_os_str() == "off" => None,
+        Some(path) => Some(path.clone()),
+        None => Some(
+            options
+                .layout
+                .state_dir()
+                .join("store-gc/last-scheduled-run"),
+        ),
+    };
+    let since_last = schedule_file
+        .as_deref()
+        .and_then(last_scheduled_run)
+        // A time in the future (the clock was set back) counts as just now.
+        .map(|last| SystemTime::now().duration_since(last).unwrap_or_default());
+    if let Some(since_last) = since_last {
+        tracing::info!(
+            since_last_s = since_last.as_secs(),
+            "last scheduled collection found"
+        );
+    }
+    let mut scheduler = Scheduler::new(&args, Instant::now(), since_last);
     let store_dir = options.layout.store_dir().to_owned();
     let mut run_number: u64 = 0;
     loop {
@@ -373,6 +417,11 @@ async fn serve(args: ServeArgs, options: CollectOptions) -> anyhow::Result<()> {
             };
             let (outcome, deleted) = span.in_scope(|| record(&shared, trigger, result));
             scheduler.finished(trigger, outcome, deleted, Instant::now());
+            if let (Outcome::Ok, Trigger::Schedule, Some(path)) =
+                (outcome, trigger, schedule_file.as_deref())
+            {
+                remember_scheduled_run(path, SystemTime::now());
+            }
             if stopping {
                 break;
             }
@@ -393,6 +442,40 @@ async fn serve(args: ServeArgs, options: CollectOptions) -> anyhow::Result<()> {
     }
     tracing::info!("store-gc serve stopped");
     Ok(())
+}
+
+/// The time in `path` (Unix seconds), if there is a readable one.
+fn last_scheduled_run(path: &Path) -> Option<SystemTime> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return None,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot read the schedule file; starting a new interval");
+            return None;
+        }
+    };
+    match text.trim().parse::<u64>() {
+        Ok(seconds) => Some(UNIX_EPOCH + Duration::from_secs(seconds)),
+        Err(_) => {
+            tracing::warn!(path = %path.display(), "the schedule file holds no time; starting a new interval");
+            None
+        }
+    }
+}
+
+/// Writes `at` to `path` (replaced whole, through a temporary file and a rename); a failure
+/// is logged: it only costs a restarted daemon its place in the schedule.
+fn remember_scheduled_run(path: &Path, at: SystemTime) {
+    let seconds = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let temp = path.with_extension("tmp");
+    let written = path
+        .parent()
+        .map_or(Ok(()), fs::create_dir_all)
+        .and_then(|()| fs::write(&temp, format!("{seconds}\n")))
+        .and_then(|()| fs::rename(&temp, path));
+    if let Err(error) = written {
+        tracing::warn!(path = %path.display(), %error, "cannot record the scheduled collection");
+    }
 }
 
 async fn sleep_until(wake: Option<Instant>) {
@@ -546,9 +629,41 @@ mod tests {
     }
 
     #[test]
+    fn a_restart_keeps_the_schedule() {
+        let start = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let config = args(&["--interval", "1h"]);
+        let wake = |since_last| Scheduler::new(&config, start, since_last).next_wake();
+        assert_eq!(wake(None), Some(start + hour));
+        // Last run 20 minutes ago: due 40 minutes from now, not an hour.
+        assert_eq!(
+            wake(Some(Duration::from_secs(1200))),
+            Some(start + Duration::from_secs(2400))
+        );
+        // Overdue: at once.
+        let mut overdue = Scheduler::new(&config, start, Some(2 * hour));
+        assert_eq!(
+            overdue.due(start, || panic!("no --min-free, no statvfs")),
+            Some((Trigger::Schedule, u64::MAX))
+        );
+    }
+
+    #[test]
+    fn the_schedule_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store-gc/last-scheduled-run");
+        assert_eq!(last_scheduled_run(&path), None);
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        remember_scheduled_run(&path, at);
+        assert_eq!(last_scheduled_run(&path), Some(at));
+        fs::write(&path, "yesterday").unwrap();
+        assert_eq!(last_scheduled_run(&path), None);
+    }
+
+    #[test]
     fn schedule_fires_each_interval() {
         let start = Instant::now();
-        let mut scheduler = Scheduler::new(&args(&["--interval", "60s"]), start);
+        let mut scheduler = Scheduler::new(&args(&["--interval", "60s"]), start, None);
         let no_disk = || -> io::Result<u64> { panic!("no --min-free, no statvfs") };
         assert_eq!(scheduler.due(start, no_disk), None);
         assert_eq!(scheduler.next_wake(), Some(start + Duration::from_secs(60)));
@@ -575,6 +690,7 @@ mod tests {
                 "10s",
             ]),
             start,
+            None,
         );
         assert_eq!(scheduler.due(start, || Ok(2000)), None);
         // Not checked again before the check interval.
@@ -604,6 +720,7 @@ mod tests {
                 "10s",
             ]),
             start,
+            None,
         );
         let hour = start + Duration::from_secs(3600);
         assert_eq!(
@@ -637,14 +754,29 @@ mod tests {
 
     #[test]
     fn refuses_contradictory_thresholds() {
-        let error = run(args(&["--min-free", "2G", "--max-free", "1G"])).unwrap_err();
-        assert!(error.to_string().contains("--max-free"), "{error}");
-        let error = run(args(&["--interval", "off"])).unwrap_err();
+        let conf = tempfile::tempdir().unwrap();
+        let dir = conf.path().to_str().unwrap();
+        let with_conf = |extra: &[&str]| {
+            let mut all = vec!["--conf-dir", dir];
+            all.extend(extra);
+            args(&all)
+        };
+        let error = run(with_conf(&["--min-free", "2G", "--max-free", "1G"])).unwrap_err();
+        assert!(error.to_string().contains("max-free"), "{error}");
+        let error = run(with_conf(&["--interval", "off"])).unwrap_err();
         assert!(error.to_string().contains("nothing to do"), "{error}");
-        assert!(
-            Wrapper::try_parse_from(["serve", "--max-free", "1G"]).is_err(),
-            "--max-free without --min-free"
-        );
+        let error = run(with_conf(&["--max-free", "1G"])).unwrap_err();
+        assert!(error.to_string().contains("needs a min-free"), "{error}");
+        // nix.conf's values count as if given, and the flags still win over them.
+        fs::write(
+            conf.path().join("nix.conf"),
+            "min-free = 2G\nmax-free = 1G\n",
+        )
+        .unwrap();
+        let error = run(with_conf(&[])).unwrap_err();
+        assert!(error.to_string().contains("must not be below"), "{error}");
+        let error = run(with_conf(&["--max-free", "1K", "--min-free", "2K"])).unwrap_err();
+        assert!(error.to_string().contains("(1024)"), "{error}");
     }
 
     #[test]

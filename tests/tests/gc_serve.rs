@@ -518,7 +518,54 @@ fn scheduled_collection_deletes_the_dead_and_exports_metrics() {
 }
 
 #[test]
+fn a_restarted_daemon_keeps_its_schedule() {
+    let setup = Setup::new();
+    let tracker = setup.tracker();
+    // The last scheduled collection was two hours ago, with a one-hour interval: overdue, so
+    // the daemon collects at once instead of starting a new hour.
+    let file = setup.store.state_dir.join("store-gc/last-scheduled-run");
+    fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    fs::write(&file, format!("{}\n", now - 7200)).unwrap();
+    setup.store.chown_all(&setup.gcuser);
+    let mut daemon = Daemon::start(
+        &setup,
+        &tracker.socket(),
+        &["--interval", "1h", "--allow-unreadable-runtime"],
+    );
+    daemon.wait_for("the overdue scheduled run", |metrics| {
+        runs(metrics, &[("outcome", "ok"), ("trigger", "schedule")]) >= 1.0
+    });
+    setup.assert_collected();
+    let recorded: u64 = fs::read_to_string(&file).unwrap().trim().parse().unwrap();
+    assert!(
+        recorded >= now,
+        "the run was not recorded: {recorded} < {now}"
+    );
+    drop(daemon);
+    drop(tracker);
+}
+
+/// Where `min-free`/`max-free` come from in [`low_free_space`].
+enum FreeSpaceFrom {
+    Flags,
+    NixConf,
+}
+
+#[test]
 fn low_free_space_collects_without_waiting_for_the_interval() {
+    low_free_space(FreeSpaceFrom::Flags);
+}
+
+#[test]
+fn min_free_and_max_free_are_read_from_nix_conf() {
+    low_free_space(FreeSpaceFrom::NixConf);
+}
+
+fn low_free_space(from: FreeSpaceFrom) {
     let setup = Setup::new();
     let tracker = setup.tracker();
     let stat = nix::sys::statvfs::statvfs(&setup.store.store_dir).unwrap();
@@ -526,21 +573,23 @@ fn low_free_space_collects_without_waiting_for_the_interval() {
     let tebibyte = 1u64 << 40;
     let min_free = (free + tebibyte).to_string();
     let max_free = (free + 2 * tebibyte).to_string();
-    let mut daemon = Daemon::start(
-        &setup,
-        &tracker.socket(),
-        &[
-            "--interval",
-            "1h",
-            "--min-free",
-            &min_free,
-            "--max-free",
-            &max_free,
-            "--check-interval",
-            "1s",
-            "--allow-unreadable-runtime",
-        ],
-    );
+    let mut args = vec!["--interval", "1h", "--check-interval", "1s"];
+    args.push("--allow-unreadable-runtime");
+    let conf = setup.store.path("conf");
+    fs::create_dir_all(&conf).unwrap();
+    let conf_file = conf.join("nix.conf");
+    let conf_before = fs::read(&conf_file).ok();
+    match from {
+        FreeSpaceFrom::Flags => {
+            args.extend(["--min-free", &min_free, "--max-free", &max_free]);
+        }
+        FreeSpaceFrom::NixConf => {
+            let mut text = conf_before.clone().unwrap_or_default();
+            text.extend(format!("\nmin-free = {min_free}\nmax-free = {max_free}\n").bytes());
+            fs::write(&conf_file, text).unwrap();
+        }
+    }
+    let mut daemon = Daemon::start(&setup, &tracker.socket(), &args);
     let metrics = daemon.wait_for("a successful free-space run", |metrics| {
         runs(metrics, &[("outcome", "ok"), ("trigger", "free_space")]) >= 1.0
     });
@@ -551,9 +600,12 @@ fn low_free_space_collects_without_waiting_for_the_interval() {
         (free + tebibyte) as f64
     );
     let log = daemon.log();
-    assert!(log.contains("free space below --min-free"), "{log}");
+    assert!(log.contains("free space below min-free"), "{log}");
     drop(daemon);
     drop(tracker);
+    if let Some(before) = conf_before {
+        fs::write(&conf_file, before).unwrap();
+    }
 }
 
 #[test]
