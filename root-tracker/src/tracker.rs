@@ -155,7 +155,10 @@ impl Tracker {
                             Err(error) => {
                                 let message = format!("{:#}", anyhow::Error::from(error));
                                 self.survive("a request", Err::<(), _>(message.clone()));
-                                Response::error(ErrorKind::Internal, message)
+                                Response::error(
+                                    ErrorKind::Internal,
+                                    disclosed_reason(&message, job.disclosure),
+                                )
                             }
                         };
                         let _ = job.reply.send(response);
@@ -256,7 +259,7 @@ impl Tracker {
     ) -> Result<Response, ReconcileError> {
         Ok(match request {
             Request::Status {} => Response::Status {
-                status: self.status(),
+                status: self.status(disclosure),
             },
             Request::Query { wait_ms } => {
                 let wait = wait_ms
@@ -293,7 +296,8 @@ impl Tracker {
                     return Ok(Response::error(
                         ErrorKind::Unsettled,
                         format!(
-                            "the root index is unsettled ({reason}); not answering rather than guessing"
+                            "the root index is unsettled ({}); not answering rather than guessing",
+                            disclosed_reason(&reason, disclosure)
                         ),
                     ));
                 }
@@ -312,7 +316,9 @@ impl Tracker {
         }
     }
 
-    fn status(&self) -> serde_json::Value {
+    /// What `status` shows. A censored caller sees why the index is unsettled only as
+    /// `{censored}`: reasons name paths (a link that changed, a directory that moved).
+    fn status(&self, disclosure: Disclosure) -> serde_json::Value {
         let index = self.reconciler.index();
         let stats = self.reconciler.stats();
         let seconds = |time: Option<SystemTime>| {
@@ -322,7 +328,12 @@ impl Tracker {
         serde_json::json!({
             "backend": self.source.name(),
             "backend_reason": self.options.backend_reason,
-            "settled": self.reconciler.settled(),
+            "settled": match self.reconciler.settled() {
+                Settled::Unsettled { reason } => Settled::Unsettled {
+                    reason: disclosed_reason(reason, disclosure),
+                },
+                settled => settled.clone(),
+            },
             "generation": index.generation(),
             "roots": {
                 "static": index.count(RootKind::Static),
@@ -411,4 +422,12 @@ impl LagWindow {
 
 fn lost(reason: String) -> Hint {
     Hint::Lost { reason }
+}
+
+/// A message that may name paths, as a caller may see it: whole, or `{censored}`.
+fn disclosed_reason(reason: &str, disclosure: Disclosure) -> String {
+    match disclosure {
+        Disclosure::Full => reason.to_owned(),
+        Disclosure::Censored => crate::report::CENSORED.to_owned(),
+    }
 }
