@@ -220,6 +220,9 @@ impl DeliveryCounters {
 struct InFlightOp {
     /// The syscall number, to recognise the thread in `/proc/<pid>/task/<tid>/syscall`.
     syscall_nr: i32,
+    /// Which record entered it (`records_read` then): a thread's later operation replaces
+    /// this one under the same key, and must not be forgotten in its place.
+    entered_by: u64,
     /// What to report once it succeeded (resolved at entry, while the caller's fds and working
     /// directory are most likely still those it used).
     hints: Vec<Hint>,
@@ -480,6 +483,7 @@ impl EbpfSource {
                 let key = pid_tgid(enter.tgid, enter.tid);
                 let op = InFlightOp {
                     syscall_nr: enter.syscall_nr,
+                    entered_by: self.records_read,
                     hints: hints_for(&enter),
                 };
                 // A thread is in one syscall at a time: an older entry for it is stale (its
@@ -531,19 +535,27 @@ impl EbpfSource {
     /// Forgets in-flight operations whose thread is provably no longer inside the syscall:
     /// their exit record was then either read already or dropped (and counted).
     fn forget_finished(&mut self, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
-        let finished: Vec<u64> = self
+        let finished: Vec<(u64, u64)> = self
             .in_flight
             .iter()
             .filter(|(key, op)| !thread_in_syscall(**key, op.syscall_nr))
-            .map(|(key, _)| *key)
+            .map(|(key, op)| (*key, op.entered_by))
             .collect();
         if finished.is_empty() {
             return Ok(());
         }
         // The exit record, if any, was committed before the thread left the syscall.
         self.drain(out)?;
-        for key in finished {
-            self.in_flight.remove(&key);
+        for (key, entered_by) in finished {
+            // The drain may have read the thread's next operation, under the same key: that
+            // one is in flight now, and forgetting it would lose its hints when it exits.
+            if self
+                .in_flight
+                .get(&key)
+                .is_some_and(|op| op.entered_by == entered_by)
+            {
+                self.in_flight.remove(&key);
+            }
         }
         Ok(())
     }
