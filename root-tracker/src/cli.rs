@@ -38,7 +38,9 @@ enum Command {
     /// and answer `query` and `status` on a Unix socket.
     ///
     /// Needs root (or CAP_BPF/CAP_PERFMON for eBPF, CAP_SYS_ADMIN for fanotify, and
-    /// CAP_DAC_READ_SEARCH to read every user's links). Stops on SIGINT/SIGTERM.
+    /// CAP_DAC_READ_SEARCH to read every user's links). After attaching it switches to --user
+    /// (recommended: a dedicated system user) and drops every capability it no longer needs.
+    /// Stops on SIGINT/SIGTERM.
     Run(Box<RunArgs>),
     /// Ask a running tracker for the roots, as of now (same output as `scan`).
     ///
@@ -134,6 +136,13 @@ struct RunArgs {
     /// Size of the eBPF ring buffer in bytes (a power of two, a multiple of the page size).
     #[arg(long, default_value_t = root_tracker_ebpf::RING_BUF_BYTES)]
     ebpf_ring_buffer_bytes: u32,
+    /// Run as this user (a name, or a numeric uid in the password database) after attaching,
+    /// with its primary group and no supplementary groups; recommended: a dedicated system user.
+    /// The tracker gives it the directories it creates for --db and the sockets, and the index
+    /// files; an existing directory there must already be writable by it. Without --user the
+    /// tracker stays uid 0 (with few capabilities), which still owns every root-owned file.
+    #[arg(long, value_name = "USER", conflicts_with = "keep_privileges")]
+    user: Option<String>,
     /// Debugging only: keep every capability, the host network and unrestricted writes after
     /// attach (by default they are dropped; `status` shows what is kept).
     #[arg(long)]
@@ -310,6 +319,34 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     use std::sync::atomic::AtomicBool;
 
     let layout = StoreLayout::new(&args.store.store_dir, &args.store.state_dir)?;
+    // Looked up now, while the password database and NSS may still be read.
+    let user = args
+        .user
+        .as_deref()
+        .map(crate::privilege::TrackerUser::lookup)
+        .transpose()?;
+    if user.is_none() && !args.keep_privileges {
+        tracing::warn!(
+            "no --user: the tracker keeps uid 0, which owns every root-owned file; run it with --user and a dedicated system user"
+        );
+    }
+    let nix_roots_socket = args
+        .nix_roots_socket
+        .clone()
+        .map(|path| path.unwrap_or_else(|| layout.state_dir().join("gc-roots-socket/socket")));
+    let parent_dir = |path: &std::path::Path| match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    // The directories the tracker writes in after the drop (Landlock's list for the server
+    // thread). Made while we may still write anywhere: the state dir need not be root's (a Nix
+    // daemon running as its own user owns it), and after the drop root writes only where it
+    // owns. The ones made here are --user's.
+    let mut own_dirs = vec![parent_dir(&args.db), parent_dir(&args.socket.socket)];
+    own_dirs.extend(nix_roots_socket.as_deref().map(parent_dir));
+    let own_dirs_created = crate::privilege::create_own_dirs(
+        &own_dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
     let index = crate::index::Index::open(&args.db)?;
     let mut reconciler = crate::reconcile::Reconciler::new(layout.clone(), index);
     // Before the privilege drop: see ValidityCache::open_now. Failing here is not fatal (the
@@ -336,18 +373,6 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let state_watch = crate::state_watch::StateWatch::new(&layout)?;
     let (jobs, job_receiver) = std::sync::mpsc::channel();
     let shutdown = Arc::new(AtomicBool::new(false));
-    let nix_roots_socket = args
-        .nix_roots_socket
-        .clone()
-        .map(|path| path.unwrap_or_else(|| layout.state_dir().join("gc-roots-socket/socket")));
-    // Made while we may still write anywhere: the state dir need not be root's (a Nix daemon
-    // running as its own user owns it), and after the drop root writes only where it owns.
-    if let Some(dir) = nix_roots_socket
-        .as_deref()
-        .and_then(std::path::Path::parent)
-    {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
     let server_config = crate::server::ServerConfig {
         socket: args.socket.socket.clone(),
         nix_roots: nix_roots_socket
@@ -375,23 +400,25 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::warn!("--keep-privileges: running with every privilege");
         (start_server()?, crate::privilege::Privileges::kept())
     } else {
-        let mut privileges = crate::privilege::drop_privileges(source.name(), &mut || {
-            source
-                .set_interest(&interest)
-                .map_err(|error| format!("{:#}", anyhow::Error::from(error)))
-        })
-        .context("cannot drop privileges (--keep-privileges skips this, for debugging)")?;
-        let db_dir = match args.db.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let socket_dir = |socket: &std::path::Path| match socket.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let mut writable = vec![db_dir, socket_dir(&args.socket.socket)];
-        writable.extend(nix_roots_socket.as_deref().map(socket_dir));
-        let writable: Vec<&std::path::Path> = writable.iter().map(PathBuf::as_path).collect();
+        let writable: Vec<&std::path::Path> = own_dirs.iter().map(PathBuf::as_path).collect();
+        if let Some(user) = &user {
+            // The index (open now, with its WAL files) must stay writable by the user; the
+            // sockets are bound after the switch, by the user, in its directories.
+            let mut index_files = vec![args.db.clone()];
+            for suffix in ["-wal", "-shm"] {
+                let mut file = args.db.clone().into_os_string();
+                file.push(suffix);
+                index_files.push(PathBuf::from(file));
+            }
+            crate::privilege::hand_over(user, &own_dirs_created, &index_files)?;
+        }
+        let mut privileges =
+            crate::privilege::drop_privileges(source.name(), user.as_ref(), &writable, &mut || {
+                source
+                    .set_interest(&interest)
+                    .map_err(|error| format!("{:#}", anyhow::Error::from(error)))
+            })
+            .context("cannot drop privileges (--keep-privileges skips this, for debugging)")?;
         let server = crate::privilege::confine_server(&mut privileges, &writable, start_server)??;
         (server, privileges)
     };
@@ -411,6 +438,24 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _ = server.join();
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `status`'s `privileges.identity` in one line.
+fn runs_as(identity: &serde_json::Value) -> String {
+    let groups = match identity["groups"].as_array() {
+        Some(groups) if groups.is_empty() => "no supplementary groups".to_owned(),
+        Some(groups) => format!("groups {}", serde_json::Value::from(groups.clone())),
+        None => "groups ?".to_owned(),
+    };
+    let who = match identity["user"].as_str() {
+        Some(name) => format!("user {name}"),
+        None if identity["uid_0_kept"] == true => "uid 0 kept: no --user".to_owned(),
+        None => "?".to_owned(),
+    };
+    format!(
+        "uid {}, gid {}, {groups} ({who})",
+        identity["uid"], identity["gid"]
+    )
 }
 
 /// Sends one request and reads one response line.
@@ -505,6 +550,7 @@ fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     status["backend"].as_str().unwrap_or("?"),
                     status["backend_reason"].as_str().unwrap_or("")
                 );
+                println!("runs as: {}", runs_as(&status["privileges"]["identity"]));
                 println!(
                     "index: {}{}, generation {}",
                     settled["state"].as_str().unwrap_or("?"),

@@ -1,17 +1,27 @@
 //! Privilege drop after attach (DESIGN.md invariant 6): once the source and the state watch are
-//! attached, the tracker keeps only the capabilities its loop still uses, sets no_new_privs,
-//! leaves the network for an empty network namespace, and the server thread — the one that
-//! reads what callers send — may write only beneath the index's and the socket's directories.
+//! attached, the tracker switches to the unprivileged user of `--user` (if given), keeps only the
+//! capabilities its loop still uses, sets no_new_privs, leaves the network for an empty network
+//! namespace, and the server thread — the one that reads what callers send — may write only
+//! beneath the index's and the socket's directories.
 //!
 //! Invariant: [`drop_privileges`] runs while the process has exactly one thread, so every thread
-//! started later inherits the reduced sets; what was kept and enforced is read back from the
-//! kernel and reported as found, never as intended.
+//! started later inherits the new uid and the reduced sets; what was kept and enforced is read
+//! back from the kernel and reported as found, never as intended.
 //!
-//! The process stays uid 0. The index database, its WAL and the socket were created by uid 0
-//! and must stay writable; `SO_PEERCRED` callers are compared with uid 0 as "root may ask";
-//! and a uid change would need a dedicated system user that this tool cannot assume exists.
-//! Without `CAP_DAC_OVERRIDE`, `CAP_FOWNER` and `CAP_CHOWN` uid 0 still owns every root-owned
-//! file, which is why write confinement comes from Landlock, not from the uid.
+//! With `--user NAME` every uid and gid (real, effective, saved, filesystem) becomes that user's
+//! and the supplementary groups are cleared. The securebits are locked first, with
+//! `SECBIT_NO_SETUID_FIXUP`, so that the kernel leaves the capability sets alone when the uids
+//! leave 0; the sets are then lowered as without `--user`, and CAP_SETUID/CAP_SETGID go with
+//! everything else. Before the switch the tracker hands that user the directories it created for
+//! its index and sockets and the index's files (`lchown`, never following a link), so it can
+//! keep writing them; a directory that already existed is not given away and must already be
+//! writable by the user. A uid that owns nothing outside its own directories cannot write
+//! root-owned files even where Landlock does not reach (below), which uid 0 without
+//! `CAP_DAC_OVERRIDE` could: root owns `/etc/passwd`. Callers' `SO_PEERCRED` uid 0 is still root.
+//!
+//! Without `--user` the process stays uid 0 (a warning recommends `--user`, and `status` says
+//! so): without `CAP_DAC_OVERRIDE`, `CAP_FOWNER` and `CAP_CHOWN` it still owns every root-owned
+//! file, and only the server thread's writes are confined.
 //!
 //! Landlock confines the server thread, not the tracker thread: a Landlock domain may not
 //! ptrace-access any process outside it, so `/proc/<pid>/{exe,cwd,fd/*}` (runtime roots, as
@@ -81,6 +91,159 @@ pub enum PrivilegeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot look up the user {spec:?} for --user")]
+    UserLookup {
+        spec: String,
+        #[source]
+        source: Errno,
+    },
+    #[error("--user {spec:?}: no such user in the password database")]
+    UnknownUser { spec: String },
+    #[error(
+        "--user {spec:?} is uid {uid}, gid {gid}: the tracker must run as a user other than root whose primary group is not root's"
+    )]
+    PrivilegedUser { spec: String, uid: u32, gid: u32 },
+    #[error("cannot create the tracker's directory {path:?}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot give {path:?} to the --user {user:?}")]
+    HandOver {
+        path: PathBuf,
+        user: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot switch to the uid and gid of --user {user:?} (uid {uid}, gid {gid}): {step}")]
+    SwitchUser {
+        user: String,
+        uid: u32,
+        gid: u32,
+        step: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("cannot read this thread's uids and gids back from /proc/thread-self/status")]
+    ReadIdentity {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the kernel reports uids {uids:?}, gids {gids:?}, groups {groups:?} after the switch, expected uid {uid} and gid {gid} everywhere and no groups"
+    )]
+    VerifyIdentity {
+        uids: Vec<u32>,
+        gids: Vec<u32>,
+        groups: Vec<u32>,
+        uid: u32,
+        gid: u32,
+    },
+    #[error(
+        "{path:?} is not writable by --user {user:?}; the tracker keeps its index or socket there (give that directory to the user, or name one the tracker creates)"
+    )]
+    NotWritable {
+        path: PathBuf,
+        user: String,
+        #[source]
+        source: Errno,
+    },
+}
+
+/// The unprivileged user `run --user` switches to, from the password database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackerUser {
+    pub name: String,
+    pub uid: u32,
+    /// The user's primary group; the only group the tracker keeps.
+    pub gid: u32,
+}
+
+impl TrackerUser {
+    /// `spec` is a user name or a numeric uid; either must have a password-database entry,
+    /// which gives the primary group. Root, and a user whose primary group is root's, are
+    /// refused: switching to them would keep the write access the switch is meant to remove.
+    /// Call it before the privilege drop: the lookup may load NSS modules and read files.
+    pub fn lookup(spec: &str) -> Result<Self, PrivilegeError> {
+        let found = match spec.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(spec),
+        }
+        .map_err(|source| PrivilegeError::UserLookup {
+            spec: spec.to_owned(),
+            source,
+        })?;
+        let user = found.ok_or_else(|| PrivilegeError::UnknownUser {
+            spec: spec.to_owned(),
+        })?;
+        let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
+        if uid == 0 || gid == 0 {
+            return Err(PrivilegeError::PrivilegedUser {
+                spec: spec.to_owned(),
+                uid,
+                gid,
+            });
+        }
+        Ok(Self {
+            name: user.name,
+            uid,
+            gid,
+        })
+    }
+}
+
+/// Creates each of `dirs` that is missing, with its missing parents, and returns the ones this
+/// call created (each once). Only those are the tracker's to give to `--user`
+/// ([`hand_over`]); a directory that existed before may be shared (`/run`, a state dir).
+pub fn create_own_dirs(dirs: &[&Path]) -> Result<Vec<PathBuf>, PrivilegeError> {
+    let mut created: Vec<PathBuf> = Vec::new();
+    for dir in dirs {
+        let create_error = |source| PrivilegeError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        match std::fs::symlink_metadata(dir) {
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(create_error(error)),
+        }
+        std::fs::create_dir_all(dir).map_err(create_error)?;
+        if !created.iter().any(|known| known == dir) {
+            created.push(dir.to_path_buf());
+        }
+    }
+    Ok(created)
+}
+
+/// Gives `user` the directories the tracker created for itself and those of `files` that
+/// exist (the index database and its `-wal`/`-shm`), so that it can keep writing them after the
+/// switch and remove its sockets and WAL files at exit. `lchown`: a link left in these
+/// directories by an earlier run as that user is changed itself, never what it points to (and
+/// SQLite opens every file with `O_NOFOLLOW`). Call it while still root (CAP_CHOWN).
+pub fn hand_over(
+    user: &TrackerUser,
+    created_dirs: &[PathBuf],
+    files: &[PathBuf],
+) -> Result<(), PrivilegeError> {
+    let hand_over_error = |path: &Path| {
+        let path = path.to_path_buf();
+        let user = user.name.clone();
+        move |source| PrivilegeError::HandOver { path, user, source }
+    };
+    for dir in created_dirs {
+        std::os::unix::fs::lchown(dir, Some(user.uid), Some(user.gid))
+            .map_err(hand_over_error(dir))?;
+    }
+    for file in files {
+        match std::os::unix::fs::lchown(file, Some(user.uid), Some(user.gid)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(hand_over_error(file)(error)),
+        }
+    }
+    tracing::info!(user = %user.name, dirs = ?created_dirs, files = ?files, "handed the tracker's own files to its user");
+    Ok(())
 }
 
 /// Which capabilities the tracker loop still uses after attach, each with the reason.
@@ -116,6 +279,94 @@ pub struct Privileges {
     pub securebits_locked: bool,
     pub network: Network,
     pub landlock: Landlock,
+    /// The uid and gids the process runs as.
+    pub identity: Identity,
+}
+
+/// Who the tracker runs as, read back from the kernel (`/proc/thread-self/status`); after the
+/// drop every thread has the same, since they all start after it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Identity {
+    /// `--user`'s name; `null` without it.
+    pub user: Option<String>,
+    /// Effective uid (with `--user`, real, saved and filesystem uid are checked to be the same).
+    pub uid: u32,
+    /// Effective gid (likewise checked with `--user`).
+    pub gid: u32,
+    /// Supplementary groups (none with `--user`).
+    pub groups: Vec<u32>,
+    /// True without `--user`: uid 0, which owns every root-owned file.
+    pub uid_0_kept: bool,
+    pub note: String,
+}
+
+/// What the kernel lists for this thread: real, effective, saved and filesystem ids.
+struct KernelIds {
+    uids: Vec<u32>,
+    gids: Vec<u32>,
+    groups: Vec<u32>,
+}
+
+impl KernelIds {
+    fn read() -> Result<Self, PrivilegeError> {
+        let status = std::fs::read_to_string("/proc/thread-self/status")
+            .map_err(|source| PrivilegeError::ReadIdentity { source })?;
+        let field = |name: &str| -> Result<Vec<u32>, PrivilegeError> {
+            let malformed = || PrivilegeError::ReadIdentity {
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("no well-formed {name} line"),
+                ),
+            };
+            let line = status
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .ok_or_else(malformed)?;
+            line.split_whitespace()
+                .map(|id| id.parse().map_err(|_| malformed()))
+                .collect()
+        };
+        Ok(Self {
+            uids: field("Uid")?,
+            gids: field("Gid")?,
+            groups: field("Groups")?,
+        })
+    }
+
+    /// The identity `status` reports; with `user`, fails unless every id is that user's.
+    fn identity(self, user: Option<&TrackerUser>) -> Result<Identity, PrivilegeError> {
+        let effective = |ids: &[u32]| ids.get(1).copied().unwrap_or(u32::MAX);
+        let Some(user) = user else {
+            return Ok(Identity {
+                user: None,
+                uid: effective(&self.uids),
+                gid: effective(&self.gids),
+                groups: self.groups,
+                uid_0_kept: true,
+                note: "uid 0 kept (no --user): the tracker thread, which Landlock cannot confine, \
+                       may still write every root-owned file"
+                    .to_owned(),
+            });
+        };
+        let all = |ids: &[u32], id: u32| ids.len() == 4 && ids.iter().all(|&found| found == id);
+        if !all(&self.uids, user.uid) || !all(&self.gids, user.gid) || !self.groups.is_empty() {
+            return Err(PrivilegeError::VerifyIdentity {
+                uids: self.uids,
+                gids: self.gids,
+                groups: self.groups,
+                uid: user.uid,
+                gid: user.gid,
+            });
+        }
+        Ok(Identity {
+            user: Some(user.name.clone()),
+            uid: user.uid,
+            gid: user.gid,
+            groups: Vec::new(),
+            uid_0_kept: false,
+            note: "real, effective, saved and filesystem uid and gid are --user's; no supplementary groups".to_owned(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -165,6 +416,16 @@ impl Privileges {
                 writable: Vec::new(),
                 unrestricted: "every thread (--keep-privileges)".to_owned(),
             },
+            identity: KernelIds::read()
+                .and_then(|ids| ids.identity(None))
+                .unwrap_or_else(|error| Identity {
+                    user: None,
+                    uid: u32::MAX,
+                    gid: u32::MAX,
+                    groups: Vec::new(),
+                    uid_0_kept: true,
+                    note: format!("unknown: {error}"),
+                }),
         }
     }
 
@@ -174,12 +435,17 @@ impl Privileges {
 }
 
 /// Drops what the tracker loop does not need. Call it after the source and the state watch are
-/// attached and before any other thread starts. `probe` exercises the source with the reduced
-/// effective set (e.g. a map update): before Linux 6.5 a system with
-/// `kernel.unprivileged_bpf_disabled` set refuses every `bpf()` command without CAP_BPF, even
-/// on maps already open, and then CAP_BPF (CAP_SYS_ADMIN where CAP_BPF is unknown) is kept.
+/// attached, and everything else that needs uid 0 is open, and before any other thread starts.
+/// With `user`, every uid and gid becomes that user's, and each of `writable` (the
+/// directories of the index and the sockets) must then be writable by it. `probe` exercises
+/// the source with the reduced effective set, as the final uid (e.g. a map update): before
+/// Linux 6.5 a system with `kernel.unprivileged_bpf_disabled` set refuses every `bpf()`
+/// command without CAP_BPF, even on maps already open, and then CAP_BPF (CAP_SYS_ADMIN where
+/// CAP_BPF is unknown) is kept.
 pub fn drop_privileges(
     backend: &'static str,
+    user: Option<&TrackerUser>,
+    writable: &[&Path],
     probe: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<Privileges, PrivilegeError> {
     let others = wait_for_single_thread()?;
@@ -190,10 +456,19 @@ pub fn drop_privileges(
     // tracker's socket is path-bound, and path-bound Unix sockets connect across namespaces.
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|source| PrivilegeError::Network { source })?;
+    // Before the uid switch: SECBIT_NO_SETUID_FIXUP makes the kernel keep the capability sets
+    // when the uids leave 0 (otherwise it would empty them), so the sets are lowered below by
+    // name, the same way with and without --user, and nothing depends on SECBIT_KEEP_CAPS.
+    lock_securebits()?;
+    if let Some(user) = user {
+        // Still single-threaded: credentials are per thread, and every thread started later
+        // inherits these.
+        switch_user(user)?;
+    }
 
     let mut keep = needed(backend);
     let caps_error = |step| move |source| PrivilegeError::Capabilities { step, source };
-    // CAP_SETPCAP stays effective until the bounding set and securebits are done.
+    // CAP_SETPCAP stays effective until the bounding set is done.
     let set_effective = |keep: &[(Capability, &str)]| {
         let mut effective: CapsHashSet = keep.iter().map(|(cap, _)| *cap).collect();
         effective.insert(Capability::CAP_SETPCAP);
@@ -225,7 +500,6 @@ pub fn drop_privileges(
                 .map_err(caps_error("shrink the bounding set of"))?;
         }
     }
-    lock_securebits()?;
     caps::clear(None, CapSet::Ambient).map_err(caps_error("clear the ambient set of"))?;
     caps::clear(None, CapSet::Inheritable).map_err(caps_error("clear the inheritable set of"))?;
     caps::set(None, CapSet::Effective, &kept).map_err(caps_error("lower"))?;
@@ -238,6 +512,11 @@ pub fn drop_privileges(
     forbid_network_syscalls()?;
 
     verify(&kept)?;
+    let identity = KernelIds::read()?.identity(user)?;
+    if let Some(user) = user {
+        // Now, without CAP_DAC_OVERRIDE, access(2) answers for the user.
+        check_writable(user, writable)?;
+    }
     let privileges = Privileges {
         dropped: true,
         capabilities: keep
@@ -257,13 +536,54 @@ pub fn drop_privileges(
             writable: Vec::new(),
             unrestricted: "every thread (not applied yet)".to_owned(),
         },
+        identity,
     };
     tracing::info!(
         capabilities = ?privileges.capabilities.keys().collect::<Vec<_>>(),
         no_new_privs = privileges.no_new_privs,
+        uid = privileges.identity.uid,
+        gid = privileges.identity.gid,
         "privileges dropped; network: empty namespace, non-Unix sockets refused"
     );
     Ok(privileges)
+}
+
+/// Supplementary groups cleared, then real, effective and saved gid, then uid (the filesystem
+/// ids follow the effective ones). Needs CAP_SETGID and CAP_SETUID, which the capability
+/// reduction that follows removes; with `SECBIT_NO_SETUID_FIXUP` locked the kernel leaves the
+/// capability sets as they were.
+fn switch_user(user: &TrackerUser) -> Result<(), PrivilegeError> {
+    let switch_error = |step| {
+        move |source| PrivilegeError::SwitchUser {
+            user: user.name.clone(),
+            uid: user.uid,
+            gid: user.gid,
+            step,
+            source,
+        }
+    };
+    let gid = nix::unistd::Gid::from_raw(user.gid);
+    let uid = nix::unistd::Uid::from_raw(user.uid);
+    nix::unistd::setgroups(&[]).map_err(switch_error("setgroups"))?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(switch_error("setresgid"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(switch_error("setresuid"))?;
+    Ok(())
+}
+
+/// Each of `dirs` must be writable and searchable by the user: the index's WAL files and the
+/// sockets are created and removed there.
+fn check_writable(user: &TrackerUser, dirs: &[&Path]) -> Result<(), PrivilegeError> {
+    use nix::unistd::AccessFlags;
+    for dir in dirs {
+        nix::unistd::access(*dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|source| {
+            PrivilegeError::NotWritable {
+                path: dir.to_path_buf(),
+                user: user.name.clone(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
 }
 
 /// How long a thread that was joined may take to leave `/proc/self/task`.
@@ -342,7 +662,8 @@ fn verify(kept: &CapsHashSet) -> Result<(), PrivilegeError> {
 
 /// `SECBIT_NOROOT`, `SECBIT_NO_SETUID_FIXUP`, `SECBIT_NO_CAP_AMBIENT_RAISE`, each locked: uid 0
 /// regains no capability by exec, and nothing can undo that. The tracker never execs; this
-/// closes the door for code that would.
+/// closes the door for code that would. `SECBIT_NO_SETUID_FIXUP` also keeps the capability
+/// sets through the `--user` switch ([`switch_user`]), which would otherwise empty them.
 fn lock_securebits() -> Result<(), PrivilegeError> {
     const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
     const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
@@ -478,7 +799,14 @@ pub fn confine_server<T: Send>(
         privileges.landlock.threads = vec!["server".to_owned()];
         privileges.landlock.writable = writable.iter().map(|dir| dir.to_path_buf()).collect();
     }
-    privileges.landlock.unrestricted = "the tracker thread and its scan workers: Landlock would deny the ptrace-mode /proc access runtime roots and the eBPF fence need".to_owned();
+    let uid_note = if privileges.identity.uid_0_kept {
+        "; they run as uid 0, which may write every root-owned file (see --user)"
+    } else {
+        "; they run as --user and, without CAP_DAC_OVERRIDE, write only where that user may"
+    };
+    privileges.landlock.unrestricted = format!(
+        "the tracker thread and its scan workers: Landlock would deny the ptrace-mode /proc access runtime roots and the eBPF fence need{uid_note}"
+    );
     Ok(started)
 }
 
