@@ -514,11 +514,35 @@ pub struct TrackerProcess {
 
 impl TrackerProcess {
     pub fn start(store: &HermeticStore, backend: &str, extra: &[&str]) -> Self {
+        Self::start_with_user(store, backend, None, extra)
+    }
+
+    /// `root-tracker run --user USER`. Its directory (socket, index, log) is given to `user`
+    /// first, as systemd's `StateDirectory=` and `RuntimeDirectory=` would; `user` must outlive
+    /// the tracker (declare it first), since `userdel` refuses a user that still runs processes.
+    pub fn start_as(
+        store: &HermeticStore,
+        backend: &str,
+        user: &SystemUser,
+        extra: &[&str],
+    ) -> Self {
+        Self::start_with_user(store, backend, Some(user), extra)
+    }
+
+    fn start_with_user(
+        store: &HermeticStore,
+        backend: &str,
+        user: Option<&SystemUser>,
+        extra: &[&str],
+    ) -> Self {
         require_root();
         let dir = tempfile::Builder::new()
             .prefix("rt-tracker-")
             .tempdir()
             .unwrap();
+        if let Some(user) = user {
+            std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
+        }
         let mut args: Vec<OsString> = vec!["run".into(), "--backend".into(), backend.into()];
         args.extend([
             "--socket".into(),
@@ -536,7 +560,12 @@ impl TrackerProcess {
             "--state-dir".into(),
             store.state_dir.clone().into_os_string(),
         ]);
-        args.extend(["--verify-interval-secs".into(), "0".into()]);
+        if !extra.contains(&"--verify-interval-secs") {
+            args.extend(["--verify-interval-secs".into(), "0".into()]);
+        }
+        if let Some(user) = user {
+            args.extend(["--user".into(), user.name.clone().into()]);
+        }
         args.extend(extra.iter().map(OsString::from));
         let mut tracker = Self {
             child: None,
@@ -656,6 +685,25 @@ impl TrackerProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (at most 30 s, then SIGKILL) for the tracker to exit; its status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the tracker did not stop on SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
 

@@ -328,3 +328,272 @@ fn fanotify_tracker_reads_a_user_owned_store_database() {
 fn ebpf_tracker_reads_a_user_owned_store_database() {
     user_owned_store_is_answered_after_the_drop("ebpf");
 }
+
+/// `Uid:`/`Gid:` of every thread of `pid` are `uid`/`gid` four times (real, effective, saved,
+/// filesystem), and no thread has a supplementary group.
+fn check_identity(pid: u32, uid: u32, gid: u32) {
+    for entry in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = entry.unwrap().path();
+        let status = fs::read_to_string(task.join("status")).unwrap();
+        let at = task.display();
+        let ids = |field| -> Vec<u32> {
+            status_field(&status, field)
+                .split_whitespace()
+                .map(|id| id.parse().unwrap())
+                .collect()
+        };
+        assert_eq!(ids("Uid"), [uid; 4], "Uid of {at}");
+        assert_eq!(ids("Gid"), [gid; 4], "Gid of {at}");
+        assert_eq!(ids("Groups"), Vec::<u32>::new(), "Groups of {at}");
+    }
+}
+
+/// Every file and directory under `dir` owned by `uid`, except beneath `skip`.
+fn owned_by(dir: &Path, uid: u32, skip: &Path, found: &mut Vec<PathBuf>) {
+    use std::os::unix::fs::MetadataExt as _;
+    if dir.starts_with(skip) {
+        return;
+    }
+    let meta = fs::symlink_metadata(dir).unwrap();
+    if meta.uid() == uid {
+        found.push(dir.to_owned());
+    }
+    if meta.is_dir() {
+        for entry in fs::read_dir(dir).unwrap() {
+            owned_by(&entry.unwrap().path(), uid, skip, found);
+        }
+    }
+}
+
+/// The paths of the files `pid` holds open for writing (`O_WRONLY` or `O_RDWR`).
+fn open_for_writing(pid: u32) -> Vec<PathBuf> {
+    let mut writable = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let entry = entry.unwrap();
+        let (Ok(target), Ok(info)) = (
+            fs::read_link(entry.path()),
+            fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                entry.file_name().to_str().unwrap()
+            )),
+        ) else {
+            continue; // closed meanwhile
+        };
+        let flags = u32::from_str_radix(&status_field(&info, "flags"), 8).unwrap();
+        let access = flags & libc::O_ACCMODE as u32;
+        if target.is_absolute() && access != libc::O_RDONLY as u32 {
+            writable.push(target);
+        }
+    }
+    writable
+}
+
+/// `root-tracker run --user`: every thread runs as that user (all uids and gids, no groups) with
+/// exactly the backend's capabilities, and still answers right: an indirect root in another
+/// user's 0700 home (CAP_DAC_READ_SEARCH), one added there after the switch (new fanotify
+/// marks or eBPF map updates), another user's runtime root (CAP_SYS_PTRACE), the periodic
+/// verification sweep. It owns and holds open for writing nothing but its own directories and
+/// files, and removes its socket and WAL files when it stops.
+fn runs_as_user(backend: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    require_root();
+    let store = HermeticStore::new();
+    let targets = store.register_empty_paths("user", 2);
+    let held = store.add_file("held", b"held by another user's process");
+    let layout = StoreLayout::new(&store.store_dir, &store.state_dir).unwrap();
+    fs::create_dir_all(layout.auto_dir()).unwrap();
+    // Alice's home is 0700 and hers: only CAP_DAC_READ_SEARCH reads the link inside.
+    let alice = SystemUser::create("alice", &store.path("home/alice"));
+    let add_alice_root = |name: &str, target: &Path| {
+        let dir = alice.home.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        symlink(target, dir.join("result")).unwrap();
+        std::os::unix::fs::lchown(&dir, Some(alice.uid), Some(alice.gid)).unwrap();
+        std::os::unix::fs::lchown(dir.join("result"), Some(alice.uid), Some(alice.gid)).unwrap();
+        symlink(dir.join("result"), layout.auto_dir().join(name)).unwrap();
+    };
+    add_alice_root("proj", &targets[0]);
+
+    // Declared before the tracker, so it is deleted after the tracker is stopped.
+    let tracker_user = SystemUser::create("trk", &store.path("tracker-home"));
+    let nix_roots_socket = store.path("run/nix-roots/socket");
+    let mut tracker = TrackerProcess::start_as(
+        &store,
+        backend,
+        &tracker_user,
+        &[
+            "--verify-interval-secs",
+            "1",
+            "--nix-roots-socket",
+            nix_roots_socket.to_str().unwrap(),
+        ],
+    );
+    let pid = tracker.pid();
+    let (uid, gid) = (tracker_user.uid, tracker_user.gid);
+
+    // What the kernel says, for every thread.
+    check_identity(pid, uid, gid);
+    let tracker_net = fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    check_threads(pid, expected_caps(backend), &tracker_net);
+
+    // What the tracker says, as JSON and as text.
+    let identity = tracker.status()["privileges"]["identity"].clone();
+    assert_eq!(
+        identity,
+        serde_json::json!({
+            "user": tracker_user.name,
+            "uid": uid,
+            "gid": gid,
+            "groups": [],
+            "uid_0_kept": false,
+            "note": identity["note"],
+        }),
+        "{identity:#}"
+    );
+    let text = std::process::Command::new(package_bin("tracker-cli"))
+        .arg("status")
+        .arg("--socket")
+        .arg(tracker.socket())
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    let expected_line = format!(
+        "runs as: uid {uid}, gid {gid}, no supplementary groups (user {})",
+        tracker_user.name
+    );
+    assert!(text.lines().any(|line| line == expected_line), "{text}");
+
+    // It still answers right: the fenced answer equals a scan, and holds Alice's root.
+    let report = tracker.query();
+    assert!(has_root(&report, "indirect", &targets[0]), "{report:#}");
+    assert_answers_right(&tracker, &layout, "as --user, after start-up");
+    // A root added in Alice's home after the switch.
+    add_alice_root("later", &targets[1]);
+    let report = tracker.query();
+    assert!(has_root(&report, "indirect", &targets[1]), "{report:#}");
+    assert_answers_right(
+        &tracker,
+        &layout,
+        "as --user, a root added after the switch",
+    );
+    // Another user's runtime roots: an open file and a path in the environment.
+    let mut holder_command = alice.command(package_bin("root-holder").as_os_str());
+    holder_command
+        .arg("--open")
+        .arg(&held)
+        .env("HELD_PATH", &targets[1])
+        .current_dir("/");
+    let holder = Holder::start(holder_command);
+    let report = tracker.query();
+    let runtime_retainers = |target: &Path| -> Vec<Vec<u8>> {
+        report["roots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|root| {
+                root["kind"] == "runtime"
+                    && bytes_from_json(&root["target"]).unwrap() == path_bytes(target)
+            })
+            .map(|root| bytes_from_json(&root["retainer"]).unwrap())
+            .collect()
+    };
+    let proc_dir = format!("/proc/{}", holder.pid());
+    for (target, what) in [(&held, "fd/"), (&targets[1], "environ")] {
+        assert!(
+            runtime_retainers(target)
+                .iter()
+                .any(|retainer| retainer.starts_with(format!("{proc_dir}/{what}").as_bytes())),
+            "the runtime root {} in {proc_dir}/{what} (uid {}) is missing: {report:#}",
+            target.display(),
+            alice.uid
+        );
+    }
+    drop(holder);
+
+    // The verification sweep runs (every second here) without failing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while tracker.status()["reconciler"]["verifications"]
+        .as_u64()
+        .unwrap()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no verification sweep:\n{}",
+            tracker.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !tracker.log().contains("failed"),
+        "something failed as --user:\n{}",
+        tracker.log()
+    );
+
+    // It owns nothing but its directory (given by the harness), its index files, its sockets
+    // and the socket directory it created; the directory above that stays root's.
+    let mut owned = Vec::new();
+    owned_by(tracker.dir.path(), uid, &tracker_user.home, &mut owned);
+    owned_by(&store.path(""), uid, &tracker_user.home, &mut owned);
+    owned.sort();
+    let nix_roots_dir = nix_roots_socket.parent().unwrap().to_owned();
+    let mut expected: Vec<PathBuf> = ["", "index.sqlite", "index.sqlite-shm", "index.sqlite-wal"]
+        .iter()
+        .map(|name| tracker.dir.path().join(name))
+        .chain([
+            tracker.socket(),
+            nix_roots_dir.clone(),
+            nix_roots_socket.clone(),
+        ])
+        .map(|path| path.components().collect())
+        .collect();
+    expected.sort();
+    let owned: Vec<PathBuf> = owned
+        .iter()
+        .map(|path| path.components().collect())
+        .collect();
+    assert_eq!(owned, expected, "files owned by the tracker's uid");
+    assert_eq!(fs::metadata(store.path("run")).unwrap().uid(), 0);
+    // Every file it holds open for writing is its own, or the store database's WAL files:
+    // SQLite opens them read-write even for a read-only connection (a WAL reader writes its
+    // read marks to `-shm`), as root, before the switch (ValidityCache::open_now).
+    let store_wal_files = [
+        store.state_dir.join("db/db.sqlite-wal"),
+        store.state_dir.join("db/db.sqlite-shm"),
+    ];
+    for path in open_for_writing(pid) {
+        assert!(
+            path.starts_with(tracker.dir.path())
+                || path == Path::new("/dev/null")
+                || store_wal_files.contains(&path),
+            "the tracker holds {} open for writing",
+            path.display()
+        );
+    }
+
+    // It stops cleanly and, as its user, removes what it made.
+    let status = tracker.stop();
+    assert!(status.success(), "{status}:\n{}", tracker.log());
+    for gone in [
+        tracker.socket(),
+        nix_roots_socket,
+        tracker.dir.path().join("index.sqlite-wal"),
+    ] {
+        assert!(
+            !gone.exists(),
+            "{} left behind:\n{}",
+            gone.display(),
+            tracker.log()
+        );
+    }
+}
+
+#[test]
+fn fanotify_tracker_runs_as_user_and_still_answers() {
+    runs_as_user("fanotify");
+}
+
+#[test]
+fn ebpf_tracker_runs_as_user_and_still_answers() {
+    runs_as_user("ebpf");
+}
