@@ -418,7 +418,13 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
                     .set_interest(&interest)
                     .map_err(|error| format!("{:#}", anyhow::Error::from(error)))
             })
-            .context("cannot drop privileges (--keep-privileges skips this, for debugging)")?;
+            .with_context(|| {
+                if user.is_some() {
+                    "cannot switch to --user and drop privileges"
+                } else {
+                    "cannot drop privileges (--keep-privileges skips this, for debugging)"
+                }
+            })?;
         let server = crate::privilege::confine_server(&mut privileges, &writable, start_server)??;
         (server, privileges)
     };

@@ -164,6 +164,22 @@ fn privileges_hold(backend: &str) {
     assert_eq!(kept, expected_names, "{privileges:#}");
     assert_eq!(privileges["network"]["namespace"], "empty namespace");
     assert_eq!(privileges["network"]["seccomp"], true);
+    // Without --user it stays uid 0, says so, and warns.
+    let identity = &privileges["identity"];
+    assert_eq!(
+        (&identity["user"], &identity["uid"], &identity["uid_0_kept"]),
+        (
+            &serde_json::Value::Null,
+            &serde_json::json!(0),
+            &serde_json::json!(true)
+        ),
+        "{identity:#}"
+    );
+    assert!(
+        tracker.log().contains("no --user: the tracker keeps uid 0"),
+        "{}",
+        tracker.log()
+    );
     let landlock = &privileges["landlock"];
     if landlock["kernel_abi"].as_i64().unwrap() >= 6 {
         assert_eq!(landlock["state"], "fully_enforced", "{landlock:#}");
@@ -596,4 +612,88 @@ fn fanotify_tracker_runs_as_user_and_still_answers() {
 #[test]
 fn ebpf_tracker_runs_as_user_and_still_answers() {
     runs_as_user("ebpf");
+}
+
+/// `root-tracker run ARGS` on `store`, which must exit by itself within 60 s; its status and
+/// standard error.
+fn run_to_exit(store: &HermeticStore, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(package_bin("tracker-cli"))
+        .arg("run")
+        .arg("--store-dir")
+        .arg(&store.store_dir)
+        .arg("--state-dir")
+        .arg(&store.state_dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the tracker kept running: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `--user` fails closed, with the cause on one line: an unknown user, root, or a directory
+/// for the socket that exists and that the user may not write in (the tracker gives away only
+/// directories it created).
+#[test]
+fn run_as_user_fails_closed() {
+    require_root();
+    let store = HermeticStore::new();
+    let tracker_user = SystemUser::create("trkfail", &store.path("tracker-home"));
+    let socket = store.path("run/socket");
+    let db = store.path("lib/index.sqlite");
+    let common = |user: &str| -> Vec<std::ffi::OsString> {
+        vec![
+            "--backend".into(),
+            "fanotify".into(),
+            "--socket".into(),
+            socket.clone().into(),
+            "--db".into(),
+            db.clone().into(),
+            "--user".into(),
+            user.into(),
+        ]
+    };
+    let run = |args: Vec<std::ffi::OsString>| {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsString::as_os_str).collect();
+        run_to_exit(&store, &args)
+    };
+    for (user, expected) in [
+        ("rt-no-such-user", "no such user"),
+        ("root", "must run as a user other than root"),
+        ("0", "must run as a user other than root"),
+    ] {
+        let (code, stderr) = run(common(user));
+        assert_eq!(code, Some(1), "--user {user}: {stderr}");
+        assert!(stderr.contains(expected), "--user {user}: {stderr}");
+    }
+    // The socket's directory exists and is root's: not the tracker's to give away.
+    fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let (code, stderr) = run(common(&tracker_user.name));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is not writable by --user"),
+        "a root-owned socket directory: {stderr}"
+    );
+    // --user and --keep-privileges contradict each other: a usage error.
+    let mut args = common(&tracker_user.name);
+    args.push("--keep-privileges".into());
+    let (code, stderr) = run(args);
+    assert_eq!(code, Some(2), "{stderr}");
 }
