@@ -267,7 +267,8 @@ fn ebpf_tracker_drops_privileges_and_still_answers() {
 /// `store-gc` runs as), nobody has the database open (so its WAL files do not exist), and the
 /// tracker, without CAP_DAC_OVERRIDE after the drop, may not create files in `<state>/db`.
 /// It must still tell registered roots from unregistered ones, on every later query too.
-fn user_owned_store_is_answered_after_the_drop(backend: &str) {
+/// With `as_user`, the tracker runs as a third user (`--user`), neither root nor the owner.
+fn user_owned_store_is_answered_after_the_drop(backend: &str, as_user: bool) {
     require_root();
     let store = HermeticStore::new();
     let targets = store.register_empty_paths("owned", 2);
@@ -284,7 +285,11 @@ fn user_owned_store_is_answered_after_the_drop(backend: &str) {
             "{wal_file} exists: this test needs a database nobody has open"
         );
     }
-    let tracker = TrackerProcess::start(&store, backend, &[]);
+    let tracker_user = as_user.then(|| SystemUser::create("trkdb", &store.path("tracker-home")));
+    let tracker = match &tracker_user {
+        Some(user) => TrackerProcess::start_as(&store, backend, user, &[]),
+        None => TrackerProcess::start(&store, backend, &[]),
+    };
     let report = tracker.query();
     assert!(has_root(&report, "indirect", &targets[0]), "{report}");
     // The WAL files root created belong to the owner, whose Nix must keep writing.
@@ -337,12 +342,18 @@ fn user_owned_store_is_answered_after_the_drop(backend: &str) {
 
 #[test]
 fn fanotify_tracker_reads_a_user_owned_store_database() {
-    user_owned_store_is_answered_after_the_drop("fanotify");
+    user_owned_store_is_answered_after_the_drop("fanotify", false);
 }
 
 #[test]
 fn ebpf_tracker_reads_a_user_owned_store_database() {
-    user_owned_store_is_answered_after_the_drop("ebpf");
+    user_owned_store_is_answered_after_the_drop("ebpf", false);
+}
+
+/// The store database is opened as root, before the switch; it is the same for either backend.
+#[test]
+fn ebpf_tracker_as_user_reads_a_user_owned_store_database() {
+    user_owned_store_is_answered_after_the_drop("ebpf", true);
 }
 
 /// `Uid:`/`Gid:` of every thread of `pid` are `uid`/`gid` four times (real, effective, saved,
