@@ -299,8 +299,8 @@ impl TestTotals {
 fn run_main_job() -> anyhow::Result<()> {
     let env = setup_and_report()?;
     run(cargo(&env).args(["build", "--release", "-p", "root-tracker", "-p", "daemon"]))?;
-    let tracker = workspace_root().join("target/release/root-tracker");
-    let store_gc = workspace_root().join("target/release/store-gc");
+    let tracker = target_dir().join("release/root-tracker");
+    let store_gc = target_dir().join("release/store-gc");
     let machine_db = PathBuf::from("/nix/var/nix/db/db.sqlite");
     if machine_db.exists() {
         println!("xtask: scanning this machine's Nix store (/nix/store, /nix/var/nix)");
@@ -345,9 +345,20 @@ fn run_main_job() -> anyhow::Result<()> {
     );
     let uid = owner.uid.to_string();
     let allow_args = ["--allow-uid", uid.as_str()];
-    println!("xtask: starting root-tracker run --backend auto on the demo store");
-    let running =
-        tracker_process::RunningTracker::start_with(&tracker, &demo, "auto", &allow_args)?;
+    // The tracker runs as a dedicated system user of its own after attaching, as it should in
+    // production. Declared before the tracker, so it is deleted after the tracker stops.
+    let tracker_user = store_owner::StoreOwner::create("rtdemotrk")?;
+    println!(
+        "xtask: starting root-tracker run --backend auto --user {} on the demo store",
+        tracker_user.name
+    );
+    let running = tracker_process::RunningTracker::start_as(
+        &tracker,
+        &demo,
+        "auto",
+        Some(&tracker_user),
+        &allow_args,
+    )?;
     let ask = |command: &str| -> anyhow::Result<()> {
         println!("xtask: root-tracker {command}:");
         // Exit 3 (incomplete) is explained by the tracker itself on stderr.

@@ -1,5 +1,6 @@
 //! A system user that owns a fixture store and runs `store-gc` as it would run in production:
-//! unprivileged, the store's owner, asking a tracker that runs as root. Deleted in `Drop`.
+//! unprivileged, the store's owner, asking a tracker started as root. The same kind of user
+//! runs the tracker itself after its attach (`run --user`). Deleted in `Drop`.
 
 use std::fs;
 use std::path::Path;
@@ -10,7 +11,7 @@ use crate::run;
 
 /// A system user that owns the store and runs `store-gc`; deleted in `Drop`.
 pub(crate) struct StoreOwner {
-    name: String,
+    pub(crate) name: String,
     pub(crate) uid: u32,
     pub(crate) gid: u32,
 }

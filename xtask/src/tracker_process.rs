@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::fixture::Fixture;
+use crate::store_owner::StoreOwner;
 
 /// A running `root-tracker run`, killed and reaped in `Drop`; its socket, index and log live in
 /// its own temp dir, removed after the process is gone.
@@ -39,11 +40,31 @@ impl RunningTracker {
         backend: &'static str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_as(binary, fixture, backend, None, extra)
+    }
+
+    /// [`Self::start_with`], and with `user` (a system user made like the store's owner) the
+    /// tracker runs as that user after attaching (`--user`); its directory is given to the user first, as systemd's `StateDirectory=`
+    /// would. `user` must outlive the tracker: `userdel` refuses a user that runs processes.
+    pub(crate) fn start_as(
+        binary: &Path,
+        fixture: &Fixture,
+        backend: &'static str,
+        user: Option<&StoreOwner>,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::Builder::new()
             .prefix("rt-bench-tracker-")
             .tempdir()?;
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))?;
+        let mut user_args = Vec::new();
+        if let Some(user) = user {
+            std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).with_context(
+                || format!("cannot give {} to {}", dir.path().display(), user.name),
+            )?;
+            user_args.extend(["--user".to_owned(), user.name.clone()]);
+        }
         let log = fs::File::create(dir.path().join("tracker.log"))?;
         let started = Instant::now();
         let child = Command::new(binary)
@@ -58,6 +79,7 @@ impl RunningTracker {
             .arg("--state-dir")
             .arg(fixture.state_dir())
             .args(["--verify-interval-secs", "0"])
+            .args(&user_args)
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
