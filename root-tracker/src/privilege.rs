@@ -840,3 +840,58 @@ fn restrict_this_thread(writable: &[&Path]) -> Result<String, landlock::RulesetE
     }
     .to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_directories_made_here_are_the_trackers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let existing = tmp.path().join("existing");
+        std::fs::create_dir(&existing).unwrap();
+        let fresh = tmp.path().join("new/run");
+        let created = create_own_dirs(&[&existing, &fresh, &fresh]).unwrap();
+        assert_eq!(created, std::slice::from_ref(&fresh));
+        assert!(fresh.is_dir());
+        // A second start finds it: nothing is given away twice.
+        assert_eq!(create_own_dirs(&[&fresh]).unwrap(), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn root_and_unknown_users_are_refused() {
+        for spec in ["root", "0"] {
+            assert!(
+                matches!(
+                    TrackerUser::lookup(spec),
+                    Err(PrivilegeError::PrivilegedUser { uid: 0, .. })
+                ),
+                "{spec}"
+            );
+        }
+        assert!(matches!(
+            TrackerUser::lookup("rt-no-such-user-anywhere"),
+            Err(PrivilegeError::UnknownUser { .. })
+        ));
+    }
+
+    #[test]
+    fn identity_is_read_from_the_kernel() {
+        let ids = KernelIds::read().unwrap();
+        assert_eq!(ids.uids.len(), 4);
+        assert_eq!(ids.gids.len(), 4);
+        let uid = nix::unistd::geteuid().as_raw();
+        let identity = ids.identity(None).unwrap();
+        assert_eq!(identity.uid, uid);
+        // A --user this thread is not: the check refuses it.
+        let other = TrackerUser {
+            name: "other".to_owned(),
+            uid: uid.wrapping_add(1),
+            gid: 12345,
+        };
+        assert!(matches!(
+            KernelIds::read().unwrap().identity(Some(&other)),
+            Err(PrivilegeError::VerifyIdentity { .. })
+        ));
+    }
+}
