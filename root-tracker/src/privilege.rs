@@ -19,6 +19,12 @@
 //! root-owned files even where Landlock does not reach (below), which uid 0 without
 //! `CAP_DAC_OVERRIDE` could: root owns `/etc/passwd`. Callers' `SO_PEERCRED` uid 0 is still root.
 //!
+//! The capabilities kept for reading reach further than reading, whatever the uid:
+//! CAP_SYS_PTRACE lets `ptrace`, `process_vm_writev` and `pidfd_getfd` act inside a root
+//! process (checked on this kernel: a non-root process with CAP_SYS_PTRACE attaches to root's
+//! and takes its fds), and CAP_SYS_ADMIN (fanotify) lets `mount` cover any file and `bpf` load
+//! programs. The seccomp filter refuses those syscalls to every thread ([`refused_syscalls`]).
+//!
 //! Without `--user` the process stays uid 0 (a warning recommends `--user`, and `status` says
 //! so): without `CAP_DAC_OVERRIDE`, `CAP_FOWNER` and `CAP_CHOWN` it still owns every root-owned
 //! file, and only the server thread's writes are confined.
@@ -69,7 +75,7 @@ pub enum PrivilegeError {
         #[source]
         source: Errno,
     },
-    #[error("cannot install the seccomp filter that forbids non-Unix sockets")]
+    #[error("cannot install the seccomp filter (non-Unix sockets, namespaces, ptrace, mounts)")]
     Seccomp {
         #[source]
         source: seccompiler::Error,
@@ -278,6 +284,10 @@ pub struct Privileges {
     /// `SECBIT_NOROOT` and friends, locked: an exec as uid 0 gains nothing.
     pub securebits_locked: bool,
     pub network: Network,
+    /// What the seccomp filter refuses every thread: the network, namespaces, io_uring, and
+    /// what would turn the capabilities kept for reading into writing as root (ptrace,
+    /// mounts, and for fanotify new BPF programs).
+    pub refused_syscalls: Vec<String>,
     pub landlock: Landlock,
     /// The uid and gids the process runs as.
     pub identity: Identity,
@@ -374,7 +384,8 @@ pub struct Network {
     /// "empty namespace": a network namespace of our own, holding only a down loopback.
     pub namespace: String,
     /// A seccomp filter refuses `socket`/`socketpair` for every family but AF_UNIX, and
-    /// `setns`, `unshare` and `io_uring_setup`, so even CAP_SYS_ADMIN cannot get back out.
+    /// `setns`, `unshare` and `io_uring_setup`, so even CAP_SYS_ADMIN cannot get back out
+    /// (the whole list is `Privileges::refused_syscalls`).
     pub seccomp: bool,
 }
 
@@ -409,6 +420,7 @@ impl Privileges {
                 namespace: "host".to_owned(),
                 seccomp: false,
             },
+            refused_syscalls: Vec::new(),
             landlock: Landlock {
                 state: "not_enforced".to_owned(),
                 kernel_abi: landlock_abi(),
@@ -509,7 +521,7 @@ pub fn drop_privileges(
     let set = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     Errno::result(set).map_err(|source| PrivilegeError::NoNewPrivs { source })?;
     // A seccomp filter needs no_new_privs (or CAP_SYS_ADMIN) to be installed.
-    forbid_network_syscalls()?;
+    forbid_syscalls(backend)?;
 
     verify(&kept)?;
     let identity = KernelIds::read()?.identity(user)?;
@@ -529,6 +541,10 @@ pub fn drop_privileges(
             namespace: "empty namespace".to_owned(),
             seccomp: true,
         },
+        refused_syscalls: refused_syscalls(backend)
+            .into_iter()
+            .map(|(name, _)| name.to_owned())
+            .collect(),
         landlock: Landlock {
             state: "not_enforced".to_owned(),
             kernel_abi: landlock_abi(),
@@ -692,16 +708,61 @@ fn no_new_privs() -> Result<bool, Errno> {
     Errno::result(value).map(|value| value == 1)
 }
 
-/// The network namespace is empty, but CAP_SYS_ADMIN (kept for fanotify) could `setns` back
-/// into the host's through `/proc/1/ns/net`. This filter refuses that, new namespaces, every
-/// socket family but AF_UNIX (tokio's signal pipe and our clients' are Unix sockets), and
-/// io_uring, whose IORING_OP_SOCKET seccomp would not see. Inherited by every later thread.
-fn forbid_network_syscalls() -> Result<(), PrivilegeError> {
+/// The syscalls the filter refuses to every thread (some only for some arguments, see
+/// [`syscall_filter`]), by name, for `status`.
+fn refused_syscalls(backend: &str) -> Vec<(&'static str, i64)> {
+    let mut refused = vec![
+        // The network namespace is empty, but CAP_SYS_ADMIN (kept for fanotify) could `setns`
+        // back into the host's through `/proc/1/ns/net`; io_uring's IORING_OP_SOCKET (and its
+        // file operations) would bypass this filter.
+        ("socket (all but AF_UNIX)", libc::SYS_socket),
+        ("socketpair (all but AF_UNIX)", libc::SYS_socketpair),
+        ("setns", libc::SYS_setns),
+        ("unshare", libc::SYS_unshare),
+        ("io_uring_setup", libc::SYS_io_uring_setup),
+        // CAP_SYS_PTRACE is kept to *read* other processes' /proc entries. With these it would
+        // write another process's memory or take its file descriptors — a root process's,
+        // whatever our uid — and so write anything as root.
+        ("ptrace", libc::SYS_ptrace),
+        ("process_vm_readv", libc::SYS_process_vm_readv),
+        ("process_vm_writev", libc::SYS_process_vm_writev),
+        ("pidfd_getfd", libc::SYS_pidfd_getfd),
+        // CAP_SYS_ADMIN (fanotify) would let it mount over any file; the tracker mounts nothing
+        // after attach.
+        ("mount", libc::SYS_mount),
+        ("umount2", libc::SYS_umount2),
+        ("pivot_root", libc::SYS_pivot_root),
+        ("move_mount", libc::SYS_move_mount),
+        ("open_tree", libc::SYS_open_tree),
+        ("fsopen", libc::SYS_fsopen),
+        ("fsconfig", libc::SYS_fsconfig),
+        ("fsmount", libc::SYS_fsmount),
+        ("fspick", libc::SYS_fspick),
+        ("mount_setattr", libc::SYS_mount_setattr),
+        ("swapon", libc::SYS_swapon),
+        ("swapoff", libc::SYS_swapoff),
+    ];
+    if backend != "ebpf" {
+        // With CAP_SYS_ADMIN, new BPF or perf programs could write other processes' memory.
+        // The eBPF backend keeps bpf() for its map updates, without CAP_SYS_ADMIN (unless an
+        // old kernel needs it: see `drop_privileges`).
+        refused.push(("bpf", libc::SYS_bpf));
+        refused.push(("perf_event_open", libc::SYS_perf_event_open));
+    }
+    refused
+}
+
+/// The seccomp filter for `backend`: every syscall of [`refused_syscalls`] fails with EPERM
+/// (`socket` and `socketpair` for every family but AF_UNIX: tokio's signal pipe and our
+/// clients' are Unix sockets).
+fn syscall_filter(backend: &str) -> Result<seccompiler::BpfProgram, PrivilegeError> {
     use seccompiler::{
-        BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-        SeccompRule,
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
     };
     let seccomp_error = |source| PrivilegeError::Seccomp { source };
+    let backend_error = |source| PrivilegeError::Seccomp {
+        source: seccompiler::Error::Backend(source),
+    };
     let not_unix = || -> Result<Vec<SeccompRule>, seccompiler::Error> {
         Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
             0,
@@ -710,35 +771,30 @@ fn forbid_network_syscalls() -> Result<(), PrivilegeError> {
             libc::AF_UNIX as u64,
         )?])?])
     };
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = [
-        (libc::SYS_socket, not_unix().map_err(seccomp_error)?),
-        (libc::SYS_socketpair, not_unix().map_err(seccomp_error)?),
-        (libc::SYS_setns, Vec::new()),
-        (libc::SYS_unshare, Vec::new()),
-        (libc::SYS_io_uring_setup, Vec::new()),
-    ]
-    .into_iter()
-    .collect();
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|source| PrivilegeError::Seccomp {
-            source: seccompiler::Error::Backend(source),
-        })?;
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (_, nr) in refused_syscalls(backend) {
+        let rule = if nr == libc::SYS_socket || nr == libc::SYS_socketpair {
+            not_unix().map_err(seccomp_error)?
+        } else {
+            Vec::new()
+        };
+        rules.insert(nr, rule);
+    }
+    let arch = std::env::consts::ARCH.try_into().map_err(backend_error)?;
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EPERM as u32),
         arch,
     )
-    .map_err(|source| PrivilegeError::Seccomp {
-        source: seccompiler::Error::Backend(source),
-    })?;
-    let program: BpfProgram = filter
-        .try_into()
-        .map_err(|source| PrivilegeError::Seccomp {
-            source: seccompiler::Error::Backend(source),
-        })?;
-    seccompiler::apply_filter(&program).map_err(seccomp_error)
+    .map_err(backend_error)?;
+    filter.try_into().map_err(backend_error)
+}
+
+/// Installs [`syscall_filter`] on this thread; every later thread inherits it.
+fn forbid_syscalls(backend: &str) -> Result<(), PrivilegeError> {
+    let program = syscall_filter(backend)?;
+    seccompiler::apply_filter(&program).map_err(|source| PrivilegeError::Seccomp { source })
 }
 
 fn landlock_abi() -> i32 {
@@ -873,6 +929,65 @@ mod tests {
             TrackerUser::lookup("rt-no-such-user-anywhere"),
             Err(PrivilegeError::UnknownUser { .. })
         ));
+    }
+
+    /// In a forked child (the filter cannot be taken off again): what the filter refuses fails
+    /// with EPERM, what the tracker needs still works.
+    #[test]
+    fn the_syscall_filter_refuses_ptrace_and_the_network() {
+        let program = syscall_filter("fanotify").unwrap();
+        // SAFETY: the child makes only async-signal-safe calls (prctl, seccomp, raw syscalls)
+        // and leaves with _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let refused = |result: libc::c_long| result == -1 && Errno::last() == Errno::EPERM;
+                let mut failures = 0;
+                if seccompiler::apply_filter(&program).is_err() {
+                    failures |= 1;
+                }
+                // SAFETY: each call takes integer arguments, or null pointers the kernel does
+                // not read before the filter refuses the call.
+                unsafe {
+                    if !refused(libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0)) {
+                        failures |= 2;
+                    }
+                    let pid = libc::getppid();
+                    if !refused(libc::syscall(
+                        libc::SYS_process_vm_writev,
+                        pid,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                    )) {
+                        failures |= 4;
+                    }
+                    if !refused(libc::c_long::from(libc::socket(
+                        libc::AF_INET,
+                        libc::SOCK_STREAM,
+                        0,
+                    ))) {
+                        failures |= 8;
+                    }
+                    if libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) < 0 {
+                        failures |= 16;
+                    }
+                    if !refused(libc::syscall(libc::SYS_mount, 0, 0, 0, 0, 0)) {
+                        failures |= 32;
+                    }
+                    libc::_exit(failures);
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(
+                    status,
+                    nix::sys::wait::WaitStatus::Exited(child, 0),
+                    "bit 1: not installed, 2: ptrace, 4: process_vm_writev, 8: AF_INET, 16: AF_UNIX refused, 32: mount"
+                );
+            }
+        }
     }
 
     #[test]

@@ -164,6 +164,16 @@ fn privileges_hold(backend: &str) {
     assert_eq!(kept, expected_names, "{privileges:#}");
     assert_eq!(privileges["network"]["namespace"], "empty namespace");
     assert_eq!(privileges["network"]["seccomp"], true);
+    // CAP_SYS_PTRACE is for reading /proc: writing another process's memory is refused.
+    let refused = privileges["refused_syscalls"].as_array().unwrap();
+    for syscall in ["ptrace", "process_vm_writev", "pidfd_getfd", "mount"] {
+        assert!(refused.contains(&syscall.into()), "{privileges:#}");
+    }
+    assert_eq!(
+        refused.contains(&"bpf".into()),
+        backend == "fanotify",
+        "{privileges:#}"
+    );
     // Without --user it stays uid 0, says so, and warns.
     let identity = &privileges["identity"];
     assert_eq!(
