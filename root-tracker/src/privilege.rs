@@ -27,7 +27,10 @@
 //!
 //! Without `--user` the process stays uid 0 (a warning recommends `--user`, and `status` says
 //! so): without `CAP_DAC_OVERRIDE`, `CAP_FOWNER` and `CAP_CHOWN` it still owns every root-owned
-//! file, and only the server thread's writes are confined.
+//! file, and only the server thread's writes are confined. That includes `/proc/<pid>/mem` of
+//! root's processes, which CAP_SYS_PTRACE then lets it open for writing (checked on this
+//! kernel) and which no syscall filter can tell from the /proc reads it needs; as `--user` the
+//! file's owner check refuses it.
 //!
 //! Landlock confines the server thread, not the tracker thread: a Landlock domain may not
 //! ptrace-access any process outside it, so `/proc/<pid>/{exe,cwd,fd/*}` (runtime roots, as
@@ -354,7 +357,8 @@ impl KernelIds {
                 groups: self.groups,
                 uid_0_kept: true,
                 note: "uid 0 kept (no --user): the tracker thread, which Landlock cannot confine, \
-                       may still write every root-owned file"
+                       may still write every root-owned file, /proc/<pid>/mem of root's processes \
+                       included"
                     .to_owned(),
             });
         };
