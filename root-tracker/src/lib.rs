@@ -8,6 +8,7 @@ pub mod cli;
 pub mod hint;
 pub mod index;
 pub mod layout;
+pub mod mounts;
 pub mod privilege;
 pub mod protocol;
 pub mod reconcile;

@@ -254,3 +254,55 @@ fn verification_counts_drift_and_repairs_it() {
         comparable(scan(&world.layout, &options).unwrap().to_json())
     );
 }
+
+/// A mount change re-checks the roots beneath the mount points that changed and leaves the
+/// index settled: a tmpfs over a directory hides its indirect root (the auto link turns
+/// stale), unmounting it brings the root back, and a mount elsewhere changes nothing. The
+/// only hint is `MountsChanged`, as a source sends it.
+#[test]
+fn mount_changes_recheck_the_roots_beneath_and_stay_settled() {
+    tests::require_root();
+    let world = World::new();
+    let options = ScanOptions {
+        runtime: false,
+        temp: false,
+        ..ScanOptions::default()
+    };
+    let index = Index::open(&world.root.join("index.sqlite")).unwrap();
+    let mut reconciler = Reconciler::new(world.layout.clone(), index);
+    let (home, elsewhere) = (world.home(0), world.home(1));
+    fs::create_dir_all(&home).unwrap();
+    fs::create_dir_all(&elsewhere).unwrap();
+    symlink(store_path(&world, 0), home.join("result")).unwrap();
+    symlink(home.join("result"), world.auto(0)).unwrap();
+    reconciler.rescan().unwrap();
+
+    let check = |reconciler: &mut Reconciler, what: &str, rooted: bool| {
+        reconciler.apply(&[Hint::MountsChanged]).unwrap();
+        assert_eq!(
+            *reconciler.settled(),
+            root_tracker::reconcile::Settled::Settled,
+            "{what}: a mount below the state trees must not unsettle the index"
+        );
+        let answer = comparable(reconciler.answer(&options).unwrap().report());
+        assert_eq!(
+            answer,
+            comparable(scan(&world.layout, &options).unwrap().to_json()),
+            "{what}: index differs from a scan"
+        );
+        assert_eq!(
+            answer.contains(&store_name(0)),
+            rooted,
+            "{what}: {answer}"
+        );
+    };
+    check(&mut reconciler, "before any mount", true);
+    let mut unrelated = tests::TmpfsMount::new(&elsewhere);
+    check(&mut reconciler, "a mount elsewhere", true);
+    let mut over = tests::TmpfsMount::new(&home);
+    check(&mut reconciler, "a tmpfs over the root's directory", false);
+    over.unmount();
+    check(&mut reconciler, "that tmpfs unmounted", true);
+    unrelated.unmount();
+    check(&mut reconciler, "the other one unmounted", true);
+}
