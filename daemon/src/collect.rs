@@ -20,7 +20,7 @@ use crate::gc_lock::{self, GcLockError};
 use crate::gc_socket::{GcSocket, GcSocketError, SharedTempRoots};
 use crate::graph::StoreGraph;
 use crate::layout::StoreLayout;
-use crate::liveness::{self, KeepEverything, Liveness, RootSet};
+use crate::liveness::{self, Liveness, Method, RootSet};
 use crate::nix_conf::GcSettings;
 use crate::progress::Progress;
 use crate::roots::{self, RootsError, TrackedRoots};
@@ -156,6 +156,9 @@ pub struct Summary {
     pub freed_bytes: u64,
     /// The walk stopped early (`--max-freed` reached).
     pub stopped_early: bool,
+    /// How liveness was decided: `nix-walk` (Nix's walk, step for step) or `closure` (plain
+    /// searches, for runs that delete nothing where the order cannot matter).
+    pub liveness_method: Option<Method>,
     pub ms: PhaseMillis,
 }
 
@@ -267,13 +270,9 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
             .inspect(|_| progress.examined());
         let verdict = match deleter.as_mut() {
             Some(deleter) => liveness::walk(&graph, &root_set, options.settings, entries, deleter),
-            None => liveness::walk(
-                &graph,
-                &root_set,
-                options.settings,
-                entries,
-                &mut KeepEverything,
-            ),
+            // Deleting nothing: the same verdict by plain searches where the order cannot
+            // matter (`liveness::decide`).
+            None => liveness::decide(&graph, &root_set, options.settings, entries),
         };
         if let Some(source) = list_error {
             return Err(CollectError::ListStore {
@@ -450,6 +449,7 @@ fn summary(
         deleted: deleter.map_or(0, |d| d.deleted),
         freed_bytes: deleter.map_or(0, |d| d.bytes_freed),
         stopped_early: verdict.is_some_and(|v| v.stopped),
+        liveness_method: verdict.map(|v| v.method),
         ms,
     }
 }

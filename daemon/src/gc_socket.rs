@@ -116,6 +116,10 @@ impl TempRootGate for SharedTempRoots {
         self.lock().pending = None;
         self.wakeup.notify_all();
     }
+
+    fn hashes(&self) -> Vec<HashPart> {
+        self.lock().temp_roots.iter().copied().collect()
+    }
 }
 
 /// The running server; stopped (clients disconnected, threads joined) on drop. The socket

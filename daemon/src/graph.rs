@@ -5,7 +5,7 @@
 //! Invariant: loaded once, read-only afterwards; no per-path heap allocation (basenames live in
 //! one buffer, neighbours in flat arrays), so a million paths fit in tens of megabytes.
 
-use crate::store_path;
+use crate::store_path::{self, HashPart};
 
 /// A valid store path, as its rank in byte order of basenames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -176,6 +176,26 @@ impl PathNames {
         self.table = table;
     }
 
+    /// Nodes whose names start with `prefix` (at least 8 bytes): they all share the home slot
+    /// of `prefix`'s key, so they lie in the probe run from there to the first empty slot.
+    fn with_prefix<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = NodeIdx> + 'a {
+        debug_assert!(prefix.len() >= 8, "the key must be a whole prefix");
+        let mask = self.table.len().wrapping_sub(1);
+        let mut at = slot(name_key(prefix), mask);
+        std::iter::from_fn(move || {
+            loop {
+                let node = *self.table.get(at)?;
+                if node == NO_NODE {
+                    return None;
+                }
+                at = (at + 1) & mask;
+                if self.get(node as usize).starts_with(prefix) {
+                    return Some(NodeIdx(node));
+                }
+            }
+        })
+    }
+
     fn bytes(&self) -> usize {
         self.buffer.capacity()
             + self.starts.capacity() * 4
@@ -196,6 +216,10 @@ pub struct StoreGraph {
     drv_outputs: Csr,
     /// Output → the valid derivations listing it, in path order (`queryValidDerivers`).
     output_derivers: Csr,
+    /// Every valid deriver is a derivation (`.drv`) whose recorded outputs include the path.
+    derivers_list_their_outputs: bool,
+    /// Every `DerivationOutputs` row between valid paths is one of a derivation (`.drv`).
+    outputs_are_of_derivations: bool,
 }
 
 impl StoreGraph {
@@ -219,6 +243,26 @@ impl StoreGraph {
     /// The node of a basename, if it is a valid path (hash index).
     pub fn find(&self, basename: &[u8]) -> Option<NodeIdx> {
         self.names.find(basename)
+    }
+
+    /// The valid paths whose names start with `hash` (Nix compares temp roots by hash part).
+    pub fn with_hash<'a>(&'a self, hash: &'a HashPart) -> impl Iterator<Item = NodeIdx> + 'a {
+        self.names.with_prefix(hash)
+    }
+
+    /// True when every valid deriver of a valid path is a derivation listing that path among
+    /// its outputs: then the deriver edges `computeFSClosure` follows forward (the `deriver`
+    /// column) are exactly the reverse of those `collectGarbage` follows from a derivation to
+    /// its outputs (`DerivationOutputs` rows whose output names it as deriver).
+    pub fn derivers_list_their_outputs(&self) -> bool {
+        self.derivers_list_their_outputs
+    }
+
+    /// True when every `DerivationOutputs` row between valid paths is one of a `.drv` path:
+    /// then the output edges `computeFSClosure` follows forward (from derivations only) are
+    /// exactly the reverse of `queryValidDerivers` (from any path).
+    pub fn outputs_are_of_derivations(&self) -> bool {
+        self.outputs_are_of_derivations
     }
 
     pub fn nar_size(&self, node: NodeIdx) -> u64 {
@@ -390,6 +434,17 @@ impl GraphBuilder {
         let output_derivers = Csr::from_pairs(nodes, &flipped)?.sorted_rows();
         let mut names = self.names;
         names.buffer.shrink_to_fit();
+        let derivers_list_their_outputs = self.derivers.iter().enumerate().all(|(output, &drv)| {
+            drv == NO_NODE
+                || (store_path::is_derivation(names.get(drv as usize))
+                    && drv_outputs
+                        .row(NodeIdx(drv))
+                        .contains(&NodeIdx(output as u32)))
+        });
+        let outputs_are_of_derivations = (0..nodes).all(|drv| {
+            drv_outputs.row(NodeIdx(drv as u32)).is_empty()
+                || store_path::is_derivation(names.get(drv))
+        });
         Ok(StoreGraph {
             names,
             nar_sizes: self.nar_sizes,
@@ -398,6 +453,8 @@ impl GraphBuilder {
             referrers,
             drv_outputs,
             output_derivers,
+            derivers_list_their_outputs,
+            outputs_are_of_derivations,
         })
     }
 }
@@ -553,6 +610,25 @@ pub(crate) mod tests {
         }
         assert_eq!(g.find(b"abcdefghB"), None);
         assert_eq!(g.find(b"a"), None);
+    }
+
+    #[test]
+    fn paths_are_found_by_hash_part() {
+        let h = "0123456789abcdfghijklmnpqrsvwxyz";
+        let other = "0123456789abcdfghijklmnpqrsvwxya";
+        let names = [
+            format!("{h}-a"),
+            format!("{h}-b.drv"),
+            format!("{other}-a"),
+            "01234567".to_owned(),
+        ];
+        let g = graph(&names.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+        let hash: HashPart = h.as_bytes().try_into().unwrap();
+        let mut found: Vec<&[u8]> = g.with_hash(&hash).map(|n| g.basename(n)).collect();
+        found.sort();
+        assert_eq!(found, vec![names[0].as_bytes(), names[1].as_bytes()]);
+        let absent: HashPart = [b'9'; 32];
+        assert_eq!(g.with_hash(&absent).count(), 0);
     }
 
     #[test]

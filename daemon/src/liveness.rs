@@ -11,10 +11,15 @@
 //! included, so `--print-dead`/`--print-live` match `nix-store` byte for byte even where a
 //! database makes the order matter (a deriver that does not list its output).
 //!
+//! When nothing is deleted and the database makes the order irrelevant, [`decide`] reaches the
+//! same verdict by two plain searches over the graph instead (see there for why it is the same).
+//!
 //! Invariant: `alive` is closed under the forward edges, which lets the forward closure stop at
 //! paths already alive (each path is expanded once in total, not once per root).
 
 use std::ops::ControlFlow;
+
+use serde::Serialize;
 
 use crate::graph::{NodeIdx, NodeSet, StoreGraph};
 use crate::nix_conf::GcSettings;
@@ -29,11 +34,17 @@ pub trait TempRootGate {
     fn is_temp_root_else_pending(&self, hash: &HashPart) -> bool;
     /// Nix's `releasePending`: the current closure is finished (deleted); wake waiting clients.
     fn release_pending(&self);
+    /// The hash parts of the temp roots known now.
+    fn hashes(&self) -> Vec<HashPart>;
 }
 
 impl TempRootGate for TempRoots {
     fn is_temp_root_else_pending(&self, hash: &HashPart) -> bool {
         self.contains_hash(hash)
+    }
+
+    fn hashes(&self) -> Vec<HashPart> {
+        self.hash_parts().copied().collect()
     }
 
     fn release_pending(&self) {}
@@ -113,13 +124,24 @@ impl<'a> RootSet<'a> {
     }
 }
 
+/// How a verdict was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Nix's `collectGarbage` walk, step for step, in `readdir` order.
+    NixWalk,
+    /// Two plain searches (see [`decide`]): the same verdict where the order cannot matter.
+    Closure,
+}
+
 /// The verdict on a store directory.
 #[derive(Debug)]
 pub struct Liveness {
     pub alive: NodeSet,
     pub dead: NodeSet,
     /// Dead valid paths in the order Nix deletes them: closure by closure, each topologically
-    /// sorted with referrers before references (`topoSortPaths`).
+    /// sorted with referrers before references (`topoSortPaths`). Empty when decided by
+    /// [`Method::Closure`], which deletes nothing.
     pub deletion_order: Vec<NodeIdx>,
     /// Store-path-named entries that are not valid, kept because a temp root names their hash.
     pub invalid_alive: Vec<Vec<u8>>,
@@ -132,6 +154,7 @@ pub struct Liveness {
     pub entries: usize,
     /// The sink stopped the walk (`--max-freed` reached, or a deletion failed).
     pub stopped: bool,
+    pub method: Method,
 }
 
 impl Liveness {
@@ -161,20 +184,183 @@ impl Liveness {
 /// The name of Nix's hard-link directory inside the store, which the collector skips.
 const LINKS_DIR: &[u8] = b".links";
 
-/// Runs the decision over the store directory's entries, given in `readdir` order, deleting
-/// nothing.
+/// Decides without deleting anything, as `nix-store --gc --print-dead`/`--print-live` do.
+///
+/// Nix's walk (see the module header) can give an order-dependent answer only because its
+/// search and its closure follow different relations: the search goes from a derivation to
+/// the outputs that name it as deriver (keep-derivations) and from an output to every
+/// derivation listing it (keep-outputs, `queryValidDerivers`), while the closure goes from a
+/// path to its `deriver` column and from a `.drv` to its listed outputs. When those are each
+/// other's reverse (checked on the loaded graph, for the settings in force), every search edge
+/// is a reversed closure edge and the walk's answer does not depend on the order:
+///
+/// - the dead set stays closed under the search and never meets the closure C of the roots
+///   (a search from a path of C reaches a root unless it finds a path already alive, and paths
+///   already alive are in C), so an entry is alive exactly when it is in C;
+/// - every root in the store directory is searched from and marks its whole closure, so when
+///   all roots are entries, `alive` is C; the dead set is everything the searches from the
+///   entries outside C reach, which is all valid paths outside C when all are entries.
+///
+/// A root that is valid but not in the directory is only marked if some search happens to
+/// reach it first, so then (and when the relations differ) we walk as Nix does. Temp roots
+/// are taken as they are once the entries are read; one a client sends later counts as if it
+/// had come after Nix's walk, which a run that deletes nothing cannot tell apart.
 pub fn decide(
     graph: &StoreGraph,
     roots: &RootSet<'_>,
     settings: GcSettings,
     entries: impl IntoIterator<Item = impl AsRef<[u8]>>,
 ) -> Liveness {
-    walk(graph, roots, settings, entries, &mut KeepEverything)
+    let mut sink = KeepEverything;
+    let mut walk = Walk::new(graph, roots, settings, &mut sink);
+    if !search_reverses_closure(graph, settings) {
+        tracing::info!("derivers and outputs disagree in the database: walking as Nix does");
+        walk.run(entries);
+        return walk.verdict;
+    }
+    // Entries that are not valid paths are decided as the walk decides them; valid ones wait.
+    let mut on_disk = NodeSet::new(graph.len());
+    let mut order = Vec::new();
+    for name in entries {
+        if let ControlFlow::Continue(Some(node)) = walk.sort_entry(name.as_ref()) {
+            on_disk.insert(node);
+            order.push(node);
+        }
+    }
+    let mut starts = roots.nodes.clone();
+    for hash in roots.temp.hashes() {
+        for node in graph.with_hash(&hash) {
+            starts.insert(node);
+        }
+    }
+    if starts.iter().any(|node| !on_disk.contains(node)) {
+        tracing::info!("a root is not in the store directory: walking as Nix does");
+        for node in order {
+            // A sink that keeps everything never stops the walk.
+            let _ = walk.delete_referrers_closure(node);
+        }
+        return walk.verdict;
+    }
+    drop(order);
+    let mut alive = NodeSet::new(graph.len());
+    for start in starts.iter() {
+        extend_closure(graph, settings, &mut alive, None, start);
+    }
+    let dead = if on_disk.len() == graph.len() {
+        let mut dead = NodeSet::new(graph.len());
+        for node in graph.nodes().filter(|&node| !alive.contains(node)) {
+            dead.insert(node);
+        }
+        dead
+    } else {
+        search_closure(graph, settings, &alive, &on_disk)
+    };
+    let verdict = &mut walk.verdict;
+    verdict.alive = alive;
+    verdict.dead = dead;
+    verdict.method = Method::Closure;
+    walk.verdict
 }
 
-/// Runs the decision and hands each dead closure and entry to `sink` as soon as it is
-/// decided, as `collectGarbage` deletes inside its loop: a temp root that arrives later can
-/// still save everything not yet decided.
+/// Whether, under `settings`, the edges of Nix's referrer search are exactly the reversed
+/// edges of its forward closure (see [`decide`]). References and referrers always are.
+fn search_reverses_closure(graph: &StoreGraph, settings: GcSettings) -> bool {
+    (!settings.keep_derivations || graph.derivers_list_their_outputs())
+        && (!settings.keep_outputs || graph.outputs_are_of_derivations())
+}
+
+/// Everything the searches from the entries outside `alive` visit: the valid paths from which
+/// such an entry can be reached along closure edges (none of them alive).
+fn search_closure(
+    graph: &StoreGraph,
+    settings: GcSettings,
+    alive: &NodeSet,
+    on_disk: &NodeSet,
+) -> NodeSet {
+    let mut dead = NodeSet::new(graph.len());
+    let mut queue: Vec<NodeIdx> = on_disk
+        .iter()
+        .filter(|&node| !alive.contains(node))
+        .collect();
+    for &node in &queue {
+        dead.insert(node);
+    }
+    while let Some(node) = queue.pop() {
+        for_each_search_edge(graph, settings, node, |next| {
+            if dead.insert(next) {
+                queue.push(next);
+            }
+        });
+    }
+    dead
+}
+
+/// The neighbours `deleteReferrersClosure` visits from a valid path: its referrers, with
+/// keep-derivations the outputs of a derivation that name it as their deriver, with
+/// keep-outputs the valid derivations listing the path as an output.
+fn for_each_search_edge(
+    graph: &StoreGraph,
+    settings: GcSettings,
+    path: NodeIdx,
+    mut visit: impl FnMut(NodeIdx),
+) {
+    for &referrer in graph.referrers(path) {
+        visit(referrer);
+    }
+    if settings.keep_derivations && graph.is_derivation(path) {
+        for &output in graph.drv_outputs(path) {
+            if graph.deriver(output) == Some(path) {
+                visit(output);
+            }
+        }
+    }
+    if settings.keep_outputs {
+        for &drv in graph.output_derivers(path) {
+            visit(drv);
+        }
+    }
+}
+
+/// Adds `start` and its forward closure to `alive` (`computeFSClosure(start, closure, false,
+/// keepOutputs, keepDerivations)`), not expanding paths already alive (their closure is, by
+/// the module invariant) nor, given `skip`, those in it.
+fn extend_closure(
+    graph: &StoreGraph,
+    settings: GcSettings,
+    alive: &mut NodeSet,
+    skip: Option<&NodeSet>,
+    start: NodeIdx,
+) {
+    if !alive.insert(start) {
+        return;
+    }
+    let mut stack = vec![start];
+    while let Some(node) = stack.pop() {
+        let outputs: &[NodeIdx] = if settings.keep_outputs && graph.is_derivation(node) {
+            graph.drv_outputs(node)
+        } else {
+            &[]
+        };
+        let deriver = graph.deriver(node).filter(|_| settings.keep_derivations);
+        for &next in graph
+            .references(node)
+            .iter()
+            .chain(outputs)
+            .chain(deriver.as_ref())
+        {
+            if skip.is_some_and(|skip| skip.contains(next)) {
+                continue;
+            }
+            if alive.insert(next) {
+                stack.push(next);
+            }
+        }
+    }
+}
+
+/// Runs Nix's walk over the store directory's entries, given in `readdir` order, and hands
+/// each dead closure and entry to `sink` as soon as it is decided, as `collectGarbage` deletes
+/// inside its loop: a temp root that arrives later can still save everything not yet decided.
 pub fn walk(
     graph: &StoreGraph,
     roots: &RootSet<'_>,
@@ -182,32 +368,8 @@ pub fn walk(
     entries: impl IntoIterator<Item = impl AsRef<[u8]>>,
     sink: &mut dyn DeadSink,
 ) -> Liveness {
-    let mut walk = Walk {
-        graph,
-        roots,
-        settings,
-        sink,
-        verdict: Liveness {
-            alive: NodeSet::new(graph.len()),
-            dead: NodeSet::new(graph.len()),
-            deletion_order: Vec::new(),
-            invalid_alive: Vec::new(),
-            invalid_dead: Vec::new(),
-            junk: Vec::new(),
-            entries: 0,
-            stopped: false,
-        },
-        visited_epoch: vec![0; graph.len()],
-        sorted_epoch: vec![0; graph.len()],
-        epoch: 0,
-        queue: Vec::new(),
-    };
-    for name in entries {
-        if walk.entry(name.as_ref()).is_break() {
-            walk.verdict.stopped = true;
-            break;
-        }
-    }
+    let mut walk = Walk::new(graph, roots, settings, sink);
+    walk.run(entries);
     walk.verdict
 }
 
@@ -225,20 +387,68 @@ struct Walk<'a> {
     queue: Vec<NodeIdx>,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
+    fn new(
+        graph: &'a StoreGraph,
+        roots: &'a RootSet<'a>,
+        settings: GcSettings,
+        sink: &'a mut dyn DeadSink,
+    ) -> Self {
+        Walk {
+            graph,
+            roots,
+            settings,
+            sink,
+            verdict: Liveness {
+                alive: NodeSet::new(graph.len()),
+                dead: NodeSet::new(graph.len()),
+                deletion_order: Vec::new(),
+                invalid_alive: Vec::new(),
+                invalid_dead: Vec::new(),
+                junk: Vec::new(),
+                entries: 0,
+                stopped: false,
+                method: Method::NixWalk,
+            },
+            visited_epoch: vec![0; graph.len()],
+            sorted_epoch: vec![0; graph.len()],
+            epoch: 0,
+            queue: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, entries: impl IntoIterator<Item = impl AsRef<[u8]>>) {
+        for name in entries {
+            if self.entry(name.as_ref()).is_break() {
+                self.verdict.stopped = true;
+                break;
+            }
+        }
+    }
+
     /// One entry of the store directory (the loop body of `collectGarbage`).
     fn entry(&mut self, name: &[u8]) -> ControlFlow<()> {
+        match self.sort_entry(name)? {
+            Some(node) => self.delete_referrers_closure(node),
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    /// The loop body up to the search: skips `.`, `..` and `.links`, decides entries that are
+    /// not valid paths, and returns the node of a valid path, which the search decides.
+    fn sort_entry(&mut self, name: &[u8]) -> ControlFlow<(), Option<NodeIdx>> {
         if name == b"." || name == b".." || name == LINKS_DIR {
-            return ControlFlow::Continue(());
+            return ControlFlow::Continue(None);
         }
         self.verdict.entries += 1;
         if !store_path::is_valid_basename(name) {
             // Nix deletes whatever is not named like a store path (`deleteFromStore(name)`).
             self.verdict.junk.push(name.to_vec());
-            return self.sink.dead_entry(name);
+            self.sink.dead_entry(name)?;
+            return ControlFlow::Continue(None);
         }
         match self.graph.find(name) {
-            Some(node) => self.delete_referrers_closure(node),
+            Some(node) => ControlFlow::Continue(Some(node)),
             None => {
                 // Not valid: no edges, never a (non-temp) root, so only its hash can save it.
                 let temp = store_path::hash_part(name)
@@ -251,7 +461,8 @@ impl Walk<'_> {
                     self.sink.dead_entry(name)
                 };
                 self.roots.temp.release_pending();
-                flow
+                flow?;
+                ControlFlow::Continue(None)
             }
         }
     }
@@ -303,23 +514,9 @@ impl Walk<'_> {
                 self.verdict.alive.insert(start);
                 return ControlFlow::Continue(());
             }
-            for &referrer in graph.referrers(path) {
-                self.enqueue(referrer);
-            }
-            // keep-derivations: a derivation lives while an output it derived lives.
-            if self.settings.keep_derivations && graph.is_derivation(path) {
-                for &output in graph.drv_outputs(path) {
-                    if graph.deriver(output) == Some(path) {
-                        self.enqueue(output);
-                    }
-                }
-            }
-            // keep-outputs: an output lives while a derivation listing it lives.
-            if self.settings.keep_outputs {
-                for &drv in graph.output_derivers(path) {
-                    self.enqueue(drv);
-                }
-            }
+            // Referrers; with keep-derivations, a derivation lives while an output it derived
+            // lives; with keep-outputs, an output lives while a derivation listing it lives.
+            for_each_search_edge(graph, self.settings, path, |next| self.enqueue(next));
         }
         let first_new = self.verdict.deletion_order.len();
         self.mark_dead_closure();
@@ -335,34 +532,14 @@ impl Walk<'_> {
     /// its output may have been deleted before the output was found alive); when only
     /// printing, they are still valid there and the closure goes through them.
     fn mark_alive(&mut self, path: NodeIdx) {
-        let graph = self.graph;
-        let settings = self.settings;
-        let skip_dead = self.sink.deletes();
-        let dead = &self.verdict.dead;
-        let alive = &mut self.verdict.alive;
-        alive.insert(path);
-        let mut stack = vec![path];
-        while let Some(node) = stack.pop() {
-            let outputs: &[NodeIdx] = if settings.keep_outputs && graph.is_derivation(node) {
-                graph.drv_outputs(node)
-            } else {
-                &[]
-            };
-            let deriver = graph.deriver(node).filter(|_| settings.keep_derivations);
-            for &next in graph
-                .references(node)
-                .iter()
-                .chain(outputs)
-                .chain(deriver.as_ref())
-            {
-                if skip_dead && dead.contains(next) {
-                    continue;
-                }
-                if alive.insert(next) {
-                    stack.push(next);
-                }
-            }
-        }
+        let skip = self.sink.deletes().then_some(&self.verdict.dead);
+        extend_closure(
+            self.graph,
+            self.settings,
+            &mut self.verdict.alive,
+            skip,
+            path,
+        );
     }
 
     /// Everything the search visited is dead; record it in Nix's deletion order
@@ -651,7 +828,8 @@ mod tests {
         };
         let deleting = walk(&f.graph, &set, DEFAULT, order, &mut PretendToDelete);
         assert_eq!(keys(&deleting), "bfdca");
-        assert_eq!(keys(&decide(&f.graph, &set, DEFAULT, order)), "bfcda");
+        let printing = walk(&f.graph, &set, DEFAULT, order, &mut KeepEverything);
+        assert_eq!(keys(&printing), "bfcda");
     }
 
     #[test]
@@ -693,11 +871,12 @@ mod tests {
         );
         let temp = TempRoots::default();
         let set = RootSet::new(&f.graph, &temp);
-        let verdict = decide(
+        let verdict = walk(
             &f.graph,
             &set,
             DEFAULT,
             f.names.iter().rev().map(|n| n.as_bytes()),
+            &mut KeepEverything,
         );
         let order: Vec<u8> = verdict
             .deletion_order
@@ -705,5 +884,165 @@ mod tests {
             .map(|&n| f.graph.basename(n)[31])
             .collect();
         assert_eq!(order, b"abc");
+    }
+
+    /// SplitMix64, for the seeded random graphs below.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) % n.max(1) as u64) as usize
+        }
+
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+    }
+
+    /// A random store: paths (some `.drv`), references, derivation outputs and derivers that
+    /// agree (`symmetric`) or not, roots, temp roots, settings, and a directory listing in
+    /// random order that may miss valid paths and hold invalid or junk entries.
+    fn random_case(
+        rng: &mut Rng,
+        symmetric: bool,
+    ) -> (StoreGraph, TempRoots, Vec<String>, Vec<String>, GcSettings) {
+        const KEYS: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+        let count = 2 + rng.below(14);
+        let names: Vec<String> = (0..count)
+            .map(|i| {
+                let suffix = if rng.chance(35) { "x.drv" } else { "x" };
+                name(KEYS[i] as char, suffix)
+            })
+            .collect();
+        let mut builder = GraphBuilder::new();
+        for n in &names {
+            builder.add_path(n.as_bytes(), 1).unwrap();
+        }
+        builder.sort_paths().unwrap();
+        let node = |builder: &GraphBuilder, i: usize| builder.find(names[i].as_bytes()).unwrap();
+        for _ in 0..rng.below(2 * count) {
+            let (a, b) = (rng.below(count), rng.below(count));
+            let (a, b) = (node(&builder, a), node(&builder, b));
+            builder.add_reference(a, b);
+        }
+        let is_drv = |i: usize| names[i].ends_with(".drv");
+        let mut deriver_of = vec![None; count];
+        for _ in 0..rng.below(count) {
+            let (d, o) = (rng.below(count), rng.below(count));
+            if symmetric && (!is_drv(d) || deriver_of[o].is_some()) {
+                continue;
+            }
+            builder.add_drv_output(node(&builder, d), node(&builder, o));
+            if symmetric && rng.chance(70) {
+                deriver_of[o] = Some(d);
+            }
+        }
+        if !symmetric {
+            for _ in 0..rng.below(count) {
+                deriver_of[rng.below(count)] = Some(rng.below(count));
+            }
+        }
+        for (o, d) in deriver_of.iter().enumerate() {
+            if let Some(d) = *d {
+                let (o, d) = (node(&builder, o), node(&builder, d));
+                builder.set_deriver(o, d);
+            }
+        }
+        let graph = builder.build().unwrap();
+        let roots: Vec<String> = names.iter().filter(|_| rng.chance(20)).cloned().collect();
+        let mut temp = TempRoots::default();
+        if rng.chance(30) {
+            temp.insert(name(KEYS[rng.below(32)] as char, "x.lock").as_bytes());
+        }
+        let mut entries: Vec<String> = if rng.chance(60) {
+            names.clone()
+        } else {
+            names.iter().filter(|_| rng.chance(80)).cloned().collect()
+        };
+        if rng.chance(30) {
+            entries.push(name(KEYS[count + rng.below(32 - count)] as char, "stray"));
+            entries.push("junk name".into());
+        }
+        for i in (1..entries.len()).rev() {
+            entries.swap(i, rng.below(i + 1));
+        }
+        let settings = GcSettings {
+            keep_derivations: rng.chance(60),
+            keep_outputs: rng.chance(40),
+        };
+        (graph, temp, roots, entries, settings)
+    }
+
+    #[test]
+    fn deciding_by_closure_matches_the_walk_on_random_stores() {
+        let mut by_closure = 0;
+        let mut walked = 0;
+        for seed in 0..3000u64 {
+            let mut rng = Rng(seed);
+            let symmetric = rng.chance(70);
+            let (graph, temp, roots, entries, settings) = random_case(&mut rng, symmetric);
+            let mut set = RootSet::new(&graph, &temp);
+            for root in &roots {
+                set.add(&graph, root.as_bytes());
+            }
+            let listing = || entries.iter().map(String::as_bytes);
+            let fast = decide(&graph, &set, settings, listing());
+            let slow = walk(&graph, &set, settings, listing(), &mut KeepEverything);
+            let context =
+                format!("seed {seed}, {settings:?}, entries {entries:?}, roots {roots:?}");
+            assert_eq!(slow.method, Method::NixWalk);
+            assert_eq!(
+                fast.alive_basenames(&graph),
+                slow.alive_basenames(&graph),
+                "{context}"
+            );
+            assert_eq!(
+                fast.dead_basenames(&graph),
+                slow.dead_basenames(&graph),
+                "{context}"
+            );
+            assert_eq!(fast.entries, slow.entries);
+            if symmetric {
+                assert!(search_reverses_closure(&graph, settings), "{context}");
+            }
+            match fast.method {
+                Method::Closure => by_closure += 1,
+                Method::NixWalk => walked += 1,
+            }
+        }
+        assert!(by_closure > 1000 && walked > 300, "{by_closure} {walked}");
+    }
+
+    #[test]
+    fn a_deriver_not_listing_its_output_is_walked_as_nix_does() {
+        // The store of `a_deriver_not_listing_its_output_depends_on_order`: `decide` must not
+        // take the closure (which would keep d whatever the order).
+        let f = fixture(
+            &[('d', "x.drv"), ('q', "x"), ('r', "r")],
+            &[('r', 'q')],
+            &[],
+            &[('q', 'd')],
+        );
+        let temp = TempRoots::default();
+        let mut set = RootSet::new(&f.graph, &temp);
+        set.add(&f.graph, f.name('r'));
+        let verdict = decide(&f.graph, &set, DEFAULT, ['d', 'q', 'r'].map(|k| f.name(k)));
+        assert_eq!(verdict.method, Method::NixWalk);
+        assert_eq!(verdict.dead_basenames(&f.graph), vec![f.name('d')]);
+        let outputs_only = GcSettings {
+            keep_derivations: false,
+            keep_outputs: true,
+        };
+        let verdict = decide(
+            &f.graph,
+            &set,
+            outputs_only,
+            ['d', 'q', 'r'].map(|k| f.name(k)),
+        );
+        assert_eq!(verdict.method, Method::Closure);
     }
 }

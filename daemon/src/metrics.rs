@@ -501,6 +501,7 @@ mod tests {
             deleted: 6,
             freed_bytes: 4096,
             stopped_early: false,
+            liveness_method: Some(crate::liveness::Method::NixWalk),
             ms: PhaseMillis {
                 roots: 12,
                 total: 1500,

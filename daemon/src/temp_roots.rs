@@ -53,6 +53,11 @@ impl TempRoots {
         self.hashes.contains(hash)
     }
 
+    /// The distinct hash parts.
+    pub fn hash_parts(&self) -> impl Iterator<Item = &HashPart> {
+        self.hashes.iter()
+    }
+
     /// Adds a root received while collecting (the GC socket).
     pub fn insert(&mut self, basename: &[u8]) {
         if let Some(hash) = store_path::hash_part(basename) {
