@@ -64,6 +64,28 @@ impl Csr {
         Ok(Self { offsets, targets })
     }
 
+    /// The reversed edges; rows come out sorted, as the source rows are visited in order.
+    fn transposed(&self) -> Self {
+        let nodes = self.offsets.len().saturating_sub(1);
+        let mut offsets = vec![0u32; nodes + 1];
+        for target in &self.targets {
+            offsets[target.index() + 1] += 1;
+        }
+        for i in 0..nodes {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut cursor: Vec<u32> = offsets[..nodes].to_vec();
+        let mut targets = vec![NodeIdx(0); self.targets.len()];
+        for from in 0..nodes {
+            for &to in self.row(NodeIdx(from as u32)) {
+                let slot = &mut cursor[to.index()];
+                targets[*slot as usize] = NodeIdx(from as u32);
+                *slot += 1;
+            }
+        }
+        Self { offsets, targets }
+    }
+
     /// The same rows with each row's targets sorted and deduplicated.
     fn sorted_rows(mut self) -> Self {
         let nodes = self.offsets.len().saturating_sub(1);
@@ -332,6 +354,28 @@ impl GraphBuilder {
         Self::default()
     }
 
+    /// Room for `paths` paths and `references` references (hints: more may be added).
+    pub fn with_capacity(paths: usize, references: usize) -> Self {
+        Self {
+            names: PathNames {
+                // Most basenames are a 32-byte hash, a dash and a short name.
+                buffer: Vec::with_capacity(paths * 48),
+                starts: Vec::with_capacity(paths),
+                lens: Vec::with_capacity(paths),
+                table: Vec::new(),
+            },
+            nar_sizes: Vec::with_capacity(paths),
+            derivers: Vec::with_capacity(paths),
+            references: Vec::with_capacity(references),
+            drv_outputs: Vec::new(),
+        }
+    }
+
+    /// How many paths fit without growing.
+    pub fn path_capacity(&self) -> usize {
+        self.nar_sizes.capacity()
+    }
+
     /// Adds a path; returns its row (the order of adding). Call [`Self::sort_paths`] after
     /// the last one.
     pub fn add_path(&mut self, basename: &[u8], nar_size: u64) -> Result<u32, GraphError> {
@@ -356,43 +400,41 @@ impl GraphBuilder {
     /// Numbers the paths in byte order of their basenames; returns the node of each row.
     pub fn sort_paths(&mut self) -> Result<Vec<NodeIdx>, GraphError> {
         let names = &self.names;
-        let keys: Vec<u64> = (0..names.len())
-            .map(|row| name_key(names.get(row)))
+        // (first 8 bytes, row) sorted in one contiguous array; rows whose keys tie (rare:
+        // hash parts are random) are then ordered by their whole names.
+        let mut order: Vec<(u64, u32)> = (0..names.len())
+            .map(|row| (name_key(names.get(row)), row as u32))
             .collect();
-        let mut order: Vec<u32> = (0..names.len() as u32).collect();
-        order.sort_unstable_by(|&a, &b| {
-            let (a, b) = (a as usize, b as usize);
-            keys[a]
-                .cmp(&keys[b])
-                .then_with(|| names.get(a).cmp(names.get(b)))
-        });
+        order.sort_unstable();
+        let mut run_start = 0;
+        for end in 1..=order.len() {
+            if end == order.len() || order[end].0 != order[run_start].0 {
+                if end - run_start > 1 {
+                    order[run_start..end].sort_unstable_by(|a, b| {
+                        names.get(a.1 as usize).cmp(names.get(b.1 as usize))
+                    });
+                }
+                run_start = end;
+            }
+        }
         if let Some(pair) = order
             .windows(2)
-            .map(|pair| (pair[0] as usize, pair[1] as usize))
-            .find(|&(a, b)| keys[a] == keys[b] && names.get(a) == names.get(b))
+            .map(|pair| (pair[0].1 as usize, pair[1].1 as usize))
+            .find(|&(a, b)| names.get(a) == names.get(b))
         {
             return Err(GraphError::Duplicate {
                 name: String::from_utf8_lossy(names.get(pair.0)).into_owned(),
             });
         }
         let mut node_of_row = vec![NodeIdx(0); order.len()];
-        for (node, &row) in order.iter().enumerate() {
+        for (node, &(_, row)) in order.iter().enumerate() {
             node_of_row[row as usize] = NodeIdx(node as u32);
         }
-        self.names.starts = order
-            .iter()
-            .map(|&row| self.names.starts[row as usize])
-            .collect();
-        self.names.lens = order
-            .iter()
-            .map(|&row| self.names.lens[row as usize])
-            .collect();
-        drop(keys);
+        permute(&mut self.names.starts, &order);
+        permute(&mut self.names.lens, &order);
+        permute(&mut self.nar_sizes, &order);
+        drop(order);
         self.names.index();
-        self.nar_sizes = order
-            .iter()
-            .map(|&row| self.nar_sizes[row as usize])
-            .collect();
         Ok(node_of_row)
     }
 
@@ -420,12 +462,8 @@ impl GraphBuilder {
     pub fn build(self) -> Result<StoreGraph, GraphError> {
         let nodes = self.nar_sizes.len();
         let references = Csr::from_pairs(nodes, &self.references)?.sorted_rows();
-        let mut reversed = self.references;
-        for pair in &mut reversed {
-            *pair = (pair.1, pair.0);
-        }
-        let referrers = Csr::from_pairs(nodes, &reversed)?.sorted_rows();
-        drop(reversed);
+        drop(self.references);
+        let referrers = references.transposed();
         // Output-name order is the order the rows were added in; keep it, but drop duplicates
         // (two output names with the same path).
         let mut drv_outputs = Csr::from_pairs(nodes, &self.drv_outputs)?;
@@ -457,6 +495,12 @@ impl GraphBuilder {
             outputs_are_of_derivations,
         })
     }
+}
+
+/// `values[i] = old values[order[i].1]`.
+fn permute<T: Copy>(values: &mut Vec<T>, order: &[(u64, u32)]) {
+    let permuted: Vec<T> = order.iter().map(|&(_, row)| values[row as usize]).collect();
+    *values = permuted;
 }
 
 fn dedup_rows_keep_order(csr: &mut Csr) {

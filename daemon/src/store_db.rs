@@ -44,18 +44,26 @@ enum IdMap {
 }
 
 impl IdMap {
-    fn new(mut pairs: Vec<(i64, NodeIdx)>) -> Self {
-        let max_id = pairs.iter().map(|&(id, _)| id).max().unwrap_or(0);
+    /// From the id of each row (in the order read) and the node of each row.
+    fn new(ids: &[i64], node_of_row: &[NodeIdx]) -> Self {
+        let max_id = ids.iter().copied().max().unwrap_or(0);
+        let min_id = ids.iter().copied().min().unwrap_or(0);
         let dense_len = usize::try_from(max_id).ok().map(|max| max + 1);
         match dense_len {
-            Some(len) if pairs.iter().all(|&(id, _)| id >= 0) && len <= 4 * pairs.len() + 4096 => {
+            Some(len) if min_id >= 0 && len <= 4 * ids.len() + 4096 => {
                 let mut dense = vec![u32::MAX; len];
-                for (id, node) in pairs {
+                for (&id, node) in ids.iter().zip(node_of_row) {
+                    // 0 <= id <= max_id < len, checked above.
                     dense[id as usize] = node.index() as u32;
                 }
                 Self::Dense(dense)
             }
             _ => {
+                let mut pairs: Vec<(i64, NodeIdx)> = ids
+                    .iter()
+                    .copied()
+                    .zip(node_of_row.iter().copied())
+                    .collect();
                 pairs.sort_unstable();
                 Self::Sparse(pairs)
             }
@@ -95,32 +103,57 @@ fn load_from(
     layout: &StoreLayout,
     db_path: &Path,
 ) -> Result<StoreGraph, StoreDbError> {
-    let query_error = |what| {
-        let path = db_path.to_owned();
-        move |source| StoreDbError::Query { path, what, source }
+    // Built only on failure: this runs for every row.
+    let query_error = |what: &'static str, source: rusqlite::Error| StoreDbError::Query {
+        path: db_path.to_owned(),
+        what,
+        source,
+    };
+    let text_error = |what: &'static str, source: rusqlite::types::FromSqlError| {
+        query_error(what, source.into())
     };
     // Nix writes while we read; WAL gives this transaction one snapshot of all three tables.
     connection
         .execute_batch("BEGIN DEFERRED")
-        .map_err(query_error("begin"))?;
+        .map_err(|e| query_error("begin", e))?;
     let store_dir = layout.store_dir();
 
-    let mut builder = GraphBuilder::new();
-    let mut ids = Vec::new();
+    // Row counts (cheap: SQLite counts index pages) size the arrays once, instead of growing
+    // them by doubling, which at a million paths costs more memory at its peak than the graph.
+    let count = |table: &'static str| -> Result<usize, StoreDbError> {
+        let sql = format!("SELECT count(*) FROM {table}");
+        let count: i64 = connection
+            .query_row(&sql, [], |row| row.get(0))
+            .map_err(|e| query_error(table, e))?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    };
+    let mut builder = GraphBuilder::with_capacity(count("ValidPaths")?, count("Refs")?);
+    let mut ids = Vec::with_capacity(builder.path_capacity());
     {
         // Table order, not `ORDER BY path`: walking the path index visits table pages at
         // random (2.4 s against 0.13 s at a million paths); sorting in memory is cheaper.
         let mut statement = connection
             .prepare("SELECT id, path, narSize FROM ValidPaths")
-            .map_err(query_error("ValidPaths"))?;
-        let mut rows = statement.query([]).map_err(query_error("ValidPaths"))?;
-        while let Some(row) = rows.next().map_err(query_error("ValidPaths"))? {
-            let id: i64 = row.get(0).map_err(query_error("ValidPaths.id"))?;
-            let path = row.get_ref(1).map_err(query_error("ValidPaths.path"))?;
-            let path = path
+            .map_err(|e| query_error("ValidPaths", e))?;
+        let mut rows = statement
+            .query([])
+            .map_err(|e| query_error("ValidPaths", e))?;
+        while let Some(row) = rows.next().map_err(|e| query_error("ValidPaths", e))? {
+            let id = row
+                .get_ref(0)
+                .map_err(|e| query_error("ValidPaths.id", e))?
+                .as_i64()
+                .map_err(|e| text_error("ValidPaths.id", e))?;
+            let path = row
+                .get_ref(1)
+                .map_err(|e| query_error("ValidPaths.path", e))?
                 .as_str()
-                .map_err(|e| query_error("ValidPaths.path")(e.into()))?;
-            let nar_size: Option<i64> = row.get(2).map_err(query_error("ValidPaths.narSize"))?;
+                .map_err(|e| text_error("ValidPaths.path", e))?;
+            let nar_size = row
+                .get_ref(2)
+                .map_err(|e| query_error("ValidPaths.narSize", e))?
+                .as_i64_or_null()
+                .map_err(|e| text_error("ValidPaths.narSize", e))?;
             let basename = layout.store_basename(path.as_bytes()).ok_or_else(|| {
                 StoreDbError::ForeignPath {
                     path: path.to_owned(),
@@ -132,8 +165,11 @@ fn load_from(
         }
     }
     let node_of_row = builder.sort_paths()?;
-    let ids: Vec<(i64, NodeIdx)> = ids.into_iter().zip(node_of_row).collect();
-    let ids = IdMap::new(ids);
+    let ids = {
+        let map = IdMap::new(&ids, &node_of_row);
+        drop((ids, node_of_row));
+        map
+    };
     let node_of = |id: i64, table| ids.get(id).ok_or(StoreDbError::DanglingId { id, table });
 
     let mut derivers = Vec::new();
@@ -142,16 +178,24 @@ fn load_from(
             .prepare(
                 "SELECT id, deriver FROM ValidPaths WHERE deriver IS NOT NULL AND deriver != ''",
             )
-            .map_err(query_error("ValidPaths.deriver"))?;
+            .map_err(|e| query_error("ValidPaths.deriver", e))?;
         let mut rows = statement
             .query([])
-            .map_err(query_error("ValidPaths.deriver"))?;
-        while let Some(row) = rows.next().map_err(query_error("ValidPaths.deriver"))? {
-            let id: i64 = row.get(0).map_err(query_error("ValidPaths.id"))?;
-            let deriver = row.get_ref(1).map_err(query_error("ValidPaths.deriver"))?;
-            let deriver = deriver
+            .map_err(|e| query_error("ValidPaths.deriver", e))?;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| query_error("ValidPaths.deriver", e))?
+        {
+            let id = row
+                .get_ref(0)
+                .map_err(|e| query_error("ValidPaths.id", e))?
+                .as_i64()
+                .map_err(|e| text_error("ValidPaths.id", e))?;
+            let deriver = row
+                .get_ref(1)
+                .map_err(|e| query_error("ValidPaths.deriver", e))?
                 .as_str()
-                .map_err(|e| query_error("ValidPaths.deriver")(e.into()))?;
+                .map_err(|e| text_error("ValidPaths.deriver", e))?;
             let node = node_of(id, "ValidPaths")?;
             // Only a valid deriver matters: `computeFSClosure` checks `isValidPath(deriver)`.
             if let Some(drv) = layout
@@ -169,11 +213,19 @@ fn load_from(
     {
         let mut statement = connection
             .prepare("SELECT referrer, reference FROM Refs")
-            .map_err(query_error("Refs"))?;
-        let mut rows = statement.query([]).map_err(query_error("Refs"))?;
-        while let Some(row) = rows.next().map_err(query_error("Refs"))? {
-            let referrer: i64 = row.get(0).map_err(query_error("Refs.referrer"))?;
-            let reference: i64 = row.get(1).map_err(query_error("Refs.reference"))?;
+            .map_err(|e| query_error("Refs", e))?;
+        let mut rows = statement.query([]).map_err(|e| query_error("Refs", e))?;
+        while let Some(row) = rows.next().map_err(|e| query_error("Refs", e))? {
+            let referrer = row
+                .get_ref(0)
+                .map_err(|e| query_error("Refs.referrer", e))?
+                .as_i64()
+                .map_err(|e| text_error("Refs.referrer", e))?;
+            let reference = row
+                .get_ref(1)
+                .map_err(|e| query_error("Refs.reference", e))?
+                .as_i64()
+                .map_err(|e| text_error("Refs.reference", e))?;
             builder.add_reference(node_of(referrer, "Refs")?, node_of(reference, "Refs")?);
         }
     }
@@ -184,18 +236,24 @@ fn load_from(
         // the order of `queryPartialDerivationOutputMap`'s std::map.
         let mut statement = connection
             .prepare("SELECT drv, path FROM DerivationOutputs ORDER BY drv, id")
-            .map_err(query_error("DerivationOutputs"))?;
+            .map_err(|e| query_error("DerivationOutputs", e))?;
         let mut rows = statement
             .query([])
-            .map_err(query_error("DerivationOutputs"))?;
-        while let Some(row) = rows.next().map_err(query_error("DerivationOutputs"))? {
-            let drv: i64 = row.get(0).map_err(query_error("DerivationOutputs.drv"))?;
+            .map_err(|e| query_error("DerivationOutputs", e))?;
+        while let Some(row) = rows
+            .next()
+            .map_err(|e| query_error("DerivationOutputs", e))?
+        {
+            let drv = row
+                .get_ref(0)
+                .map_err(|e| query_error("DerivationOutputs.drv", e))?
+                .as_i64()
+                .map_err(|e| text_error("DerivationOutputs.drv", e))?;
             let path = row
                 .get_ref(1)
-                .map_err(query_error("DerivationOutputs.path"))?;
-            let path = path
+                .map_err(|e| query_error("DerivationOutputs.path", e))?
                 .as_str()
-                .map_err(|e| query_error("DerivationOutputs.path")(e.into()))?;
+                .map_err(|e| text_error("DerivationOutputs.path", e))?;
             let drv = node_of(drv, "DerivationOutputs")?;
             // Outputs that were never built are not valid; every use checks `isValidPath`.
             if let Some(output) = layout
@@ -211,6 +269,6 @@ fn load_from(
     }
     connection
         .execute_batch("COMMIT")
-        .map_err(query_error("commit"))?;
+        .map_err(|e| query_error("commit", e))?;
     Ok(builder.build()?)
 }
