@@ -8,11 +8,13 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStringExt as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use nix::dir::Dir;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 use serde::Serialize;
 
 use crate::delete::{self, DeleteError, Deleter};
@@ -261,7 +263,7 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         let mut list_error = None;
         let entries = store_entries(options)?
             .map_while(|entry| match entry {
-                Ok(entry) => Some(entry.file_name().into_vec()),
+                Ok(entry) => Some(entry),
                 Err(error) => {
                     list_error = Some(error);
                     None
@@ -335,21 +337,39 @@ fn root_counts(tracked: &TrackedRoots) -> RootCounts {
 
 /// The store directory's entries in readdir order, as Nix walks them (the order matters in
 /// databases where a deriver does not list its output, see `liveness`). `collectGarbage`
-/// with `maxFreed == 0` does not look at the store at all.
+/// with `maxFreed == 0` does not look at the store at all. Read with `readdir` into a copy
+/// of each `dirent`, not `std::fs::read_dir`, which allocates each name.
 fn store_entries(
     options: &CollectOptions,
-) -> Result<impl Iterator<Item = io::Result<fs::DirEntry>>, CollectError> {
+) -> Result<impl Iterator<Item = io::Result<StoreEntry>>, CollectError> {
     let store_dir = options.layout.store_dir();
-    let entries = fs::read_dir(store_dir).map_err(|source| CollectError::ListStore {
+    let entries = Dir::open(
+        store_dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| CollectError::ListStore {
         path: store_dir.to_owned(),
-        source,
+        source: errno.into(),
     })?;
     let limit = if options.max_freed == 0 {
         0
     } else {
         usize::MAX
     };
-    Ok(entries.take(limit))
+    Ok(entries
+        .into_iter()
+        .take(limit)
+        .map(|entry| entry.map(StoreEntry).map_err(io::Error::from)))
+}
+
+/// One entry of the store directory, as its name's bytes.
+struct StoreEntry(nix::dir::Entry);
+
+impl AsRef<[u8]> for StoreEntry {
+    fn as_ref(&self) -> &[u8] {
+        self.0.file_name().to_bytes()
+    }
 }
 
 /// The tracker's fenced answer, checked (store, completeness policy) and turned into roots.

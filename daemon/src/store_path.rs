@@ -17,17 +17,39 @@ pub fn is_valid_basename(basename: &[u8]) -> bool {
         return false;
     }
     let (hash, rest) = basename.split_at(HASH_LEN);
-    let hash_ok = hash
-        .iter()
-        .all(|&c| (c.is_ascii_digit() || c.is_ascii_lowercase()) && !b"eout".contains(&c));
     let name = &rest[1..];
-    let name_ok = !name.is_empty()
+    hash.iter().all(|&c| HASH_CHARS[usize::from(c)])
+        && !name.is_empty()
         && name.len() <= 211
-        && name
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || b"+-._?=".contains(&c));
-    hash_ok && name_ok
+        && name.iter().all(|&c| NAME_CHARS[usize::from(c)])
 }
+
+/// Bytes allowed in a hash part: digits and lower-case letters but `e`, `o`, `u`, `t`
+/// (a table: the collector checks every entry of the store directory).
+const HASH_CHARS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = (b.is_ascii_digit() || b.is_ascii_lowercase())
+            && !matches!(b, b'e' | b'o' | b'u' | b't');
+        c += 1;
+    }
+    table
+};
+
+/// Bytes allowed in a name: `[0-9a-zA-Z+-._?=]`.
+const NAME_CHARS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] =
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.' | b'_' | b'?' | b'=');
+        c += 1;
+    }
+    table
+};
 
 /// The hash part of a basename that [`is_valid_basename`] accepted.
 pub fn hash_part(basename: &[u8]) -> Option<HashPart> {
@@ -65,5 +87,15 @@ mod tests {
         assert!(!is_valid_basename(&long));
         assert!(is_derivation(b"0123456789abcdfghijklmnpqrsvwxyz-a.drv"));
         assert!(!is_derivation(b"0123456789abcdfghijklmnpqrsvwxyz-a"));
+    }
+
+    #[test]
+    fn character_tables_are_nix_character_classes() {
+        for c in 0..=255u8 {
+            let hash = (c.is_ascii_digit() || c.is_ascii_lowercase()) && !b"eout".contains(&c);
+            let name = c.is_ascii_alphanumeric() || b"+-._?=".contains(&c);
+            assert_eq!(HASH_CHARS[usize::from(c)], hash, "{c}");
+            assert_eq!(NAME_CHARS[usize::from(c)], name, "{c}");
+        }
     }
 }
