@@ -354,28 +354,6 @@ impl GraphBuilder {
         Self::default()
     }
 
-    /// Room for `paths` paths and `references` references (hints: more may be added).
-    pub fn with_capacity(paths: usize, references: usize) -> Self {
-        Self {
-            names: PathNames {
-                // Most basenames are a 32-byte hash, a dash and a short name.
-                buffer: Vec::with_capacity(paths * 48),
-                starts: Vec::with_capacity(paths),
-                lens: Vec::with_capacity(paths),
-                table: Vec::new(),
-            },
-            nar_sizes: Vec::with_capacity(paths),
-            derivers: Vec::with_capacity(paths),
-            references: Vec::with_capacity(references),
-            drv_outputs: Vec::new(),
-        }
-    }
-
-    /// How many paths fit without growing.
-    pub fn path_capacity(&self) -> usize {
-        self.nar_sizes.capacity()
-    }
-
     /// Adds a path; returns its row (the order of adding). Call [`Self::sort_paths`] after
     /// the last one.
     pub fn add_path(&mut self, basename: &[u8], nar_size: u64) -> Result<u32, GraphError> {

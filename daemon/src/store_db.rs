@@ -118,17 +118,8 @@ fn load_from(
         .map_err(|e| query_error("begin", e))?;
     let store_dir = layout.store_dir();
 
-    // Row counts (cheap: SQLite counts index pages) size the arrays once, instead of growing
-    // them by doubling, which at a million paths costs more memory at its peak than the graph.
-    let count = |table: &'static str| -> Result<usize, StoreDbError> {
-        let sql = format!("SELECT count(*) FROM {table}");
-        let count: i64 = connection
-            .query_row(&sql, [], |row| row.get(0))
-            .map_err(|e| query_error(table, e))?;
-        Ok(usize::try_from(count).unwrap_or(0))
-    };
-    let mut builder = GraphBuilder::with_capacity(count("ValidPaths")?, count("Refs")?);
-    let mut ids = Vec::with_capacity(builder.path_capacity());
+    let mut builder = GraphBuilder::new();
+    let mut ids = Vec::new();
     {
         // Table order, not `ORDER BY path`: walking the path index visits table pages at
         // random (2.4 s against 0.13 s at a million paths); sorting in memory is cheaper.
