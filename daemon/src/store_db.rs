@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::graph::{GraphBuilder, GraphError, NodeIdx, StoreGraph};
@@ -84,6 +85,30 @@ impl IdMap {
     }
 }
 
+/// The `deriver` column of each row that has one (store basenames), in one buffer.
+#[derive(Default)]
+struct Derivers {
+    rows: Vec<u32>,
+    ends: Vec<usize>,
+    names: Vec<u8>,
+}
+
+impl Derivers {
+    fn push(&mut self, row: u32, name: &[u8]) {
+        self.rows.push(row);
+        self.names.extend_from_slice(name);
+        self.ends.push(self.names.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &[u8])> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        self.rows
+            .iter()
+            .zip(starts.zip(self.ends.iter().copied()))
+            .map(|(&row, (start, end))| (row, &self.names[start..end]))
+    }
+}
+
 /// Opens the database read-only and loads the graph.
 pub fn load(layout: &StoreLayout) -> Result<StoreGraph, StoreDbError> {
     let path = layout.db_path();
@@ -120,11 +145,14 @@ fn load_from(
 
     let mut builder = GraphBuilder::new();
     let mut ids = Vec::new();
+    // Derivers are names, looked up once the paths are sorted; kept until then (one buffer)
+    // rather than read in a second pass over the table.
+    let mut derivers = Derivers::default();
     {
         // Table order, not `ORDER BY path`: walking the path index visits table pages at
         // random (2.4 s against 0.13 s at a million paths); sorting in memory is cheaper.
         let mut statement = connection
-            .prepare("SELECT id, path, narSize FROM ValidPaths")
+            .prepare("SELECT id, path, narSize, deriver FROM ValidPaths")
             .map_err(|e| query_error("ValidPaths", e))?;
         let mut rows = statement
             .query([])
@@ -151,55 +179,36 @@ fn load_from(
                     store_dir: store_dir.to_owned(),
                 }
             })?;
-            builder.add_path(basename, nar_size.unwrap_or(0).max(0) as u64)?;
+            let row_index = builder.add_path(basename, nar_size.unwrap_or(0).max(0) as u64)?;
             ids.push(id);
+            let deriver = row
+                .get_ref(3)
+                .map_err(|e| query_error("ValidPaths.deriver", e))?;
+            if !matches!(deriver, ValueRef::Null) {
+                let deriver = deriver
+                    .as_str()
+                    .map_err(|e| text_error("ValidPaths.deriver", e))?;
+                // A deriver outside the store is never valid, so never followed.
+                if let Some(name) = layout.store_basename(deriver.as_bytes()) {
+                    derivers.push(row_index, name);
+                }
+            }
         }
     }
     let node_of_row = builder.sort_paths()?;
+    // Only a valid deriver matters: `computeFSClosure` checks `isValidPath(deriver)`.
+    for (row, name) in derivers.iter() {
+        if let Some(drv) = builder.find(name) {
+            builder.set_deriver(node_of_row[row as usize], drv);
+        }
+    }
+    drop(derivers);
     let ids = {
         let map = IdMap::new(&ids, &node_of_row);
         drop((ids, node_of_row));
         map
     };
     let node_of = |id: i64, table| ids.get(id).ok_or(StoreDbError::DanglingId { id, table });
-
-    let mut derivers = Vec::new();
-    {
-        let mut statement = connection
-            .prepare(
-                "SELECT id, deriver FROM ValidPaths WHERE deriver IS NOT NULL AND deriver != ''",
-            )
-            .map_err(|e| query_error("ValidPaths.deriver", e))?;
-        let mut rows = statement
-            .query([])
-            .map_err(|e| query_error("ValidPaths.deriver", e))?;
-        while let Some(row) = rows
-            .next()
-            .map_err(|e| query_error("ValidPaths.deriver", e))?
-        {
-            let id = row
-                .get_ref(0)
-                .map_err(|e| query_error("ValidPaths.id", e))?
-                .as_i64()
-                .map_err(|e| text_error("ValidPaths.id", e))?;
-            let deriver = row
-                .get_ref(1)
-                .map_err(|e| query_error("ValidPaths.deriver", e))?
-                .as_str()
-                .map_err(|e| text_error("ValidPaths.deriver", e))?;
-            let node = node_of(id, "ValidPaths")?;
-            // Only a valid deriver matters: `computeFSClosure` checks `isValidPath(deriver)`.
-            if let Some(drv) = layout
-                .store_basename(deriver.as_bytes())
-                .and_then(|name| builder.find(name))
-            {
-                derivers.push((node, drv));
-            }
-        }
-    }
-    for (node, drv) in derivers {
-        builder.set_deriver(node, drv);
-    }
 
     {
         let mut statement = connection
