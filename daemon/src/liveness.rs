@@ -728,17 +728,22 @@ mod tests {
         assert_eq!(f.run(&['d'], none), (vec!['d', 's'], vec!['q', 'r']));
     }
 
+    /// r refers to q; q's deriver is d (a derivation), but d's outputs do not list q.
+    fn deriver_not_listing_its_output() -> Fixture {
+        fixture(
+            &[('d', "x.drv"), ('q', "x"), ('r', "r")],
+            &[('r', 'q')],
+            &[],
+            &[('q', 'd')],
+        )
+    }
+
     #[test]
     fn a_deriver_not_listing_its_output_depends_on_order() {
         // o's deriver is d, but d's outputs do not list o: the forward closure from a root
         // reaches d, the backward search from d does not reach o. Nix's answer depends on
         // readdir order; so does ours, in the same way.
-        let f = fixture(
-            &[('d', "x.drv"), ('q', "x"), ('r', "r")],
-            &[('r', 'q')],
-            &[],
-            &[('q', 'd')],
-        );
+        let f = deriver_not_listing_its_output();
         let temp = TempRoots::default();
         let mut set = RootSet::new(&f.graph, &temp);
         let by_key = |k: char| f.name(k);
@@ -1021,12 +1026,7 @@ mod tests {
     fn a_deriver_not_listing_its_output_is_walked_as_nix_does() {
         // The store of `a_deriver_not_listing_its_output_depends_on_order`: `decide` must not
         // take the closure (which would keep d whatever the order).
-        let f = fixture(
-            &[('d', "x.drv"), ('q', "x"), ('r', "r")],
-            &[('r', 'q')],
-            &[],
-            &[('q', 'd')],
-        );
+        let f = deriver_not_listing_its_output();
         let temp = TempRoots::default();
         let mut set = RootSet::new(&f.graph, &temp);
         set.add(&f.graph, f.name('r'));

@@ -57,6 +57,21 @@ impl World {
     fn auto(&self, link: usize) -> PathBuf {
         self.layout.auto_dir().join(format!("a{link}"))
     }
+
+    /// A reconciler with a fresh index, not scanned yet.
+    fn reconciler(&self) -> Reconciler {
+        let index = Index::open(&self.root.join("index.sqlite")).unwrap();
+        Reconciler::new(self.layout.clone(), index)
+    }
+}
+
+/// What the index answers for: the state trees, not runtime or temp roots (read at query time).
+fn trees_only() -> ScanOptions {
+    ScanOptions {
+        runtime: false,
+        temp: false,
+        ..ScanOptions::default()
+    }
 }
 
 /// Everything under `path` (included), deepest first, for hints about a removed tree.
@@ -144,13 +159,8 @@ fn comparable(report: impl serde::Serialize) -> String {
 
 fn run_seed(seed: u64, operations: usize) {
     let world = World::new();
-    let options = ScanOptions {
-        runtime: false,
-        temp: false,
-        ..ScanOptions::default()
-    };
-    let index = Index::open(&world.root.join("index.sqlite")).unwrap();
-    let mut reconciler = Reconciler::new(world.layout.clone(), index);
+    let options = trees_only();
+    let mut reconciler = world.reconciler();
     reconciler.rescan().unwrap();
     let mut rng = Rng::new(seed);
     let mut done = 0;
@@ -188,8 +198,7 @@ fn random_workload_index_equals_scan() {
 #[test]
 fn lost_hints_unsettle_until_rescan() {
     let world = World::new();
-    let index = Index::open(&world.root.join("index.sqlite")).unwrap();
-    let mut reconciler = Reconciler::new(world.layout.clone(), index);
+    let mut reconciler = world.reconciler();
     assert_ne!(
         *reconciler.settled(),
         root_tracker::reconcile::Settled::Settled,
@@ -222,8 +231,7 @@ fn lost_hints_unsettle_until_rescan() {
 #[test]
 fn verification_counts_drift_and_repairs_it() {
     let world = World::new();
-    let index = Index::open(&world.root.join("index.sqlite")).unwrap();
-    let mut reconciler = Reconciler::new(world.layout.clone(), index);
+    let mut reconciler = world.reconciler();
     let home = world.home(0);
     fs::create_dir_all(&home).unwrap();
     symlink(store_path(&world, 0), home.join("result")).unwrap();
@@ -244,11 +252,7 @@ fn verification_counts_drift_and_repairs_it() {
         0,
         "repaired by the sweep's rescan"
     );
-    let options = ScanOptions {
-        runtime: false,
-        temp: false,
-        ..ScanOptions::default()
-    };
+    let options = trees_only();
     assert_eq!(
         comparable(reconciler.answer(&options).unwrap().report()),
         comparable(scan(&world.layout, &options).unwrap().to_json())
@@ -263,13 +267,8 @@ fn verification_counts_drift_and_repairs_it() {
 fn mount_changes_recheck_the_roots_beneath_and_stay_settled() {
     tests::require_root();
     let world = World::new();
-    let options = ScanOptions {
-        runtime: false,
-        temp: false,
-        ..ScanOptions::default()
-    };
-    let index = Index::open(&world.root.join("index.sqlite")).unwrap();
-    let mut reconciler = Reconciler::new(world.layout.clone(), index);
+    let options = trees_only();
+    let mut reconciler = world.reconciler();
     let (home, elsewhere) = (world.home(0), world.home(1));
     fs::create_dir_all(&home).unwrap();
     fs::create_dir_all(&elsewhere).unwrap();
@@ -290,11 +289,7 @@ fn mount_changes_recheck_the_roots_beneath_and_stay_settled() {
             comparable(scan(&world.layout, &options).unwrap().to_json()),
             "{what}: index differs from a scan"
         );
-        assert_eq!(
-            answer.contains(&store_name(0)),
-            rooted,
-            "{what}: {answer}"
-        );
+        assert_eq!(answer.contains(&store_name(0)), rooted, "{what}: {answer}");
     };
     check(&mut reconciler, "before any mount", true);
     let mut unrelated = tests::TmpfsMount::new(&elsewhere);
