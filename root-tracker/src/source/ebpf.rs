@@ -169,6 +169,29 @@ pub struct Checks {
     pub io_uring_opcode_offset: Option<u32>,
 }
 
+/// What the verifier made of one program ([`EbpfSource::verify_programs`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProgramVerdict {
+    pub program: &'static str,
+    #[serde(flatten)]
+    pub outcome: Verification,
+}
+
+/// The verifier's verdict on one program.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verification {
+    /// Loaded; `verified_insns` is the kernel's count of instructions it processed
+    /// (`bpf_prog_info.verified_insns`, kernel 5.16 and later).
+    Accepted { verified_insns: Option<u32> },
+    /// Refused; `processed_insns` is from the verifier log's last line when it has one
+    /// (1000001 means the complexity limit was hit).
+    Rejected {
+        processed_insns: Option<u64>,
+        error: String,
+    },
+}
+
 /// Per-CPU counters of the programs, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DeliveryCounters {
@@ -415,6 +438,59 @@ impl EbpfSource {
             .load(EBPF_OBJECT)
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
         Ok(probe_fexit_and_lsm(&mut ebpf))
+    }
+
+    /// Loads every tracepoint program on its own (nothing is attached) and reports what the
+    /// verifier made of each: how many instructions it processed to accept it, or why it
+    /// refused. For `cargo xtask vm`, which must show how close a kernel's verifier limit
+    /// (1,000,000 processed instructions) the programs come, not only whether they load.
+    pub fn verify_programs() -> Result<Vec<ProgramVerdict>, EbpfError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(EbpfError::NotBuilt);
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .map_err(|e| EbpfError::Load(Box::new(e)))?;
+        let names = SYSCALL_PROGRAMS
+            .iter()
+            .flat_map(|(enter, exit)| [*enter, *exit])
+            .chain([PROG_IO_URING_SUBMIT_REQ, PROG_IO_URING_COMPLETE]);
+        names
+            .map(|name| {
+                let program = ebpf
+                    .program_mut(name)
+                    .ok_or(EbpfError::MissingProgram { name })?;
+                let outcome = match <&mut TracePoint>::try_from(program) {
+                    Ok(tracepoint) => match tracepoint.load() {
+                        Ok(()) => {
+                            let verified = tracepoint
+                                .info()
+                                .ok()
+                                .and_then(|info| info.verified_instruction_count());
+                            let _ = tracepoint.unload();
+                            Verification::Accepted {
+                                verified_insns: verified,
+                            }
+                        }
+                        Err(error) => {
+                            let error = error_chain(&error);
+                            Verification::Rejected {
+                                processed_insns: processed_insns(&error),
+                                error: brief_verifier_error(&error),
+                            }
+                        }
+                    },
+                    Err(error) => Verification::Rejected {
+                        processed_insns: None,
+                        error: error_chain(&error),
+                    },
+                };
+                Ok(ProgramVerdict {
+                    program: name,
+                    outcome,
+                })
+            })
+            .collect()
     }
 
     /// What the kernel supports, as found at attach time.
@@ -1009,6 +1085,30 @@ fn probe_fexit_and_lsm(ebpf: &mut Ebpf) -> (Probe, Probe) {
     (fexit, lsm)
 }
 
+/// `N` of the verifier log's summary line `processed N insns (limit …) …`.
+fn processed_insns(log: &str) -> Option<u64> {
+    let (_, rest) = log.rsplit_once("processed ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// A verifier error without the middle of its log (thousands of lines): the first line and
+/// the last three.
+fn brief_verifier_error(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    if lines.len() <= 4 {
+        return lines.join(" | ");
+    }
+    format!(
+        "{} [...] {}",
+        lines[0],
+        lines[lines.len() - 3..].join(" | ")
+    )
+}
+
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -1130,6 +1230,17 @@ mod tests {
             event.path[index][..path.len()].copy_from_slice(path);
         }
         event
+    }
+
+    #[test]
+    fn verifier_summary_gives_processed_insns() {
+        let log = "0: (bf) r6 = r1\n...\nBPF program is too large. \
+                   Processed 1000001 insn\n\
+                   processed 1000001 insns (limit 1000000) max_states_per_insn 261 \
+                   total_states 43378 peak_states 1026 mark_read 139\n";
+        assert_eq!(processed_insns(log), Some(1_000_001));
+        assert_eq!(processed_insns("permission denied"), None);
+        assert_eq!(brief_verifier_error("a\nb\n\nc\nd\ne"), "a [...] c | d | e");
     }
 
     #[test]

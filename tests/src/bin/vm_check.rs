@@ -23,7 +23,7 @@ use root_tracker::{
     hint::Hint,
     source::{
         Interest, Source as _,
-        ebpf::{EbpfSource, Probe},
+        ebpf::{EbpfSource, Probe, Verification},
     },
 };
 use tests::{FakeStore, package_bin};
@@ -45,15 +45,21 @@ fn main() -> std::process::ExitCode {
     println!("RT-VM-LSMS: {}", lsms.trim());
     // A step runs even when an earlier one failed (each says something on its own), except
     // the tracker after a failed attach.
-    let steps: [(&str, Step); 3] = [
+    let steps: [(&str, Step); 4] = [
+        ("verifier", every_program_verifies),
         ("probes", fexit_and_lsm_probes),
         ("tracepoints", source_sees_symlink),
         ("tracker", tracker_fenced_query),
     ];
     let mut failed = Vec::new();
     for (name, step) in steps {
-        // The tracker attaches the same programs: where they failed, it would only fail again,
-        // after another minute of emulated verifier time.
+        // The source and the tracker load the same programs: where the verifier refused one,
+        // they would only fail again, after another minute of emulated verifier time.
+        if name == "tracepoints" && failed.contains(&"verifier") {
+            println!("RT-VM-FAIL: {name}: not run, the verifier refuses a program here");
+            failed.push(name);
+            continue;
+        }
         if name == "tracker" && failed.contains(&"tracepoints") {
             println!("RT-VM-FAIL: {name}: not run, the eBPF source does not attach here");
             continue;
@@ -71,6 +77,38 @@ fn main() -> std::process::ExitCode {
     } else {
         std::process::ExitCode::SUCCESS
     }
+}
+
+/// Every tracepoint program must pass this kernel's verifier; prints one `RT-VM-VERIFIER` line
+/// per program with the instructions the verifier processed, so a program creeping towards
+/// the 1,000,000 limit shows before it crosses it.
+fn every_program_verifies() -> Result<String, String> {
+    let verdicts = EbpfSource::verify_programs().map_err(|e| brief(&e))?;
+    let mut refused = Vec::new();
+    let mut most: Option<(&str, u32)> = None;
+    for verdict in &verdicts {
+        println!(
+            "RT-VM-VERIFIER: {}",
+            serde_json::to_string(verdict).unwrap()
+        );
+        match &verdict.outcome {
+            Verification::Accepted { verified_insns } => {
+                let insns = verified_insns.unwrap_or(0);
+                if most.is_none_or(|(_, most)| insns > most) {
+                    most = Some((verdict.program, insns));
+                }
+            }
+            Verification::Rejected { .. } => refused.push(verdict.program),
+        }
+    }
+    if !refused.is_empty() {
+        return Err(format!("refused: {}", refused.join(", ")));
+    }
+    let (program, insns) = most.unwrap_or(("none", 0));
+    Ok(format!(
+        "{} programs load; most instructions processed: {insns} ({program})",
+        verdicts.len()
+    ))
 }
 
 /// The probes alone (nothing attached): fexit and LSM programs must load on this kernel.
