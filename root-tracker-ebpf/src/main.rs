@@ -8,6 +8,10 @@
 //! done. `io_uring_submit_req` reports io_uring path operations, which no syscall tracepoint
 //! sees. Invariant: every relevant operation is sent, or counted (dropped, unreadable,
 //! untracked), so lost hints are always visible.
+//!
+//! The per-byte loops (basename hash, store prefix compare) are `bpf_loop` callbacks (Linux
+//! 5.17 or later): the verifier checks a loop body once, where unrolled loops cost it up to
+//! 340k instructions per program and, with two paths, passed the 1M limit on Linux 6.1.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -17,9 +21,11 @@ fn main() {}
 
 #[cfg(target_arch = "bpf")]
 mod kernel {
+    use core::ffi::c_void;
+
     use aya_ebpf::{
         helpers::{
-            bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+            bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_loop, bpf_probe_read_user_buf,
             bpf_probe_read_user_str_bytes,
         },
         macros::{fexit, lsm, map, tracepoint},
@@ -68,7 +74,46 @@ mod kernel {
         event: PathEvent,
         long_path: [u8; LONG_PATH_BYTES],
         target: [u8; TARGET_BYTES],
+        /// What the per-byte loops carry from one byte to the next (see [`walk_byte`]).
+        walk: NameWalk,
+        /// Set by [`compare_prefix_byte`] at the first byte that differs from the prefix.
+        prefix_mismatch: u64,
     }
+
+    /// The basename walk's state between bytes. The per-byte loops run in `bpf_loop`
+    /// callbacks, so the verifier checks each loop body once instead of once per byte and per
+    /// exit (two unrolled path loops in one program exceeded the 1,000,000-instruction limit
+    /// on Linux 6.1). The state lives in map memory, whose contents the verifier never tracks:
+    /// kept on the stack, 6.1 (which verifies a callback as if it ran once) would take the
+    /// flags for constants after the loop and could drop the branches it thinks untaken.
+    #[repr(C)]
+    struct NameWalk {
+        hash: u64,
+        /// Non-zero when the previous byte was a `/`.
+        after_slash: u64,
+        /// Non-zero when the current component started inside the buffer (or the buffer
+        /// starts the path), i.e. is whole.
+        whole: u64,
+    }
+
+    /// `bpf_loop` context of [`walk_byte`] (on the stack: the helper wants a stack pointer).
+    #[repr(C)]
+    struct WalkContext {
+        path: *const [u8; PATH_BYTES],
+        walk: *mut NameWalk,
+    }
+
+    /// `bpf_loop` context of [`compare_prefix_byte`].
+    #[repr(C)]
+    struct PrefixContext {
+        target: *const [u8; TARGET_BYTES],
+        prefix: *const [u8; STORE_PREFIX_MAX],
+        mismatch: *mut u64,
+    }
+
+    /// `bpf_loop` callback return values.
+    const LOOP_CONTINUE: i64 = 0;
+    const LOOP_BREAK: i64 = 1;
 
     #[map]
     static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -191,7 +236,12 @@ mod kernel {
 
         let mut relevant = spec.always;
         if let Some(offset) = spec.target {
-            match target_in_store(ctx, offset, &mut scratch.target) {
+            match target_in_store(
+                ctx,
+                offset,
+                &mut scratch.target,
+                &mut scratch.prefix_mismatch,
+            ) {
                 Verdict::Watched => relevant = true,
                 Verdict::Unknown => {
                     event.flags |= flags::TARGET_UNREADABLE;
@@ -202,12 +252,16 @@ mod kernel {
             }
         }
         if let Some(arg) = spec.paths[0] {
-            if read_path::<0>(ctx, arg, event, &mut scratch.long_path) != Verdict::Unwatched {
+            let verdict =
+                read_path::<0>(ctx, arg, event, &mut scratch.long_path, &mut scratch.walk);
+            if verdict != Verdict::Unwatched {
                 relevant = true;
             }
         }
         if let Some(arg) = spec.paths[1] {
-            if read_path::<1>(ctx, arg, event, &mut scratch.long_path) != Verdict::Unwatched {
+            let verdict =
+                read_path::<1>(ctx, arg, event, &mut scratch.long_path, &mut scratch.walk);
+            if verdict != Verdict::Unwatched {
                 relevant = true;
             }
         }
@@ -385,6 +439,7 @@ mod kernel {
         arg: PathArg,
         event: &mut PathEvent,
         long_path: &mut [u8; LONG_PATH_BYTES],
+        walk: &mut NameWalk,
     ) -> Verdict {
         if let Some(offset) = arg.dirfd {
             // The slot holds a sign-extended `int`; truncating keeps its value.
@@ -428,7 +483,7 @@ mod kernel {
         }
         event.path_len[INDEX] = len as u32;
 
-        match last_component_hash(&event.path[INDEX], truncated) {
+        match last_component_hash(&event.path[INDEX], len, truncated, walk) {
             Some(hash) => {
                 // SAFETY: only presence is tested; the value is not read.
                 if unsafe { WATCHED_BASENAMES.get(&hash) }.is_some() {
@@ -449,37 +504,63 @@ mod kernel {
         Verdict::Unknown
     }
 
-    /// `name_hash` of the last component of the NUL-terminated `path` (trailing slashes ignored), in one
-    /// forward pass with a constant bound, which the verifier checks cheaply. `None` when the
-    /// path is a cut tail whose last component may be cut too (no `/` before it).
+    /// `name_hash` of the last component of the first `len` bytes of `path` (trailing slashes
+    /// ignored), in one forward pass. `None` when the path is a cut tail whose last component
+    /// may be cut too (no `/` before it), or when the loop helper failed.
     #[inline(always)]
-    fn last_component_hash(path: &[u8; PATH_BYTES], truncated: bool) -> Option<u64> {
-        let mut hash = NAME_HASH_START;
-        let mut after_slash = false;
+    fn last_component_hash(
+        path: &[u8; PATH_BYTES],
+        len: usize,
+        truncated: bool,
+        walk: &mut NameWalk,
+    ) -> Option<u64> {
+        walk.hash = NAME_HASH_START;
+        walk.after_slash = 0;
         // A component that begins the buffer is whole unless the buffer is a cut tail.
-        let mut whole = !truncated;
-        let mut i = 0;
-        while i < PATH_BYTES {
-            // The end is found by the NUL the read helper wrote (a cut tail has none and fills
-            // the buffer), not by comparing with the length: exits at a data-dependent index
-            // would each refine the length differently and defeat the verifier's pruning.
-            let Some(&byte) = path.get(i) else { break };
-            if byte == 0 {
-                break;
-            }
-            if byte == b'/' {
-                after_slash = true;
-            } else {
-                if after_slash {
-                    hash = NAME_HASH_START;
-                    whole = true;
-                    after_slash = false;
-                }
-                hash = name_hash_step(hash, byte);
-            }
-            i += 1;
+        walk.whole = u64::from(!truncated);
+        let mut context = WalkContext {
+            path,
+            walk: &raw mut *walk,
+        };
+        // `len` is at most `PATH_BYTES` (the read helpers' bound), so the cast is lossless.
+        // SAFETY: `walk_byte` has the callback signature `bpf_loop` wants, and `context`
+        // outlives the call, which runs the callback synchronously on this CPU.
+        let done = unsafe {
+            bpf_loop(
+                len as u32,
+                walk_byte as *mut c_void,
+                (&raw mut context).cast(),
+                0,
+            )
+        };
+        if done < 0 {
+            return None;
         }
-        whole.then_some(hash)
+        (walk.whole != 0).then_some(walk.hash)
+    }
+
+    /// `bpf_loop` callback: feeds byte `index` of the path into the basename walk.
+    extern "C" fn walk_byte(index: u64, context: *mut c_void) -> i64 {
+        // SAFETY: `bpf_loop` passes the `WalkContext` that `last_component_hash` built; its
+        // pointers are to this CPU's scratch slot, which nothing else touches meanwhile.
+        let (path, walk) = unsafe {
+            let context = &*context.cast::<WalkContext>();
+            (&*context.path, &mut *context.walk)
+        };
+        let Some(&byte) = path.get(index as usize) else {
+            return LOOP_BREAK;
+        };
+        if byte == b'/' {
+            walk.after_slash = 1;
+        } else {
+            if walk.after_slash != 0 {
+                walk.hash = NAME_HASH_START;
+                walk.whole = 1;
+                walk.after_slash = 0;
+            }
+            walk.hash = name_hash_step(walk.hash, byte);
+        }
+        LOOP_CONTINUE
     }
 
     /// Reads the symlink target and tells whether it starts with the store prefix
@@ -489,6 +570,7 @@ mod kernel {
         ctx: &TracePointContext,
         offset: usize,
         target: &mut [u8; TARGET_BYTES],
+        mismatch: &mut u64,
     ) -> Verdict {
         // SAFETY: `offset` is the offset of a pointer-sized argument slot in the record.
         let Ok(pointer) = (unsafe { ctx.read_at::<u64>(offset) }) else {
@@ -499,36 +581,61 @@ mod kernel {
             Ok(bytes) => bytes.len(),
             Err(_) => return Verdict::Unknown,
         };
-        if in_store(target, len) {
+        in_store(target, len, mismatch)
+    }
+
+    /// Whether the first `target_len` bytes of `target` start with the configured store prefix
+    /// (`Watched` or `Unwatched`; `Unknown` if the loop helper failed). An unconfigured prefix
+    /// (`len == 0`) matches nothing.
+    #[inline(always)]
+    fn in_store(target: &[u8; TARGET_BYTES], target_len: usize, mismatch: &mut u64) -> Verdict {
+        let Some(prefix) = STORE_PREFIX.get(0) else {
+            return Verdict::Unwatched;
+        };
+        let prefix_len = prefix.len as usize;
+        if prefix_len == 0 || prefix_len > STORE_PREFIX_MAX || target_len < prefix_len {
+            return Verdict::Unwatched;
+        }
+        *mismatch = 0;
+        let mut context = PrefixContext {
+            target,
+            prefix: &prefix.bytes,
+            mismatch: &raw mut *mismatch,
+        };
+        // SAFETY: as in `last_component_hash`; `prefix_len` is at most `STORE_PREFIX_MAX`.
+        let done = unsafe {
+            bpf_loop(
+                prefix_len as u32,
+                compare_prefix_byte as *mut c_void,
+                (&raw mut context).cast(),
+                0,
+            )
+        };
+        if done < 0 {
+            Verdict::Unknown
+        } else if *mismatch == 0 {
             Verdict::Watched
         } else {
             Verdict::Unwatched
         }
     }
 
-    /// Whether the first `target_len` bytes of `target` start with the configured store prefix.
-    /// An unconfigured prefix (`len == 0`) matches nothing.
-    #[inline(always)]
-    fn in_store(target: &[u8; TARGET_BYTES], target_len: usize) -> bool {
-        let Some(prefix) = STORE_PREFIX.get(0) else {
-            return false;
+    /// `bpf_loop` callback: compares byte `index` of the target with the prefix's.
+    extern "C" fn compare_prefix_byte(index: u64, context: *mut c_void) -> i64 {
+        // SAFETY: `bpf_loop` passes the `PrefixContext` that `in_store` built: pointers to
+        // this CPU's scratch slot and to the `STORE_PREFIX` value, alive for the call.
+        let (target, prefix, mismatch) = unsafe {
+            let context = &*context.cast::<PrefixContext>();
+            (&*context.target, &*context.prefix, &mut *context.mismatch)
         };
-        let prefix_len = prefix.len as usize;
-        if prefix_len == 0 || prefix_len > STORE_PREFIX_MAX || target_len < prefix_len {
-            return false;
-        }
-        // Bounded by the constant `STORE_PREFIX_MAX`, so the verifier can prove termination.
-        let mut i = 0;
-        while i < STORE_PREFIX_MAX {
-            if i >= prefix_len {
-                return true;
+        let index = index as usize;
+        match (target.get(index), prefix.get(index)) {
+            (Some(a), Some(b)) if a == b => LOOP_CONTINUE,
+            _ => {
+                *mismatch = 1;
+                LOOP_BREAK
             }
-            if target.get(i) != prefix.bytes.get(i) {
-                return false;
-            }
-            i += 1;
         }
-        true
     }
 
     /// Adds one to this CPU's counter `index`.
