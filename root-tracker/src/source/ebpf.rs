@@ -46,8 +46,10 @@ static EBPF_OBJECT: &[u8] =
 const TRACEFS: &str = "/sys/kernel/tracing";
 /// Older systems mount tracefs only here (aya looks at both).
 const TRACEFS_IN_DEBUGFS: &str = "/sys/kernel/debug/tracing";
-/// The io_uring tracepoint's format file, relative to a tracefs root.
-const IO_URING_FORMAT: &str = "events/io_uring/io_uring_submit_req/format";
+/// The io_uring submission tracepoint's names, newest first: Linux 6.1 (Debian 12's kernel)
+/// and older call it `io_uring_submit_sqe`, with the same `opcode` and `req` fields. The first
+/// one tracefs has is attached ([`PROG_IO_URING_SUBMIT_REQ`] attaches to either).
+const IO_URING_SUBMIT_TRACEPOINTS: [&str; 2] = ["io_uring_submit_req", "io_uring_submit_sqe"];
 /// Probe programs (never attached).
 const PROG_PROBE_FEXIT: &str = "probe_fexit";
 const PROG_PROBE_LSM: &str = "probe_lsm";
@@ -102,10 +104,11 @@ pub enum EbpfError {
     #[error("eBPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     /// The verifier rejected a program, or attaching it to its tracepoint failed.
-    #[error("eBPF program {name} could not be loaded or attached to {category}/{name}")]
+    #[error("eBPF program {name} could not be loaded or attached to {category}/{tracepoint}")]
     Program {
         name: &'static str,
         category: &'static str,
+        tracepoint: &'static str,
         #[source]
         source: Box<ProgramError>,
     },
@@ -151,7 +154,8 @@ pub enum Probe {
     /// The kernel accepts it, but it is not used: the tracepoints cover the same operations.
     Loadable,
     /// The kernel has no such hook, so nothing can go unseen through it (e.g. no
-    /// `io_uring/io_uring_submit_req` tracepoint: a kernel without io_uring).
+    /// `io_uring/io_uring_submit_req` or `io_uring_submit_sqe` tracepoint: a kernel without
+    /// io_uring).
     Absent { reason: String },
 }
 
@@ -162,7 +166,8 @@ pub struct Checks {
     pub fexit: Probe,
     /// Whether a BPF LSM program loads (`path_symlink`) and `bpf` is an active LSM.
     pub lsm: Probe,
-    /// The `io_uring/io_uring_submit_req` program.
+    /// The `io_uring_submit_req` program (attached to `io_uring/io_uring_submit_req`, or to
+    /// `io_uring/io_uring_submit_sqe` on kernels that name it so).
     pub io_uring_submit: Probe,
     /// Offset of `opcode` in the io_uring tracepoint record, from its format file; `None`
     /// when unknown, in which case every io_uring submission is reported as lost hints.
@@ -351,12 +356,18 @@ impl EbpfSource {
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
 
         // Every filter is set before attaching, so no event is judged by an empty one.
-        let io_uring_opcode_offset = io_uring_opcode_offset();
+        let io_uring_submit = io_uring_submit_tracepoint();
+        let submit_field = |name, size| {
+            io_uring_submit
+                .as_ref()
+                .and_then(|(_, format)| parse_field_offset(format, name, size))
+        };
+        let io_uring_opcode_offset = submit_field("opcode", 1);
         let mut config = Array::<_, Config>::try_from(take_map(&mut ebpf, MAP_CONFIG)?)
             .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
         let config_value = Config {
             io_uring_opcode_offset: io_uring_opcode_offset.unwrap_or(0),
-            io_uring_submit_req_offset: io_uring_req_offset(IO_URING_FORMAT).unwrap_or(0),
+            io_uring_submit_req_offset: submit_field("req", 8).unwrap_or(0),
             io_uring_complete_req_offset: io_uring_req_offset(IO_URING_COMPLETE_FORMAT)
                 .unwrap_or(0),
             reserved: 0,
@@ -409,19 +420,23 @@ impl EbpfSource {
         for (enter, _) in SYSCALL_PROGRAMS {
             attach_tracepoint(&mut source._ebpf, SYSCALLS_CATEGORY, enter)?;
         }
-        if tracefs_file(IO_URING_FORMAT).is_some() {
+        if let Some((submit, _)) = io_uring_submit {
             // Completion first, so no tracked submission can complete unseen.
             if tracefs_file(IO_URING_COMPLETE_FORMAT).is_some() {
                 attach_tracepoint(&mut source._ebpf, IO_URING_CATEGORY, PROG_IO_URING_COMPLETE)?;
             }
-            attach_tracepoint(
+            attach_program(
                 &mut source._ebpf,
-                IO_URING_CATEGORY,
                 PROG_IO_URING_SUBMIT_REQ,
+                IO_URING_CATEGORY,
+                submit,
             )?;
         } else {
             source.checks.io_uring_submit = Probe::Absent {
-                reason: format!("no tracepoint {IO_URING_CATEGORY}/{PROG_IO_URING_SUBMIT_REQ}"),
+                reason: format!(
+                    "no tracepoint {IO_URING_CATEGORY}/{}",
+                    IO_URING_SUBMIT_TRACEPOINTS.join(" or ")
+                ),
             };
         }
         Ok(source)
@@ -1021,17 +1036,28 @@ fn attach_tracepoint(
     category: &'static str,
     name: &'static str,
 ) -> Result<(), EbpfError> {
+    attach_program(ebpf, name, category, name)
+}
+
+/// Loads program `name` and attaches it to `category/tracepoint`.
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), EbpfError> {
     let error = |source| EbpfError::Program {
         name,
         category,
+        tracepoint,
         source: Box::new(source),
     };
     let program = ebpf
         .program_mut(name)
         .ok_or(EbpfError::MissingProgram { name })?;
-    let tracepoint: &mut TracePoint = program.try_into().map_err(error)?;
-    tracepoint.load().map_err(error)?;
-    tracepoint.attach(category, name).map_err(error)?;
+    let program: &mut TracePoint = program.try_into().map_err(error)?;
+    program.load().map_err(error)?;
+    program.attach(category, tracepoint).map_err(error)?;
     Ok(())
 }
 
@@ -1042,8 +1068,6 @@ fn tracefs_file(relative: &str) -> Option<String> {
         .find_map(|root| std::fs::read_to_string(Path::new(root).join(relative)).ok())
 }
 
-/// The offset of the one-byte `opcode` field of `io_uring_submit_req`, which differs between
-/// kernel versions; `None` if the format file is absent or says something unexpected.
 /// Loads (never attaches) the probe programs, then unloads them: what the kernel accepts.
 fn probe_fexit_and_lsm(ebpf: &mut Ebpf) -> (Probe, Probe) {
     let absent = |reason: String| Probe::Absent { reason };
@@ -1125,8 +1149,13 @@ fn io_uring_req_offset(format: &str) -> Option<u32> {
     parse_field_offset(&tracefs_file(format)?, "req", 8)
 }
 
-fn io_uring_opcode_offset() -> Option<u32> {
-    parse_field_offset(&tracefs_file(IO_URING_FORMAT)?, "opcode", 1)
+/// The io_uring submission tracepoint this kernel has, with its format file's contents: the
+/// offsets of `opcode` and `req` differ between kernel versions, so they are read from it.
+fn io_uring_submit_tracepoint() -> Option<(&'static str, String)> {
+    IO_URING_SUBMIT_TRACEPOINTS.iter().find_map(|name| {
+        let format = tracefs_file(&format!("events/{IO_URING_CATEGORY}/{name}/format"))?;
+        Some((*name, format))
+    })
 }
 
 /// Finds `field:<type> <name>;\toffset:N;\tsize:<size>;` in a tracepoint format file.
