@@ -148,6 +148,12 @@ fn symlink_and_symlinkat_are_reported_and_filtered() {
     // Not reported: an unwatched name outside the store, or whose relative text is not in it.
     symlink("/elsewhere", fixture.path(b"other")).unwrap();
     symlinkat("../store/abc-foo", &home, os(b"relative")).unwrap();
+    // Not reported: the prefix is compared to its last byte (`<store>/`), and a target as long
+    // as the store dir is not inside it.
+    let mut near = fixture.store.clone().into_os_string();
+    near.push("-near/abc-foo");
+    symlinkat(near.as_os_str(), &home, os(b"near-store")).unwrap();
+    symlinkat(fixture.store.as_os_str(), &home, os(b"store-itself")).unwrap();
 
     let hints = fixture.fence_own();
     let expected = paths(&[
