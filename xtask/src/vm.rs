@@ -1,7 +1,8 @@
 //! `cargo xtask vm`: boots Debian's 6.1 cloud kernel under qemu (software emulation; nested KVM
-//! crashes on the CI machine kind) with the BPF LSM enabled, and runs `vm-check` there — the
-//! eBPF source's fexit/LSM probes, its tracepoint path and a fenced tracker query on a kernel
-//! that, unlike this host, accepts fexit and LSM programs.
+//! crashes on the CI machine kind) with the BPF LSM enabled, and runs `vm-check` there — every
+//! program through 6.1's verifier, the eBPF source's fexit/LSM probes, its tracepoint path and
+//! a fenced tracker query on a kernel that, unlike this host, accepts fexit and LSM programs.
+//! `cargo xtask test` runs it as one test.
 //!
 //! The verdict comes only from the marker lines the guest prints (`RT-VM-RESULT: ok`); silence,
 //! a kernel panic or the deadline is a failure, and qemu is killed and reaped whatever happens.
@@ -19,7 +20,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cargo, run, setup, setup_and_report};
+use crate::{cargo, run, setup};
 
 /// What the host needs: the emulator and a statically linked busybox for the guest's userland.
 const APT_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static"];
@@ -35,6 +36,10 @@ const GUEST_BINARIES: &[&str] = &["vm-check", "tracker-cli"];
 /// Marker lines printed by the guest's `/init` and by `vm-check`.
 const MARKER: &str = "RT-VM-";
 
+/// How long a run may take by default, boot included; a warm run takes about half a minute on
+/// the CI machine kind.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
+
 /// Options of `cargo xtask vm`.
 pub struct VmOptions {
     /// Kill qemu and fail after this long (boot included).
@@ -43,6 +48,16 @@ pub struct VmOptions {
     pub kernel_package: Option<String>,
     /// Copy every console line to our output, not only the markers.
     pub verbose: bool,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            kernel_package: None,
+            verbose: false,
+        }
+    }
 }
 
 /// What one VM run showed.
@@ -77,9 +92,9 @@ impl fmt::Display for VmSummary {
 }
 
 /// Runs the whole harness: host packages, kernel, test binaries, initramfs, boot, verdict.
-pub fn vm(options: &VmOptions) -> anyhow::Result<VmSummary> {
+/// `env` is what setup chose for the eBPF build.
+pub fn vm(env: &setup::SetupReport, options: &VmOptions) -> anyhow::Result<VmSummary> {
     let started = Instant::now();
-    let env = setup_and_report()?;
     let step = setup::ensure_apt_packages(APT_PACKAGES)?;
     eprintln!("vm: {} {} ({})", step.name, step.outcome, step.detail);
     let cache = crate::target_dir().join("vm");
@@ -91,7 +106,7 @@ pub fn vm(options: &VmOptions) -> anyhow::Result<VmSummary> {
     };
     let vmlinuz = ensure_kernel(&cache, &kernel_package)?;
 
-    let mut build = cargo(&env);
+    let mut build = cargo(env);
     build.args(["build", "-p", "tests"]);
     for binary in GUEST_BINARIES {
         build.args(["--bin", binary]);
