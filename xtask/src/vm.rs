@@ -100,11 +100,10 @@ pub fn vm(env: &setup::SetupReport, options: &VmOptions) -> anyhow::Result<VmSum
     let cache = crate::target_dir().join("vm");
     fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
 
-    let kernel_package = match &options.kernel_package {
-        Some(package) => package.clone(),
-        None => current_kernel_package()?,
+    let (kernel_package, vmlinuz) = match &options.kernel_package {
+        Some(package) => (package.clone(), ensure_kernel(&cache, package)?),
+        None => current_kernel(&cache)?,
     };
-    let vmlinuz = ensure_kernel(&cache, &kernel_package)?;
 
     let mut build = cargo(env);
     build.args(["build", "-p", "tests"]);
@@ -145,6 +144,23 @@ pub fn vm(env: &setup::SetupReport, options: &VmOptions) -> anyhow::Result<VmSum
         checks: outcome.checks,
         passed: outcome.passed.into_iter().map(|(step, _)| step).collect(),
     })
+}
+
+/// The current kernel package and its cached image. Stale apt lists (a machine image whose
+/// packages are all present, so setup never refreshed them) may name a kernel the mirror has
+/// dropped since: then the lists are refreshed and the newer package is fetched.
+fn current_kernel(cache: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let package = current_kernel_package()?;
+    match ensure_kernel(cache, &package) {
+        Ok(vmlinuz) => Ok((package, vmlinuz)),
+        Err(error) => {
+            eprintln!("vm: {error:#}; refreshing the apt lists and trying again");
+            run(apt_get().arg("update"))?;
+            let package = current_kernel_package()?;
+            let vmlinuz = ensure_kernel(cache, &package)?;
+            Ok((package, vmlinuz))
+        }
+    }
 }
 
 /// The kernel package [`KERNEL_METAPACKAGE`] currently depends on, from the local apt lists
