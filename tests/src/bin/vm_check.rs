@@ -1,6 +1,7 @@
-//! What `cargo xtask vm` runs inside a qemu guest booted with the BPF LSM enabled: the eBPF
-//! source's probes must find fexit and LSM programs loadable there (they are refused on the
-//! CI host), the tracepoint path must still report a symlink into the store, and a tracker
+//! What `cargo xtask vm` runs inside a qemu guest booted with the BPF LSM enabled: the verifier
+//! must accept every program, the eBPF source's probes must find fexit and LSM programs
+//! loadable there (they are refused on the CI host), the tracepoint path must still report a
+//! symlink into the store and an io_uring unlinkat, and a tracker
 //! (`tracker-cli run --backend ebpf`) must answer a fenced query with a root that only the
 //! kernel source can have seen. Prints `RT-VM-…` marker lines for the xtask to read (one
 //! `RT-VM-PASS`/`RT-VM-FAIL` per step) and exits non-zero if a step failed.
@@ -13,7 +14,7 @@
 use std::{
     collections::BTreeSet,
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::{fs::symlink, net::UnixStream},
+    os::unix::{ffi::OsStrExt as _, fs::symlink, net::UnixStream},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -129,7 +130,8 @@ fn fexit_and_lsm_probes() -> Result<String, String> {
 }
 
 /// Attaches the source (every tracepoint program): its checks must agree with the probes, the
-/// io_uring tracepoint must be attached, and a symlink into the store must come through a fence.
+/// io_uring tracepoint must be attached, and a symlink into the store and an io_uring unlinkat
+/// (submission and completion) must come through fences.
 fn source_sees_symlink() -> Result<String, String> {
     let store = FakeStore::new(&[]);
     let interest = Interest {
@@ -164,9 +166,48 @@ fn source_sees_symlink() -> Result<String, String> {
             link.display()
         ));
     }
+
+    // io_uring: the submission tracepoint's name and record layout differ between kernels
+    // (`io_uring_submit_sqe` on 6.1); its opcode and the completion must still come through.
+    unlink_through_io_uring(&link)?;
+    hints.clear();
+    source
+        .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
+        .map_err(|e| brief(&e))?;
+    for wanted in ["io_uring unlinkat", "io_uring unlinkat completed"] {
+        if !hints
+            .iter()
+            .any(|hint| matches!(hint, Hint::Lost { reason } if reason == wanted))
+        {
+            return Err(format!("no `{wanted}` hint after a fence: {hints:?}"));
+        }
+    }
     Ok(format!(
-        "attached in {attach_ms} ms; a symlink into the store came through a fence"
+        "attached in {attach_ms} ms; a symlink into the store and an io_uring unlinkat came \
+         through fences"
     ))
+}
+
+/// Removes `path` with an io_uring `unlinkat`, which no syscall tracepoint sees.
+fn unlink_through_io_uring(path: &Path) -> Result<(), String> {
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let unlink =
+        io_uring::opcode::UnlinkAt::new(io_uring::types::Fd(libc::AT_FDCWD), name.as_ptr())
+            .build()
+            .user_data(1);
+    // SAFETY: `name` outlives the submission: its completion is awaited below.
+    unsafe { ring.submission().push(&unlink) }.map_err(|e| e.to_string())?;
+    ring.submit_and_wait(1)
+        .map_err(|e| format!("io_uring_enter: {e}"))?;
+    let completion = ring
+        .completion()
+        .next()
+        .ok_or("io_uring gave no completion")?;
+    if completion.result() != 0 {
+        return Err(format!("io_uring unlinkat failed: {}", completion.result()));
+    }
+    Ok(())
 }
 
 /// Runs the tracker with the eBPF backend, creates an indirect root's user link while it runs,
