@@ -35,6 +35,7 @@ use root_tracker_ebpf::{
 
 use crate::{
     hint::Hint,
+    mounts::MountWatch,
     source::{Interest, Source, SourceError, SourceStats},
 };
 
@@ -113,6 +114,8 @@ pub enum EbpfError {
         source: Box<ProgramError>,
     },
     /// Waiting for the ring buffer failed.
+    #[error("cannot open {} to watch for mount changes", crate::mounts::MOUNTINFO)]
+    Mountinfo(#[source] io::Error),
     #[error("polling the {MAP_EVENTS} ring buffer failed")]
     Poll(#[source] io::Error),
     /// A record does not have the shape this code expects: the object and this code disagree.
@@ -296,6 +299,9 @@ struct RawPath {
 /// The eBPF programs, attached. Dropping it detaches the programs and frees the maps.
 pub struct EbpfSource {
     events: RingBuf<MapData>,
+    /// Mount changes that no mount syscall made (an automount expiring, propagation, a
+    /// `pivot_root`): the mount programs see only the syscalls.
+    mounts: MountWatch,
     counters: PerCpuArray<MapData, u64>,
     store_prefix: Array<MapData, StorePrefix>,
     watched_basenames: BpfHashMap<MapData, u64, u8>,
@@ -388,8 +394,10 @@ impl EbpfSource {
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, MAP_COUNTERS)?)
             .map_err(|e| EbpfError::map(MAP_COUNTERS, e))?;
 
+        let mounts = MountWatch::open().map_err(EbpfError::Mountinfo)?;
         let mut source = Self {
             events,
+            mounts,
             counters,
             store_prefix,
             watched_basenames,
@@ -651,22 +659,31 @@ impl EbpfSource {
         Ok(())
     }
 
-    /// Waits until the ring buffer has data or `timeout` passes; `true` if it became readable.
-    fn wait_readable(&self, timeout: Duration) -> Result<bool, EbpfError> {
+    /// Waits until the ring buffer has data, the mount table changes (reported as
+    /// [`Hint::MountsChanged`]) or `timeout` passes; `true` unless it timed out.
+    fn wait_readable(&self, timeout: Duration, out: &mut Vec<Hint>) -> Result<bool, EbpfError> {
         // Round up so a sub-millisecond remainder still waits instead of spinning.
         let millis = timeout.as_micros().div_ceil(1000);
         let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);
-        let mut pollfd = libc::pollfd {
-            fd: self.events.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pollfd` is a valid, exclusively borrowed array of one element, and its fd is
-        // owned by `self.events`, which outlives the call.
-        let ready = unsafe { libc::poll(&raw mut pollfd, 1, millis) };
+        let mut fds = [
+            libc::pollfd {
+                fd: self.events.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            self.mounts.pollfd(),
+        ];
+        // SAFETY: `fds` is a valid, exclusively borrowed array of two elements whose fds are
+        // owned by `self`, which outlives the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
         match ready {
             0 => Ok(false),
-            n if n > 0 => Ok(true),
+            n if n > 0 => {
+                if MountWatch::reported(&fds[1]) {
+                    out.push(Hint::MountsChanged);
+                }
+                Ok(true)
+            }
             _ => {
                 let error = io::Error::last_os_error();
                 if error.kind() == io::ErrorKind::Interrupted {
@@ -688,7 +705,7 @@ impl EbpfSource {
                 break;
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() || !self.wait_readable(remaining)? {
+            if remaining.is_zero() || !self.wait_readable(remaining, out)? {
                 // One last look: a record may have landed just as the wait ended.
                 self.drain(out)?;
                 break;
@@ -699,7 +716,11 @@ impl EbpfSource {
 
     fn fence_inner(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
         // Every operation that completed before this call has its records in the buffer now:
-        // the exit program runs before the syscall returns.
+        // the exit program runs before the syscall returns. A mount change, however made,
+        // moved the table's event counter before it completed.
+        if self.mounts.changed_now().map_err(EbpfError::Poll)? {
+            out.push(Hint::MountsChanged);
+        }
         self.drain(out)?;
         while !self.in_flight.is_empty() || self.io_uring_in_flight > 0 {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -716,7 +737,7 @@ impl EbpfSource {
                 }
                 break;
             }
-            if self.wait_readable(remaining.min(FENCE_RECHECK))? {
+            if self.wait_readable(remaining.min(FENCE_RECHECK), out)? {
                 self.drain(out)?;
             } else {
                 self.forget_finished(out)?;

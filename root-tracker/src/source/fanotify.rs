@@ -10,7 +10,6 @@
 use std::{
     collections::{BTreeMap, HashMap, btree_map::Entry},
     ffi::{CString, OsStr},
-    fs::File,
     io,
     mem::{offset_of, size_of},
     os::{
@@ -32,6 +31,7 @@ use nix::{
 
 use super::{Interest, Source, SourceError, SourceStats};
 use crate::hint::Hint;
+use crate::mounts::MountWatch;
 
 /// Events every mark asks for, besides the rename events chosen by [`RenameEvents`].
 /// `FAN_ONDIR`: directories on a watched path are created, removed and renamed too.
@@ -43,9 +43,6 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 
 /// `MAX_HANDLE_SZ` from `linux/exportfs.h`: the kernel never reports a longer handle.
 const MAX_HANDLE_BYTES: usize = 128;
-
-/// Where fanotify cannot tell us about mounts, the mount table can.
-const MOUNTINFO: &str = "/proc/self/mountinfo";
 
 /// Why the fanotify source could not be set up or read.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +69,7 @@ pub enum FanotifyError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot open {MOUNTINFO} to watch for mount changes")]
+    #[error("cannot open {} to watch for mount changes", crate::mounts::MOUNTINFO)]
     Mountinfo {
         #[source]
         source: io::Error,
@@ -139,7 +136,7 @@ struct MarkedFs {
 pub struct FanotifySource {
     group: OwnedFd,
     /// Polled for `POLLPRI`, which the kernel raises when the mount table changes.
-    mountinfo: File,
+    mountinfo: MountWatch,
     interest: Interest,
     /// `<store>/`: symlinks created with a target starting with this are reported.
     store_prefix: Vec<u8>,
@@ -179,8 +176,7 @@ impl FanotifySource {
         }
         // SAFETY: `fanotify_init` succeeded, so `fd` is a new descriptor that nothing else owns.
         let group = unsafe { OwnedFd::from_raw_fd(fd) };
-        let mountinfo =
-            File::open(MOUNTINFO).map_err(|source| FanotifyError::Mountinfo { source })?;
+        let mountinfo = MountWatch::open().map_err(|source| FanotifyError::Mountinfo { source })?;
         let mut this = Self {
             group,
             mountinfo,
@@ -262,11 +258,7 @@ impl FanotifySource {
                 events: libc::POLLIN,
                 revents: 0,
             },
-            libc::pollfd {
-                fd: self.mountinfo.as_raw_fd(),
-                events: libc::POLLPRI,
-                revents: 0,
-            },
+            self.mountinfo.pollfd(),
         ];
         let millis = timeout.as_nanos().div_ceil(1_000_000);
         let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);
@@ -282,7 +274,7 @@ impl FanotifySource {
         }
         // The kernel answers POLLERR|POLLPRI once per mount-table change, and `poll` itself
         // consumes it (`mounts_poll` records the event it reported), so nothing is read.
-        if fds[1].revents & (libc::POLLPRI | libc::POLLERR) != 0 {
+        if MountWatch::reported(&fds[1]) {
             out.push(Hint::MountsChanged);
             // A mount may have put a watched path on another filesystem.
             self.update_marks()?;
