@@ -39,6 +39,9 @@ pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Name of the hash map `u64` ([`name_hash`] of a watched basename) → `u8` (unused, 1).
 pub const MAP_WATCHED_BASENAMES: &str = "WATCHED_BASENAMES";
+/// Name of the one-entry array map holding the [`BasenameFilter`] in front of
+/// `WATCHED_BASENAMES`.
+pub const MAP_BASENAME_FILTER: &str = "BASENAME_FILTER";
 /// Name of the hash map `pid_tgid` → [`InFlight`]: threads inside a relevant syscall.
 pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
 
@@ -265,6 +268,43 @@ impl StorePrefix {
     }
 }
 
+/// Words of [`BasenameFilter`]: 2^16 bits, 8 KiB, small enough to stay in the CPU's cache.
+pub const BASENAME_FILTER_WORDS: usize = 1024;
+
+/// One bit per [`name_hash`] bucket (the hash's top 16 bits), set for every watched basename:
+/// a clear bit proves a name unwatched without a lookup in `WATCHED_BASENAMES`, whose buckets
+/// span a megabyte and cost a cache miss per lookup (measured on 6.18: about 300 ns of the
+/// unlink program's 800). A set bit only sends the name on to that map, so a bit shared by an
+/// unwatched name costs a lookup, never a lost hint.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct BasenameFilter {
+    pub words: [u64; BASENAME_FILTER_WORDS],
+}
+
+impl BasenameFilter {
+    pub const EMPTY: Self = Self {
+        words: [0; BASENAME_FILTER_WORDS],
+    };
+
+    /// The word index and bit mask of `hash`.
+    #[inline(always)]
+    pub const fn slot(hash: u64) -> (usize, u64) {
+        let bit = (hash >> 48) as usize;
+        (bit / 64, 1 << (bit % 64))
+    }
+
+    pub fn insert(&mut self, hash: u64) {
+        let (word, mask) = Self::slot(hash);
+        self.words[word] |= mask;
+    }
+
+    pub fn may_contain(&self, hash: u64) -> bool {
+        let (word, mask) = Self::slot(hash);
+        self.words[word] & mask != 0
+    }
+}
+
 /// Start value of [`name_hash`] (64-bit FNV-1a offset basis).
 pub const NAME_HASH_START: u64 = 0xcbf2_9ce4_8422_2325;
 
@@ -274,16 +314,17 @@ pub const fn name_hash_step(hash: u64, byte: u8) -> u64 {
     (hash ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
 }
 
-/// The key of a basename in `WATCHED_BASENAMES`. The kernel side hashes the last component
-/// of a path in one forward pass, which the verifier accepts cheaply (a byte-keyed map would
-/// need variable offsets into the path). A collision only makes an unwatched name look
-/// watched: an extra hint, which is harmless.
+/// The key of a basename in `WATCHED_BASENAMES`: FNV-1a of its bytes taken last to first.
+/// The kernel side hashes the last component of a path walking back from its end, so it
+/// touches only the name's bytes (a byte-keyed map would need variable offsets into the
+/// path). A collision only makes an unwatched name look watched: an extra hint, which is
+/// harmless.
 pub const fn name_hash(name: &[u8]) -> u64 {
     let mut hash = NAME_HASH_START;
-    let mut i = 0;
-    while i < name.len() {
+    let mut i = name.len();
+    while i > 0 {
+        i -= 1;
         hash = name_hash_step(hash, name[i]);
-        i += 1;
     }
     hash
 }
@@ -299,6 +340,8 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::InFlight {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::BasenameFilter {}
 }
 
 #[cfg(test)]
@@ -328,10 +371,26 @@ mod tests {
     }
 
     #[test]
-    fn name_hash_is_fnv1a() {
+    fn basename_filter_has_no_false_negatives() {
+        let mut filter = BasenameFilter::EMPTY;
+        let names: [&[u8]; 4] = [b"result", b"home", b"alice", b"profile-1-link"];
+        for name in names {
+            filter.insert(name_hash(name));
+        }
+        for name in names {
+            assert!(filter.may_contain(name_hash(name)));
+        }
+        assert!(!BasenameFilter::EMPTY.may_contain(name_hash(b"result")));
+        let (word, mask) = BasenameFilter::slot(u64::MAX);
+        assert_eq!((word, mask), (BASENAME_FILTER_WORDS - 1, 1 << 63));
+    }
+
+    #[test]
+    fn name_hash_is_fnv1a_of_the_reversed_name() {
         assert_eq!(name_hash(b""), NAME_HASH_START);
-        // Reference value of 64-bit FNV-1a for "a".
+        // Reference values of 64-bit FNV-1a for "a" and for "ba" (= "ab" reversed).
         assert_eq!(name_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(name_hash(b"ab"), 0x08a6_3307_b54d_d00c);
         assert_ne!(name_hash(b"result"), name_hash(b"resulu"));
     }
 }

@@ -26,11 +26,11 @@ use aya::{
     programs::{FExit, Lsm, ProgramError, TracePoint},
 };
 use root_tracker_ebpf::{
-    AT_FDCWD, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
-    COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IO_URING_CATEGORY, MAP_CONFIG, MAP_COUNTERS,
-    MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE,
-    PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_PROGRAMS,
-    SYSCALLS_CATEGORY, StorePrefix, flags, io_uring, kind, name_hash, op,
+    AT_FDCWD, BasenameFilter, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
+    COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IO_URING_CATEGORY, MAP_BASENAME_FILTER,
+    MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES,
+    PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX,
+    SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, flags, io_uring, kind, name_hash, op,
 };
 
 use crate::{
@@ -305,6 +305,8 @@ pub struct EbpfSource {
     counters: PerCpuArray<MapData, u64>,
     store_prefix: Array<MapData, StorePrefix>,
     watched_basenames: BpfHashMap<MapData, u64, u8>,
+    /// The kernel's pre-filter of `WATCHED_BASENAMES`, rewritten whole with each change.
+    basename_filter: Array<MapData, BasenameFilter>,
     /// Hashes currently in `WATCHED_BASENAMES`, to add and remove by difference.
     watched_hashes: BTreeSet<u64>,
     /// Keyed by `pid_tgid` (tgid in the high half), as the kernel side keys its map.
@@ -389,6 +391,8 @@ impl EbpfSource {
             .map_err(|e| EbpfError::map(MAP_STORE_PREFIX, e))?;
         let watched_basenames = BpfHashMap::try_from(take_map(&mut ebpf, MAP_WATCHED_BASENAMES)?)
             .map_err(|e| EbpfError::map(MAP_WATCHED_BASENAMES, e))?;
+        let basename_filter = Array::try_from(take_map(&mut ebpf, MAP_BASENAME_FILTER)?)
+            .map_err(|e| EbpfError::map(MAP_BASENAME_FILTER, e))?;
         let events = RingBuf::try_from(take_map(&mut ebpf, MAP_EVENTS)?)
             .map_err(|e| EbpfError::map(MAP_EVENTS, e))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, MAP_COUNTERS)?)
@@ -401,6 +405,7 @@ impl EbpfSource {
             counters,
             store_prefix,
             watched_basenames,
+            basename_filter,
             watched_hashes: BTreeSet::new(),
             in_flight: HashMap::new(),
             io_uring_in_flight: 0,
@@ -551,6 +556,18 @@ impl EbpfSource {
             self.watched_basenames
                 .insert(hash, 1, 0)
                 .map_err(|e| EbpfError::map(MAP_WATCHED_BASENAMES, e))?;
+        }
+        // After the additions, so a name whose bit is set is in the map; a program reading
+        // the filter while it is rewritten sees each word old or new, and the bits of names
+        // watched before and after are set in both.
+        if wanted != self.watched_hashes {
+            let mut filter = BasenameFilter::EMPTY;
+            for &hash in &wanted {
+                filter.insert(hash);
+            }
+            self.basename_filter
+                .set(0, filter, 0)
+                .map_err(|e| EbpfError::map(MAP_BASENAME_FILTER, e))?;
         }
         for hash in self.watched_hashes.difference(&wanted) {
             self.watched_basenames
