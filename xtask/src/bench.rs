@@ -2,7 +2,6 @@
 //! to BENCHMARKS.md. Never part of the tests: timings are reported, not asserted.
 
 use std::fs;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,32 +17,53 @@ pub(crate) struct Sample {
     pub(crate) max_rss_kib: i64,
 }
 
-/// Runs `command` once (stdout discarded) and measures it with `wait4`.
+/// GNU time, which reports the peak RSS of the command it runs (`setup` installs it).
+const GNU_TIME: &str = "/usr/bin/time";
+
+/// Runs `command` once (stdout discarded): wall time from here, peak RSS from GNU time.
+///
+/// Not our own `wait4`'s `ru_maxrss`: a child started by `posix_spawn`/`vfork` takes the
+/// parent's high-water RSS into its own at `exec`, so every child of a bench that holds a large
+/// store listing reported at least the bench's own size (386 MiB at 1M paths, whatever ran).
+/// GNU time forks the command from a small process of its own.
 pub(crate) fn measure(command: &mut Command) -> anyhow::Result<Sample> {
-    command.stdout(Stdio::null()).stderr(Stdio::null());
-    let started = Instant::now();
-    let child = command
-        .spawn()
-        .with_context(|| format!("cannot start {command:?}"))?;
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: `rusage` is plain data that the kernel fills; zeroed is a valid initial value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; `status` and `usage` are valid for writes.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let wall = started.elapsed();
-    if waited != pid {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    let rss_file = tempfile::NamedTempFile::new().context("cannot create a temp file")?;
+    let mut timed = Command::new(GNU_TIME);
+    timed
+        .arg("--format=%M")
+        .arg("--output")
+        .arg(rss_file.path())
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => timed.env(name, value),
+            None => timed.env_remove(name),
+        };
     }
-    let status = std::process::ExitStatus::from_raw(status);
+    if let Some(dir) = command.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    timed.stdout(Stdio::null()).stderr(Stdio::null());
+    let started = Instant::now();
+    let status = timed
+        .status()
+        .with_context(|| format!("cannot start {command:?} under {GNU_TIME}"))?;
+    let wall = started.elapsed();
     // `root-tracker scan` exits 3 when the sandbox hides a process from it; that is a result.
     if !(status.success() || status.code() == Some(3)) {
         bail!("{command:?} failed: {status}");
     }
-    Ok(Sample {
-        wall,
-        max_rss_kib: usage.ru_maxrss,
-    })
+    let report = std::fs::read_to_string(rss_file.path())
+        .with_context(|| format!("cannot read {GNU_TIME}'s report"))?;
+    // The last line: GNU time puts "Command exited with non-zero status" lines before it.
+    let max_rss_kib = report
+        .lines()
+        .last()
+        .and_then(|line| line.trim().parse().ok())
+        .with_context(|| format!("{GNU_TIME} reported no peak RSS: {report:?}"))?;
+    Ok(Sample { wall, max_rss_kib })
 }
 
 pub(crate) fn median(mut values: Vec<Duration>) -> Duration {

@@ -14,8 +14,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages: LLVM 22 to build `bpf-linker` against, and the real Nix used as test oracle.
-const APT_PACKAGES: &[&str] = &["llvm-22-dev", "nix-bin"];
+/// Debian packages: LLVM 22 to build `bpf-linker` against, the real Nix used as test oracle,
+/// and GNU time, which the benchmarks read peak memory from.
+const APT_PACKAGES: &[&str] = &["llvm-22-dev", "nix-bin", "time"];
 /// Where `llvm-22-dev` puts LLVM; `/usr/bin/llvm-config` is an older LLVM and must not win.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// The `bpf-linker` series that matches the pinned aya and LLVM 22.
