@@ -1156,7 +1156,7 @@ fn processed_insns(log: &str) -> Option<u64> {
 
 /// A verifier error without the middle of its log (thousands of lines): the first line and
 /// the last three.
-fn brief_verifier_error(text: &str) -> String {
+pub fn brief_verifier_error(text: &str) -> String {
     let lines: Vec<&str> = text
         .lines()
         .filter(|line| !line.trim().is_empty())
@@ -1171,7 +1171,8 @@ fn brief_verifier_error(text: &str) -> String {
     )
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// An error and its sources on one line, `: `-separated (`{:#}` of anyhow, for any error).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

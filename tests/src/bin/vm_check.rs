@@ -286,20 +286,10 @@ fn tracker_fenced_query() -> Result<String, String> {
 }
 
 /// An error's chain on one line, without the middle of a verifier log (thousands of lines that
-/// would take minutes on an emulated serial console): its first line and its last lines.
+/// would take minutes on an emulated serial console).
 fn brief(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    let first = text.lines().next().unwrap_or_default().to_owned();
-    if text.lines().count() <= 1 {
-        return first;
-    }
-    format!("{first} [...] {}", last_lines(&text, 3))
+    use root_tracker::source::ebpf::{brief_verifier_error, error_chain};
+    brief_verifier_error(&error_chain(error))
 }
 
 /// The last `count` non-empty lines of `text`, joined with " | ".
