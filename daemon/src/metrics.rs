@@ -275,7 +275,7 @@ pub fn render(metrics: &Metrics, live: &LiveValues) -> String {
     out.family(
         "store_gc_min_free_bytes",
         "gauge",
-        "--min-free: below this much free space a collection starts.",
+        "min-free (--min-free, else nix.conf): below this much free space a collection starts.",
     );
     if let Some(min_free) = live.min_free_bytes {
         out.sample("store_gc_min_free_bytes", &[], min_free as f64);

@@ -434,28 +434,19 @@ fn collect_demo(
     // StoreOwner::store_gc passes --allow-unreadable-runtime: this machine may hide processes
     // even from root (a sandbox's pid 1), and store-gc refuses such answers unless told to
     // treat those /proc entries as Nix does. Any other unreadable entry still refuses.
-    println!(
-        "xtask: store-gc collect --print-dead, as uid {}:",
-        owner.uid
-    );
-    let status = owner
-        .store_gc(store_gc, demo, &running.socket(), &["--print-dead"])
-        .status()
-        .context("cannot run store-gc")?;
-    if !status.success() {
-        bail!("store-gc --print-dead failed: {status}");
-    }
-    println!(
-        "xtask: store-gc collect --json (deletes), as uid {}:",
-        owner.uid
-    );
-    let status = owner
-        .store_gc(store_gc, demo, &running.socket(), &["--json"])
-        .status()
-        .context("cannot run store-gc")?;
-    if !status.success() {
-        bail!("store-gc collect failed: {status}");
-    }
+    let collect = |args: &[&str], what: &str| -> anyhow::Result<()> {
+        println!("xtask: store-gc collect {what}, as uid {}:", owner.uid);
+        let status = owner
+            .store_gc(store_gc, demo, &running.socket(), args)
+            .status()
+            .context("cannot run store-gc")?;
+        if !status.success() {
+            bail!("store-gc collect {what} failed: {status}");
+        }
+        Ok(())
+    };
+    collect(&["--print-dead"], "--print-dead")?;
+    collect(&["--json"], "--json (deletes)")?;
     if garbage.exists() || !rooted.exists() {
         bail!(
             "the collection did not do what it should: garbage {} exists: {}, root {} exists: {}",
