@@ -114,7 +114,7 @@ pub enum EbpfError {
         source: Box<ProgramError>,
     },
     /// Waiting for the ring buffer failed.
-    #[error("cannot open {} to watch for mount changes", crate::mounts::MOUNTINFO)]
+    #[error("cannot open or poll {} to watch for mount changes", crate::mounts::MOUNTINFO)]
     Mountinfo(#[source] io::Error),
     #[error("polling the {MAP_EVENTS} ring buffer failed")]
     Poll(#[source] io::Error),
@@ -735,7 +735,7 @@ impl EbpfSource {
         // Every operation that completed before this call has its records in the buffer now:
         // the exit program runs before the syscall returns. A mount change, however made,
         // moved the table's event counter before it completed.
-        if self.mounts.changed_now().map_err(EbpfError::Poll)? {
+        if self.mounts.changed_now().map_err(EbpfError::Mountinfo)? {
             out.push(Hint::MountsChanged);
         }
         self.drain(out)?;
