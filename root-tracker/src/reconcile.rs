@@ -3,9 +3,7 @@
 //! Invariant (DESIGN.md 2): a hint is never the final word. A hint about a path in the state
 //! trees re-examines that subtree; a hint about any other path re-examines every state-tree
 //! entry whose answer depends on it (an indirect root's target, or a directory above it). A hint
-//! that says hints were lost makes the index unsettled until a rescan. A hint that mounts
-//! changed is turned into path hints for the mount points that changed ([`MountTable`]); only
-//! one above the state trees (or the store, or its database) unsettles the index.
+//! that says hints were lost, or that mounts changed, makes the index unsettled until a rescan.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -16,7 +14,6 @@ use std::time::SystemTime;
 use crate::hint::Hint;
 use crate::index::{Index, IndexError};
 use crate::layout::StoreLayout;
-use crate::mounts::MountTable;
 use crate::report::{MergedReport, ScanReport};
 use crate::scan::{Findings, ScanError, ScanOptions};
 use crate::store_path::{base_name_of, is_in_dir};
@@ -63,8 +60,6 @@ pub struct Reconciler {
     /// The index's part of the last answer, reused while neither the index nor any validity
     /// answer it used has changed.
     index_answer: Option<IndexAnswer>,
-    /// The mount table as of the last rescan or mount change (none before the first rescan).
-    mounts: Option<MountTable>,
 }
 
 struct IndexAnswer {
@@ -99,7 +94,6 @@ impl Reconciler {
             interest_changed: true,
             validity,
             index_answer: None,
-            mounts: None,
         }
     }
 
@@ -145,12 +139,6 @@ impl Reconciler {
     #[tracing::instrument(skip_all)]
     pub fn rescan(&mut self) -> Result<(), ReconcileError> {
         let started = std::time::Instant::now();
-        // Read before the trees, so that a mount change during the traversal shows in the
-        // next comparison (the module invariant of `mounts`). Unreadable: mount changes
-        // unsettle the index, as they would with no table.
-        self.mounts = MountTable::read()
-            .inspect_err(|error| tracing::warn!(%error, "mount changes will unsettle the index"))
-            .ok();
         let trees = [self.layout.gcroots_dir(), self.layout.profiles_dir()];
         self.reexamine(trees.iter().map(|tree| tree.as_os_str().as_bytes()))?;
         // A rescan starts from nothing, validity answers included (as a scan would).
@@ -185,49 +173,36 @@ impl Reconciler {
         // Sources repeat themselves (a burst of changes to one link); each distinct hint is
         // judged once, which also saves a realpath per duplicate.
         let distinct: BTreeSet<&Hint> = hints.iter().collect();
-        // Mount points that changed count as paths that changed; read once per batch.
-        let mut mount_points = BTreeSet::new();
-        if distinct.contains(&Hint::MountsChanged) {
-            self.mount_points_changed(&mut mount_points);
-        }
-        let paths = distinct
-            .iter()
-            .filter_map(|hint| match hint {
-                Hint::Path(path) => Some(path.as_os_str().as_bytes()),
-                _ => None,
-            })
-            .chain(mount_points.iter().map(Vec::as_slice));
-        let mut above = Vec::new();
-        for path in paths {
-            if path == gcroots.as_slice()
-                || path == profiles.as_slice()
-                || is_in_dir(path, &gcroots)
-                || is_in_dir(path, &profiles)
-            {
-                subtrees.insert(path.to_vec());
-            } else if is_in_dir(&gcroots, path) || is_in_dir(&profiles, path) {
-                above.push(path);
-            }
-            entries.extend(self.index.entries_watching(path));
-            match crate::index::through_real_dir(path) {
-                Some(canonical) => entries.extend(self.index.entries_watching(&canonical)),
-                // Its directory is gone, so we cannot tell which link it was: be broad.
-                None => entries.extend(self.index.entries_with_component(base_name_of(path))),
-            }
-        }
-        for path in above {
-            // A directory above the state trees changed: everything may have moved.
-            self.unsettle(format!(
-                "{} changed above the state trees",
-                String::from_utf8_lossy(path)
-            ));
-        }
         for hint in distinct {
             match hint {
-                Hint::Path(_) | Hint::MountsChanged => {}
+                Hint::Path(path) => {
+                    let path = path.as_os_str().as_bytes();
+                    if path == gcroots.as_slice()
+                        || path == profiles.as_slice()
+                        || is_in_dir(path, &gcroots)
+                        || is_in_dir(path, &profiles)
+                    {
+                        subtrees.insert(path.to_vec());
+                    } else if is_in_dir(&gcroots, path) || is_in_dir(&profiles, path) {
+                        // A directory above the state trees changed: everything may have moved.
+                        self.unsettle(format!(
+                            "{} changed above the state trees",
+                            String::from_utf8_lossy(path)
+                        ));
+                    }
+                    entries.extend(self.index.entries_watching(path));
+                    match crate::index::through_real_dir(path) {
+                        Some(canonical) => entries.extend(self.index.entries_watching(&canonical)),
+                        // Its directory is gone, so we cannot tell which link it was: be broad.
+                        None => {
+                            entries.extend(self.index.entries_with_component(base_name_of(path)))
+                        }
+                    }
+                }
                 Hint::Basename(name) => {
                     entries.extend(self.index.entries_with_component(name.as_bytes()));
                 }
+                Hint::MountsChanged => self.unsettle("mounts changed"),
                 Hint::Lost { reason } => self.unsettle(reason.clone()),
             }
         }
@@ -245,46 +220,6 @@ impl Reconciler {
         });
         self.stats.rechecks += (outermost.len() + entries.len()) as u64;
         self.reexamine(outermost.iter().chain(&entries).map(Vec::as_slice))
-    }
-
-    /// Reads the mount table and adds the points at which it changed since the last read to
-    /// `points`. A mount on or above the store or its database, or a table that cannot be read
-    /// or compared, unsettles the index instead: what the index holds may not be what a
-    /// collector would read any more.
-    fn mount_points_changed(&mut self, points: &mut BTreeSet<Vec<u8>>) {
-        let now = match MountTable::read() {
-            Ok(now) => now,
-            Err(error) => {
-                self.mounts = None;
-                self.unsettle(format!("mounts changed, and {error}"));
-                return;
-            }
-        };
-        let Some(before) = self.mounts.take() else {
-            self.mounts = Some(now);
-            self.unsettle("mounts changed");
-            return;
-        };
-        let changed = before.changed_points(&now);
-        self.mounts = Some(now);
-        let store_dir = self.layout.store_dir().as_os_str().as_bytes().to_vec();
-        let db_dir = self
-            .layout
-            .db_path()
-            .parent()
-            .map(|dir| dir.as_os_str().as_bytes().to_vec())
-            .unwrap_or_default();
-        for point in changed {
-            let covers = |dir: &[u8]| point == dir || is_in_dir(dir, &point);
-            if covers(&store_dir) || covers(&db_dir) {
-                self.unsettle(format!(
-                    "a mount at {} changed the store or its database",
-                    String::from_utf8_lossy(&point)
-                ));
-            }
-            tracing::debug!(point = %String::from_utf8_lossy(&point), "mount changed");
-            points.insert(point);
-        }
     }
 
     /// Re-examines the given state-tree entries.

@@ -113,9 +113,13 @@ pub enum EbpfError {
         #[source]
         source: Box<ProgramError>,
     },
-    /// Waiting for the ring buffer failed.
-    #[error("cannot open or poll {} to watch for mount changes", crate::mounts::MOUNTINFO)]
+    /// The mount table could not be opened or polled.
+    #[error(
+        "cannot open or poll {} to watch for mount changes",
+        crate::mounts::MOUNTINFO
+    )]
     Mountinfo(#[source] io::Error),
+    /// Waiting for the ring buffer failed.
     #[error("polling the {MAP_EVENTS} ring buffer failed")]
     Poll(#[source] io::Error),
     /// A record does not have the shape this code expects: the object and this code disagree.
