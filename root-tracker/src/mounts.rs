@@ -1,23 +1,184 @@
-//! This process's mount table: [`MountWatch`] tells when it changed (sources turn that into
-//! `Hint::MountsChanged`, which makes the index unsettled until a rescan).
+//! This process's mount table. [`MountWatch`] tells when it changed (sources turn that into
+//! `Hint::MountsChanged`) and keeps the [`MountTable`] the source read when it noticed, so that
+//! the reconciler re-checks only the roots beneath the mount points that changed (DESIGN.md: "a
+//! mount change re-checks the indexed roots beneath it") instead of rescanning everything.
+//!
+//! Invariant (the order that makes the comparison safe): a source reads the table *before* it
+//! adjusts what it watches to the mounts (fanotify marks the filesystems the table's mounts put
+//! under watched paths), and the reconciler re-examines the changed points *after* that. A
+//! mount made after the table was read moves the kernel's event counter again, so the next poll
+//! reports it and the next comparison shows it; a mount in the table is covered by the source
+//! before anything beneath it is read again. Reading the table anywhere else (e.g. at the
+//! reconciler, after the source adjusted) would break this: a mount between the source's
+//! adjustment and that read would be compared away without ever being watched.
 
+use std::collections::{BTreeSet, HashMap};
 use std::io;
+use std::sync::Arc;
 
 /// Where the kernel lists this process's mounts.
 pub const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// One mount as far as the paths beneath it are concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mount {
+    /// Where it is mounted, as this process sees it.
+    point: Vec<u8>,
+    /// Which directory of its filesystem it shows there (a bind mount shows a subdirectory).
+    root: Vec<u8>,
+    /// `major:minor` of its filesystem.
+    device: Vec<u8>,
+}
+
+/// The mounts of this process's mount namespace, by mount ID.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountTable {
+    mounts: HashMap<u64, Mount>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountTableError {
+    #[error("cannot read {MOUNTINFO}")]
+    Read(#[source] io::Error),
+    #[error("{MOUNTINFO} line {line} is not understood: {text:?}")]
+    Parse { line: usize, text: String },
+}
+
+impl MountTable {
+    /// Reads this process's mount table.
+    pub fn read() -> Result<Self, MountTableError> {
+        let text = std::fs::read(MOUNTINFO).map_err(MountTableError::Read)?;
+        Self::parse(&text)
+    }
+
+    /// Parses mountinfo text (proc(5)): `ID PARENT MAJOR:MINOR ROOT POINT OPTIONS ...`, with
+    /// space, tab, newline and backslash in paths written as `\ooo`.
+    pub fn parse(text: &[u8]) -> Result<Self, MountTableError> {
+        let mut mounts = HashMap::new();
+        for (index, line) in text.split(|&byte| byte == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let bad = || MountTableError::Parse {
+                line: index + 1,
+                text: String::from_utf8_lossy(line).into_owned(),
+            };
+            let mut fields = line.split(|&byte| byte == b' ');
+            let id = fields
+                .next()
+                .and_then(|id| std::str::from_utf8(id).ok())
+                .and_then(|id| id.parse::<u64>().ok())
+                .ok_or_else(bad)?;
+            let _parent = fields.next().ok_or_else(bad)?;
+            let device = fields.next().ok_or_else(bad)?.to_vec();
+            let root = unescape(fields.next().ok_or_else(bad)?);
+            let point = unescape(fields.next().ok_or_else(bad)?);
+            if point.first() != Some(&b'/') {
+                return Err(bad());
+            }
+            mounts.insert(
+                id,
+                Mount {
+                    point,
+                    root,
+                    device,
+                },
+            );
+        }
+        Ok(Self { mounts })
+    }
+
+    /// The mount points at which `newer` differs from `self`: mounts added or removed, and
+    /// both the old and the new point of a mount whose point, root or device changed (a mount
+    /// ID reused by a new mount).
+    pub fn changed_points(&self, newer: &Self) -> BTreeSet<Vec<u8>> {
+        let mut points = BTreeSet::new();
+        for (id, mount) in &self.mounts {
+            match newer.mounts.get(id) {
+                Some(now) if now == mount => {}
+                Some(now) => {
+                    points.insert(mount.point.clone());
+                    points.insert(now.point.clone());
+                }
+                None => {
+                    points.insert(mount.point.clone());
+                }
+            }
+        }
+        for (id, mount) in &newer.mounts {
+            if !self.mounts.contains_key(id) {
+                points.insert(mount.point.clone());
+            }
+        }
+        points
+    }
+}
+
+/// Undoes mountinfo's `\ooo` escapes (the kernel's `mangle`: space, tab, newline, backslash).
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut index = 0;
+    while index < field.len() {
+        let octal = field
+            .get(index + 1..index + 4)
+            .filter(|digits| {
+                field[index] == b'\\' && digits.iter().all(|d| (b'0'..=b'7').contains(d))
+            })
+            .map(|digits| {
+                digits
+                    .iter()
+                    .fold(0u32, |value, digit| value * 8 + u32::from(digit - b'0'))
+            })
+            .and_then(|value| u8::try_from(value).ok());
+        match octal {
+            Some(byte) => {
+                out.push(byte);
+                index += 4;
+            }
+            None => {
+                out.push(field[index]);
+                index += 1;
+            }
+        }
+    }
+    out
+}
 
 /// An open `/proc/self/mountinfo`, for `poll(2)`: the kernel reports `POLLPRI|POLLERR` once
 /// per change of this process's mount table (and `poll` itself consumes the report), whether
 /// a mount syscall, an automount expiring or propagation from another namespace made it.
 pub struct MountWatch {
     file: std::fs::File,
+    /// The table as of the last [`Self::reread`] (`None`: it could not be read).
+    table: Option<Arc<MountTable>>,
 }
 
 impl MountWatch {
+    /// Opens the table for polling and reads it: call before the source starts watching.
     pub fn open() -> io::Result<Self> {
-        Ok(Self {
+        let mut watch = Self {
             file: std::fs::File::open(MOUNTINFO)?,
-        })
+            table: None,
+        };
+        watch.reread();
+        Ok(watch)
+    }
+
+    /// Reads the table again; call when a change was reported, before the source adjusts to
+    /// it. A table that cannot be read is forgotten, and the reconciler then treats a mount
+    /// change as it must without one: the index is unsettled until a rescan.
+    pub fn reread(&mut self) {
+        self.table = MountTable::read()
+            .inspect_err(|error| {
+                tracing::warn!(%error, "mount changes will unsettle the index");
+            })
+            .ok()
+            .map(Arc::new);
+    }
+
+    /// The table as the source last read it.
+    pub fn table(&self) -> Option<Arc<MountTable>> {
+        self.table.clone()
     }
 
     /// What to give `poll(2)` to wait for a change along with other descriptors.
@@ -62,5 +223,51 @@ mod tests {
         // Whatever a first poll says, a second one with no change in between reports nothing.
         let _ = watch.changed_now().unwrap();
         assert!(!watch.changed_now().unwrap());
+        assert!(watch.table().is_some());
+    }
+
+    const TABLE: &[u8] = b"22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+        40 22 0:35 / /tmp/rt-a/home/other rw shared:20 - tmpfs tmpfs rw\n\
+        41 22 254:1 /srv/data /mnt/with\\040space rw - ext4 /dev/vda rw\n";
+
+    #[test]
+    fn parses_points_with_escapes() {
+        let table = MountTable::parse(TABLE).unwrap();
+        assert_eq!(table.mounts.len(), 3);
+        assert_eq!(table.mounts[&41].point, b"/mnt/with space");
+        assert_eq!(table.mounts[&41].root, b"/srv/data");
+        assert_eq!(unescape(b"a\\134b\\011c\\012"), b"a\\b\tc\n");
+        assert_eq!(unescape(b"trailing\\04"), b"trailing\\04");
+        assert!(MountTable::parse(b"x 1 0:1 / / rw\n").is_err());
+        assert!(MountTable::parse(b"1 1 0:1 /\n").is_err());
+    }
+
+    #[test]
+    fn reports_added_removed_and_reused_mounts() {
+        let before = MountTable::parse(TABLE).unwrap();
+        assert!(before.changed_points(&before).is_empty());
+        // 40 unmounted, 41 reused for a mount elsewhere, 42 stacked on /.
+        let after = MountTable::parse(
+            b"22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+              41 22 0:36 / /tmp/rt-a/home/live/d1 rw - tmpfs tmpfs rw\n\
+              42 22 0:37 / / rw - tmpfs tmpfs rw\n",
+        )
+        .unwrap();
+        let changed: Vec<Vec<u8>> = before.changed_points(&after).into_iter().collect();
+        assert_eq!(
+            changed,
+            vec![
+                b"/".to_vec(),
+                b"/mnt/with space".to_vec(),
+                b"/tmp/rt-a/home/live/d1".to_vec(),
+                b"/tmp/rt-a/home/other".to_vec(),
+            ]
+        );
+    }
+
+    #[test]
+    fn reads_this_process_table() {
+        let table = MountTable::read().unwrap();
+        assert!(table.mounts.values().any(|mount| mount.point == b"/"));
     }
 }

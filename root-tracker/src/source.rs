@@ -80,6 +80,14 @@ pub trait Source: Send {
     fn take_earliest_completion(&mut self) -> Option<u64> {
         None
     }
+
+    /// The mount table as the source read it when it last noticed a mount change, *before* it
+    /// adjusted what it watches (see `mounts`). The reconciler compares consecutive tables to
+    /// re-check only the roots beneath mount points that changed; `None` (no table, or one that
+    /// could not be read) makes every mount change unsettle the index instead.
+    fn mount_table(&self) -> Option<std::sync::Arc<crate::mounts::MountTable>> {
+        None
+    }
 }
 
 /// Which backend `root-tracker run --backend` asked for.

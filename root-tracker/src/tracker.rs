@@ -201,7 +201,8 @@ impl Tracker {
         if hints.is_empty() {
             return Ok(());
         }
-        self.reconciler.apply(hints)?;
+        let mounts = self.source.mount_table();
+        self.reconciler.apply(hints, mounts.as_ref())?;
         self.push_interest()?;
         let now = monotonic_ns();
         self.lag_from_receipt.record(now.saturating_sub(received));
@@ -247,7 +248,11 @@ impl Tracker {
     /// later and unsettle the index anew, so callers look at `settled` afterwards.
     fn settle(&mut self) -> Result<(), ReconcileError> {
         self.unsettled_since = None;
-        let rescanned = self.reconciler.rescan().and_then(|()| self.push_interest());
+        let mounts = self.source.mount_table();
+        let rescanned = self
+            .reconciler
+            .rescan(mounts.as_ref())
+            .and_then(|()| self.push_interest());
         release_free_memory();
         rescanned
     }

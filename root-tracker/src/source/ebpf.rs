@@ -768,6 +768,17 @@ impl EbpfSource {
     }
 }
 
+impl EbpfSource {
+    /// Reads the mount table after a mount change was seen (a mount syscall's record, or the
+    /// mountinfo poll). The programs see every filesystem, so there is nothing to adjust: any
+    /// table read after the change will do, and a later change is reported again.
+    fn reread_mounts_if_changed(&mut self, hints: &[Hint]) {
+        if hints.contains(&Hint::MountsChanged) {
+            self.mounts.reread();
+        }
+    }
+}
+
 impl Source for EbpfSource {
     fn name(&self) -> &'static str {
         "ebpf"
@@ -783,11 +794,21 @@ impl Source for EbpfSource {
     }
 
     fn poll(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), SourceError> {
-        Ok(self.poll_inner(timeout, out)?)
+        let before = out.len();
+        let polled = self.poll_inner(timeout, out);
+        self.reread_mounts_if_changed(&out[before..]);
+        Ok(polled?)
     }
 
     fn fence(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), SourceError> {
-        Ok(self.fence_inner(deadline, out)?)
+        let before = out.len();
+        let fenced = self.fence_inner(deadline, out);
+        self.reread_mounts_if_changed(&out[before..]);
+        Ok(fenced?)
+    }
+
+    fn mount_table(&self) -> Option<std::sync::Arc<crate::mounts::MountTable>> {
+        self.mounts.table()
     }
 
     fn checks(&self) -> serde_json::Value {

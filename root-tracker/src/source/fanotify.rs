@@ -275,6 +275,9 @@ impl FanotifySource {
         // The kernel answers POLLERR|POLLPRI once per mount-table change, and `poll` itself
         // consumes it (`mounts_poll` records the event it reported), so nothing is read.
         if MountWatch::reported(&fds[1]) {
+            // The table first, then the marks (the order `mounts` relies on): a mount made
+            // after this read is reported by the next poll.
+            self.mountinfo.reread();
             out.push(Hint::MountsChanged);
             // A mount may have put a watched path on another filesystem.
             self.update_marks()?;
@@ -448,6 +451,10 @@ impl Source for FanotifySource {
 
     fn stats(&self) -> SourceStats {
         self.stats.clone()
+    }
+
+    fn mount_table(&self) -> Option<std::sync::Arc<crate::mounts::MountTable>> {
+        self.mountinfo.table()
     }
 
     fn checks(&self) -> serde_json::Value {
