@@ -11,6 +11,14 @@
 //! before anything beneath it is read again. Reading the table anywhere else (e.g. at the
 //! reconciler, after the source adjusted) would break this: a mount between the source's
 //! adjustment and that read would be compared away without ever being watched.
+//!
+//! Comparing two tables shows only the net change, and a mount made and removed between two
+//! reads of the table leaves none, yet a re-examination in between read through it (seen:
+//! a link hidden by a tmpfs that was gone again at the next read stayed "stale"). So every
+//! re-examination asks [`MountWatch::changed_since_table`] when it is done: if the table moved
+//! since the source last read it, what was read may belong to a state no table shows, and is
+//! read again once the source has caught up (the reconciler keeps it pending until the next
+//! mount change is applied; the source's own watch is bound to report that change).
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -151,6 +159,11 @@ pub struct MountWatch {
     file: std::fs::File,
     /// The table as of the last [`Self::reread`] (`None`: it could not be read).
     table: Option<Arc<MountTable>>,
+    /// A second open of the table, whose poll state only [`Self::reread`] and
+    /// [`Self::changed_since_table`] consume (each open file keeps its own).
+    since_table: std::fs::File,
+    /// Set once `since_table` reported a change after the last reread; sticky until the next.
+    moved: bool,
 }
 
 impl MountWatch {
@@ -159,6 +172,8 @@ impl MountWatch {
         let mut watch = Self {
             file: std::fs::File::open(MOUNTINFO)?,
             table: None,
+            since_table: std::fs::File::open(MOUNTINFO)?,
+            moved: false,
         };
         watch.reread();
         Ok(watch)
@@ -168,6 +183,10 @@ impl MountWatch {
     /// it. A table that cannot be read is forgotten, and the reconciler then treats a mount
     /// change as it must without one: the index is unsettled until a rescan.
     pub fn reread(&mut self) {
+        // Consumed before the read: a change after this point is either in the table read
+        // below or reported by `changed_since_table` (or both, which costs a re-read only).
+        let _ = poll_now(&self.since_table);
+        self.moved = false;
         self.table = MountTable::read()
             .inspect_err(|error| {
                 tracing::warn!(%error, "mount changes will unsettle the index");
@@ -197,20 +216,39 @@ impl MountWatch {
 
     /// Whether the table changed since the last poll, without waiting.
     pub fn changed_now(&self) -> io::Result<bool> {
-        let mut pollfd = self.pollfd();
-        // SAFETY: one valid pollfd, for the duration of the call.
-        let ready = unsafe { libc::poll(&raw mut pollfd, 1, 0) };
-        if ready < 0 {
-            let error = io::Error::last_os_error();
-            // Interrupted: report a change; a needless re-read costs little.
-            return if error.kind() == io::ErrorKind::Interrupted {
-                Ok(true)
-            } else {
-                Err(error)
-            };
-        }
-        Ok(Self::reported(&pollfd))
+        poll_now(&self.file)
     }
+
+    /// Whether the mount table may have changed since [`Self::table`] was read (a failure to
+    /// tell counts as a change). Sticky until the next [`Self::reread`].
+    pub fn changed_since_table(&mut self) -> bool {
+        if !self.moved {
+            self.moved = poll_now(&self.since_table).unwrap_or(true);
+        }
+        self.moved
+    }
+}
+
+/// Whether the kernel reports a change of the mount table on `file` (an open mountinfo) since
+/// the last poll of that same open file, without waiting.
+fn poll_now(file: &std::fs::File) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(file),
+        events: libc::POLLPRI,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let ready = unsafe { libc::poll(&raw mut pollfd, 1, 0) };
+    if ready < 0 {
+        let error = io::Error::last_os_error();
+        // Interrupted: report a change; a needless re-read costs little.
+        return if error.kind() == io::ErrorKind::Interrupted {
+            Ok(true)
+        } else {
+            Err(error)
+        };
+    }
+    Ok(MountWatch::reported(&pollfd))
 }
 
 #[cfg(test)]
@@ -218,12 +256,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_new_watch_reports_no_change_until_the_table_changes() {
+    fn a_new_watch_has_read_the_table() {
+        // Whether it reports a change is up to other processes' mounts (tests run in parallel).
         let watch = MountWatch::open().unwrap();
-        // Whatever a first poll says, a second one with no change in between reports nothing.
-        let _ = watch.changed_now().unwrap();
-        assert!(!watch.changed_now().unwrap());
+        assert!(watch.changed_now().is_ok());
         assert!(watch.table().is_some());
+    }
+
+    #[test]
+    fn a_mount_after_the_table_was_read_is_noticed_until_the_next_read() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let mut watch = MountWatch::open().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Whatever other processes mount meanwhile, a mount of our own is a change.
+        nix::mount::mount(
+            Some("rt-unit"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let unmount = || nix::mount::umount2(dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        let noticed = watch.changed_since_table();
+        let still = watch.changed_since_table();
+        unmount().unwrap();
+        assert!(noticed, "a mount after the read must be noticed");
+        assert!(still, "and stay noticed until the next read");
+        watch.reread();
+        let table = watch.table().unwrap();
+        assert!(
+            !table
+                .mounts
+                .values()
+                .any(|mount| mount.point == dir.path().as_os_str().as_encoded_bytes()),
+            "unmounted before the read"
+        );
     }
 
     const TABLE: &[u8] = b"22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\

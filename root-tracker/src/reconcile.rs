@@ -68,6 +68,10 @@ pub struct Reconciler {
     /// The source's mount table as of the last rescan or mount change: what the next one is
     /// compared with (`None`: a mount change unsettles the index).
     mounts: Option<Arc<MountTable>>,
+    /// The state-tree paths the last re-examination read (see [`Self::read_while_mounts_moved`]).
+    last_examined: Vec<Vec<u8>>,
+    /// Paths read while the mount table was moving, read again with the next mount change.
+    pending_after_mounts: BTreeSet<Vec<u8>>,
 }
 
 struct IndexAnswer {
@@ -103,6 +107,8 @@ impl Reconciler {
             validity,
             index_answer: None,
             mounts: None,
+            last_examined: Vec::new(),
+            pending_after_mounts: BTreeSet::new(),
         }
     }
 
@@ -151,6 +157,7 @@ impl Reconciler {
     pub fn rescan(&mut self, mounts: Option<&Arc<MountTable>>) -> Result<(), ReconcileError> {
         let started = std::time::Instant::now();
         self.mounts = mounts.cloned();
+        self.pending_after_mounts.clear();
         let trees = [self.layout.gcroots_dir(), self.layout.profiles_dir()];
         self.reexamine(trees.iter().map(|tree| tree.as_os_str().as_bytes()))?;
         // A rescan starts from nothing, validity answers included (as a scan would).
@@ -190,10 +197,12 @@ impl Reconciler {
         // Sources repeat themselves (a burst of changes to one link); each distinct hint is
         // judged once, which also saves a realpath per duplicate.
         let distinct: BTreeSet<&Hint> = hints.iter().collect();
-        // Mount points that changed count as paths that changed.
+        // Mount points that changed count as paths that changed, and what was read while
+        // the table was moving is read again now that the source has caught up.
         let mut mount_points = BTreeSet::new();
         if distinct.contains(&Hint::MountsChanged) {
             self.mount_points_changed(mounts, &mut mount_points);
+            subtrees.append(&mut self.pending_after_mounts);
         }
         let paths = distinct
             .iter()
@@ -285,6 +294,16 @@ impl Reconciler {
         }
     }
 
+    /// Called when the mount table moved while (or since before) the last re-examination read
+    /// the filesystem ([`crate::source::Source::mounts_changed_since_table`]): what it read
+    /// may have gone through a mount no table will show, so it is read again when the next
+    /// mount change is applied (the source reports that change: it happened after the source
+    /// last read the table). See `mounts`.
+    pub fn read_while_mounts_moved(&mut self) {
+        self.pending_after_mounts
+            .extend(std::mem::take(&mut self.last_examined));
+    }
+
     /// Re-examines the given state-tree entries.
     pub fn recheck(&mut self, entries: &BTreeSet<Vec<u8>>) -> Result<(), ReconcileError> {
         self.stats.rechecks += entries.len() as u64;
@@ -311,6 +330,7 @@ impl Reconciler {
                 (path.to_vec(), findings)
             })
             .collect();
+        self.last_examined = examined.iter().map(|(path, _)| path.clone()).collect();
         if examined.is_empty() {
             return Ok(());
         }

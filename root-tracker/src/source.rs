@@ -88,6 +88,14 @@ pub trait Source: Send {
     fn mount_table(&self) -> Option<std::sync::Arc<crate::mounts::MountTable>> {
         None
     }
+
+    /// Whether the mount table may have changed since [`Self::mount_table`] was read
+    /// ([`crate::mounts::MountWatch::changed_since_table`]); the tracker asks after every
+    /// re-examination. A source without a table has nothing to compare and says no: every
+    /// mount change unsettles its index anyway.
+    fn mounts_changed_since_table(&mut self) -> bool {
+        false
+    }
 }
 
 /// Which backend `root-tracker run --backend` asked for.

@@ -169,6 +169,7 @@ impl Tracker {
             }
             if self.next_verify.is_some_and(|due| Instant::now() >= due) {
                 let verified = self.reconciler.verify().map(drop);
+                self.check_mounts_after_reading();
                 self.survive("a verification sweep", verified);
                 self.next_verify = self
                     .options
@@ -203,6 +204,7 @@ impl Tracker {
         }
         let mounts = self.source.mount_table();
         self.reconciler.apply(hints, mounts.as_ref())?;
+        self.check_mounts_after_reading();
         self.push_interest()?;
         let now = monotonic_ns();
         self.lag_from_receipt.record(now.saturating_sub(received));
@@ -210,6 +212,14 @@ impl Tracker {
             self.lag_from_kernel.record(now.saturating_sub(completed));
         }
         Ok(())
+    }
+
+    /// After the reconciler read the filesystem: if the mount table moved since the source last
+    /// read it, that read is repeated with the next mount change (see `mounts`).
+    fn check_mounts_after_reading(&mut self) {
+        if self.source.mounts_changed_since_table() {
+            self.reconciler.read_while_mounts_moved();
+        }
     }
 
     /// Gives the source the index's current interest, then re-examines every entry that
@@ -238,6 +248,7 @@ impl Tracker {
                 return Ok(());
             }
             self.reconciler.recheck(&entries)?;
+            self.check_mounts_after_reading();
         }
         self.reconciler
             .unsettle("the set of watched paths kept changing while it was being watched");
@@ -249,10 +260,11 @@ impl Tracker {
     fn settle(&mut self) -> Result<(), ReconcileError> {
         self.unsettled_since = None;
         let mounts = self.source.mount_table();
-        let rescanned = self
-            .reconciler
-            .rescan(mounts.as_ref())
-            .and_then(|()| self.push_interest());
+        let rescanned = self.reconciler.rescan(mounts.as_ref());
+        if rescanned.is_ok() {
+            self.check_mounts_after_reading();
+        }
+        let rescanned = rescanned.and_then(|()| self.push_interest());
         release_free_memory();
         rescanned
     }

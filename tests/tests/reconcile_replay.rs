@@ -333,3 +333,52 @@ fn mount_changes_recheck_the_roots_beneath_and_stay_settled() {
         "nothing to compare with since a rescan without a table: must unsettle"
     );
 }
+
+/// A mount made and removed between two reads of the mount table leaves no trace in their
+/// comparison, but a re-examination in between read through it: here an auto link re-read
+/// while a tmpfs hid its user link turns stale. The re-examination is told the table moved
+/// since the source read it (as the tracker asks after every read), and the next mount change
+/// reads it again, although the two tables are the same.
+#[test]
+fn a_read_through_a_short_lived_mount_is_repeated_with_the_next_mount_change() {
+    tests::require_root();
+    let world = World::new();
+    let options = trees_only();
+    let mut reconciler = world.reconciler();
+    let home = world.home(0);
+    fs::create_dir_all(&home).unwrap();
+    symlink(store_path(&world, 0), home.join("result")).unwrap();
+    let mut watch = root_tracker::mounts::MountWatch::open().unwrap();
+    reconciler.rescan(watch.table().as_ref()).unwrap();
+    let matches_scan = |reconciler: &mut Reconciler| {
+        comparable(reconciler.answer(&options).unwrap().report())
+            == comparable(scan(&world.layout, &options).unwrap().to_json())
+    };
+
+    let mut over = tests::TmpfsMount::new(&home);
+    // The auto link appears while the tmpfs hides its target; the source has not read the
+    // mount table since.
+    symlink(home.join("result"), world.auto(0)).unwrap();
+    reconciler
+        .apply(&[Hint::Path(world.auto(0))], watch.table().as_ref())
+        .unwrap();
+    assert!(watch.changed_since_table(), "the mount is after the table");
+    reconciler.read_while_mounts_moved();
+    over.unmount();
+    assert!(
+        !matches_scan(&mut reconciler),
+        "the index read the link while it was hidden (else this test shows nothing)"
+    );
+    watch.reread();
+    reconciler
+        .apply(&[Hint::MountsChanged], watch.table().as_ref())
+        .unwrap();
+    assert_eq!(
+        *reconciler.settled(),
+        root_tracker::reconcile::Settled::Settled
+    );
+    assert!(
+        matches_scan(&mut reconciler),
+        "the read through the short-lived mount was not repeated"
+    );
+}

@@ -61,7 +61,6 @@ fn mounts_are_rechecked_where_they_change(backend: &str) {
         assert!(rooted(&report, &targets[1]), "{what}");
     };
     check("before any mount", false);
-    let rescans = tracker.status()["reconciler"]["rescans"].clone();
 
     let mut over = TmpfsMount::new(&covered);
     symlink(&targets[0], covered.join("result")).unwrap();
@@ -83,11 +82,19 @@ fn mounts_are_rechecked_where_they_change(backend: &str) {
     unrelated.unmount();
     check("unmounted again", true);
 
-    let status = tracker.status();
-    assert_eq!(
-        status["reconciler"]["rescans"], rescans,
-        "{backend}: a mount below the state trees should be re-checked where it changed, not rescanned: {status:#}"
+    // Not counted as rescans: the eBPF source also sees other processes' io_uring path
+    // operations, which unsettle the index whatever this test does.
+    let log = tracker.log();
+    let mount_unsettles: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("index unsettled") && line.contains("mount"))
+        .collect();
+    assert!(
+        mount_unsettles.is_empty(),
+        "{backend}: a mount below the state trees should be re-checked where it changed, not unsettle the index:\n{}",
+        mount_unsettles.join("\n")
     );
+    let status = tracker.status();
     assert_eq!(status["reconciler"]["drift"], 0, "{status:#}");
 }
 

@@ -811,6 +811,10 @@ impl Source for EbpfSource {
         self.mounts.table()
     }
 
+    fn mounts_changed_since_table(&mut self) -> bool {
+        self.mounts.changed_since_table()
+    }
+
     fn checks(&self) -> serde_json::Value {
         serde_json::to_value(&self.checks).unwrap_or_default()
     }

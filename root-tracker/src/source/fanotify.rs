@@ -457,6 +457,10 @@ impl Source for FanotifySource {
         self.mountinfo.table()
     }
 
+    fn mounts_changed_since_table(&mut self) -> bool {
+        self.mountinfo.changed_since_table()
+    }
+
     fn checks(&self) -> serde_json::Value {
         serde_json::json!({
             "rename_events": match self.rename_events() {
