@@ -42,6 +42,11 @@ struct Mount {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MountTable {
     mounts: HashMap<u64, Mount>,
+    /// Whether the IDs are the kernel's unique 64-bit mount IDs (`listmount`/`statmount`,
+    /// Linux 6.8), never reused. mountinfo's IDs are reused, and so are anonymous device
+    /// numbers: a tmpfs unmounted and another mounted at the same place between two reads
+    /// can look exactly like the first, so two mountinfo tables cannot be compared safely.
+    unique_ids: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,13 +55,36 @@ pub enum MountTableError {
     Read(#[source] io::Error),
     #[error("{MOUNTINFO} line {line} is not understood: {text:?}")]
     Parse { line: usize, text: String },
+    #[error("{call} failed")]
+    Syscall {
+        call: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("statmount of mount {id} answered what this code does not understand")]
+    Statmount { id: u64 },
 }
 
 impl MountTable {
-    /// Reads this process's mount table.
+    /// Reads this process's mount table: by unique mount IDs where the kernel has
+    /// `listmount`/`statmount`, else from mountinfo.
     pub fn read() -> Result<Self, MountTableError> {
+        if let Some(table) = unique::read()? {
+            return Ok(table);
+        }
         let text = std::fs::read(MOUNTINFO).map_err(MountTableError::Read)?;
         Self::parse(&text)
+    }
+
+    /// Whether this table and `newer` can be compared: only tables of unique IDs can
+    /// ([`Self::unique_ids`]'s reason).
+    pub fn comparable_with(&self, newer: &Self) -> bool {
+        self.unique_ids && newer.unique_ids
+    }
+
+    /// Whether the table was read by unique mount IDs (Linux 6.8 and later).
+    pub fn has_unique_ids(&self) -> bool {
+        self.unique_ids
     }
 
     /// Parses mountinfo text (proc(5)): `ID PARENT MAJOR:MINOR ROOT POINT OPTIONS ...`, with
@@ -93,7 +121,10 @@ impl MountTable {
                 },
             );
         }
-        Ok(Self { mounts })
+        Ok(Self {
+            mounts,
+            unique_ids: false,
+        })
     }
 
     /// The mount points at which `newer` differs from `self`: mounts added or removed, and
@@ -150,6 +181,174 @@ fn unescape(field: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The mount table by unique mount IDs: `listmount(2)` for the IDs of every mount in this
+/// process's namespace, `statmount(2)` for each one's point, root and device (Linux 6.8).
+mod unique {
+    use std::collections::HashMap;
+    use std::io;
+
+    use super::{Mount, MountTable, MountTableError};
+
+    /// `struct mnt_id_req`, version 0 (`MNT_ID_REQ_SIZE_VER0`).
+    #[repr(C)]
+    struct MntIdReq {
+        size: u32,
+        spare: u32,
+        mnt_id: u64,
+        param: u64,
+    }
+
+    /// Syscall numbers, the same on every architecture (new syscalls share one table since
+    /// 5.1); the libc crate in use does not have them for x86_64 yet.
+    const SYS_STATMOUNT: libc::c_long = 457;
+    const SYS_LISTMOUNT: libc::c_long = 458;
+    /// `LSMT_ROOT`: list from the root of the caller's mount namespace.
+    const LSMT_ROOT: u64 = u64::MAX;
+    const STATMOUNT_SB_BASIC: u64 = 0x1;
+    const STATMOUNT_MNT_BASIC: u64 = 0x2;
+    const STATMOUNT_MNT_ROOT: u64 = 0x8;
+    const STATMOUNT_MNT_POINT: u64 = 0x10;
+    /// Offsets in `struct statmount` (include/uapi/linux/mount.h), stable by design: the
+    /// struct only grows into its spare space.
+    const SB_DEV_MAJOR: usize = 16;
+    const SB_DEV_MINOR: usize = 20;
+    const MASK: usize = 8;
+    const MNT_ROOT: usize = 104;
+    const MNT_POINT: usize = 108;
+    const STRINGS: usize = 512;
+
+    fn request(mnt_id: u64, param: u64) -> MntIdReq {
+        MntIdReq {
+            size: size_of::<MntIdReq>() as u32,
+            spare: 0,
+            mnt_id,
+            param,
+        }
+    }
+
+    /// `None` when the kernel has no `listmount` (before 6.8) or refuses it.
+    pub(super) fn read() -> Result<Option<MountTable>, MountTableError> {
+        let Some(ids) = list()? else {
+            return Ok(None);
+        };
+        let mut mounts = HashMap::with_capacity(ids.len());
+        let mut buffer = vec![0u8; 4096];
+        for id in ids {
+            if let Some(mount) = stat(id, &mut buffer)? {
+                mounts.insert(id, mount);
+            }
+        }
+        Ok(Some(MountTable {
+            mounts,
+            unique_ids: true,
+        }))
+    }
+
+    fn list() -> Result<Option<Vec<u64>>, MountTableError> {
+        let mut ids = Vec::new();
+        let mut chunk = vec![0u64; 1024];
+        loop {
+            let req = request(LSMT_ROOT, ids.last().copied().unwrap_or(0));
+            // SAFETY: `req` is a valid mnt_id_req of the size it states, and `chunk` a
+            // writable array of `chunk.len()` u64s; both outlive the call.
+            let listed = unsafe {
+                libc::syscall(
+                    SYS_LISTMOUNT,
+                    &raw const req,
+                    chunk.as_mut_ptr(),
+                    chunk.len(),
+                    0u32,
+                )
+            };
+            if listed < 0 {
+                let error = io::Error::last_os_error();
+                // Unknown to the kernel, or refused by a seccomp filter or an LSM.
+                return match error.raw_os_error() {
+                    Some(libc::ENOSYS | libc::EPERM | libc::EACCES | libc::EINVAL)
+                        if ids.is_empty() =>
+                    {
+                        Ok(None)
+                    }
+                    _ => Err(MountTableError::Syscall {
+                        call: "listmount",
+                        source: error,
+                    }),
+                };
+            }
+            let listed = usize::try_from(listed).unwrap_or(0).min(chunk.len());
+            ids.extend_from_slice(&chunk[..listed]);
+            if listed < chunk.len() {
+                return Ok(Some(ids));
+            }
+        }
+    }
+
+    /// One mount's point, root and device; `None` if it is gone already.
+    fn stat(id: u64, buffer: &mut Vec<u8>) -> Result<Option<Mount>, MountTableError> {
+        let req = request(
+            id,
+            STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC | STATMOUNT_MNT_ROOT | STATMOUNT_MNT_POINT,
+        );
+        loop {
+            // SAFETY: `req` is a valid mnt_id_req of the size it states, and `buffer` a
+            // writable area of `buffer.len()` bytes; both outlive the call.
+            let done = unsafe {
+                libc::syscall(
+                    SYS_STATMOUNT,
+                    &raw const req,
+                    buffer.as_mut_ptr(),
+                    buffer.len(),
+                    0u32,
+                )
+            };
+            if done == 0 {
+                break;
+            }
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::EOVERFLOW) if buffer.len() < 1 << 20 => {
+                    let grown = buffer.len() * 4;
+                    buffer.resize(grown, 0);
+                }
+                Some(libc::ENOENT) => return Ok(None),
+                _ => {
+                    return Err(MountTableError::Syscall {
+                        call: "statmount",
+                        source: error,
+                    });
+                }
+            }
+        }
+        let bad = || MountTableError::Statmount { id };
+        let u32_at = |at: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(buffer.get(at..at + 4)?.try_into().ok()?))
+        };
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_ne_bytes(buffer.get(at..at + 8)?.try_into().ok()?))
+        };
+        let wanted = STATMOUNT_SB_BASIC | STATMOUNT_MNT_ROOT | STATMOUNT_MNT_POINT;
+        if u64_at(MASK).ok_or_else(bad)? & wanted != wanted {
+            return Err(bad());
+        }
+        let string = |offset_at: usize| -> Option<Vec<u8>> {
+            let start = STRINGS + usize::try_from(u32_at(offset_at)?).ok()?;
+            let rest = buffer.get(start..)?;
+            let end = rest.iter().position(|&byte| byte == 0)?;
+            Some(rest[..end].to_vec())
+        };
+        let device = format!(
+            "{}:{}",
+            u32_at(SB_DEV_MAJOR).ok_or_else(bad)?,
+            u32_at(SB_DEV_MINOR).ok_or_else(bad)?
+        );
+        Ok(Some(Mount {
+            point: string(MNT_POINT).ok_or_else(bad)?,
+            root: string(MNT_ROOT).ok_or_else(bad)?,
+            device: device.into_bytes(),
+        }))
+    }
 }
 
 /// An open `/proc/self/mountinfo`, for `poll(2)`: the kernel reports `POLLPRI|POLLERR` once
@@ -340,5 +539,37 @@ mod tests {
     fn reads_this_process_table() {
         let table = MountTable::read().unwrap();
         assert!(table.mounts.values().any(|mount| mount.point == b"/"));
+    }
+
+    #[test]
+    fn unique_ids_list_what_mountinfo_lists() {
+        let Some(unique) = unique::read().unwrap() else {
+            eprintln!("skipped: no listmount on this kernel");
+            return;
+        };
+        let text = std::fs::read(MOUNTINFO).unwrap();
+        let mountinfo = MountTable::parse(&text).unwrap();
+        let described = |table: &MountTable| {
+            let mut mounts: Vec<Mount> = table.mounts.values().cloned().collect();
+            mounts.sort_by(|a, b| {
+                (&a.point, &a.root, &a.device).cmp(&(&b.point, &b.root, &b.device))
+            });
+            mounts
+        };
+        // Read one after the other: another process may mount in between, so compare only
+        // when both reads agree on the number (retried a few times).
+        for _ in 0..5 {
+            let again = unique::read().unwrap().unwrap();
+            if described(&again) == described(&mountinfo) {
+                assert!(again.unique_ids && !mountinfo.unique_ids);
+                assert!(again.comparable_with(&unique) && !mountinfo.comparable_with(&unique));
+                return;
+            }
+        }
+        panic!(
+            "listmount/statmount and mountinfo disagree:\n{:?}\n{:?}",
+            described(&unique),
+            described(&mountinfo)
+        );
     }
 }

@@ -262,8 +262,9 @@ impl Reconciler {
     }
 
     /// Adds the points at which the source's mount table `now` differs from the one seen last to
-    /// `points`. A mount on or above the store or its database, or no table to compare,
-    /// unsettles the index instead: what the index holds may not be what a collector would read.
+    /// `points`. A mount on or above the store or its database, or no table to compare (or
+    /// tables without unique mount IDs, before Linux 6.8), unsettles the index instead: what the
+    /// index holds may not be what a collector would read.
     fn mount_points_changed(
         &mut self,
         now: Option<&Arc<MountTable>>,
@@ -274,6 +275,11 @@ impl Reconciler {
             self.unsettle("mounts changed");
             return;
         };
+        if !before.comparable_with(now) {
+            // mountinfo's IDs and device numbers are reused: a replaced mount can look unchanged.
+            self.unsettle("mounts changed (this kernel has no unique mount IDs to compare)");
+            return;
+        }
         let store_dir = self.layout.store_dir().as_os_str().as_bytes().to_vec();
         let db_dir = self
             .layout

@@ -283,6 +283,17 @@ fn mount_changes_recheck_the_roots_beneath_and_stay_settled() {
     symlink(home.join("result"), world.auto(0)).unwrap();
     let table = || Arc::new(MountTable::read().unwrap());
     reconciler.rescan(Some(&table())).unwrap();
+    if !table().has_unique_ids() {
+        // Before Linux 6.8 tables cannot be compared (reused IDs): every change unsettles.
+        reconciler
+            .apply(&[Hint::MountsChanged], Some(&table()))
+            .unwrap();
+        assert_ne!(
+            *reconciler.settled(),
+            root_tracker::reconcile::Settled::Settled
+        );
+        return;
+    }
 
     let check = |reconciler: &mut Reconciler, what: &str, rooted: bool| {
         let rechecks = reconciler.stats().rechecks;
@@ -349,6 +360,10 @@ fn a_read_through_a_short_lived_mount_is_repeated_with_the_next_mount_change() {
     fs::create_dir_all(&home).unwrap();
     symlink(store_path(&world, 0), home.join("result")).unwrap();
     let mut watch = root_tracker::mounts::MountWatch::open().unwrap();
+    if !watch.table().unwrap().has_unique_ids() {
+        eprintln!("skipped: before Linux 6.8 every mount change unsettles the index");
+        return;
+    }
     reconciler.rescan(watch.table().as_ref()).unwrap();
     let matches_scan = |reconciler: &mut Reconciler| {
         comparable(reconciler.answer(&options).unwrap().report())
