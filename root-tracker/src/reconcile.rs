@@ -144,6 +144,16 @@ impl Reconciler {
         }
     }
 
+    /// Marks the index unsettled for a cause no rescan removes (the /proc reader is gone): its
+    /// reason replaces a passing one, so `status` names the cause that lasts.
+    pub fn unsettle_for_good(&mut self, reason: String) {
+        let unsettled = Settled::Unsettled { reason };
+        if self.settled != unsettled {
+            tracing::warn!(reason = ?unsettled, "index unsettled for good");
+            self.settled = unsettled;
+        }
+    }
+
     /// Takes (and clears) the "interest changed" flag.
     pub fn take_interest_changed(&mut self) -> bool {
         std::mem::take(&mut self.interest_changed)
@@ -352,7 +362,7 @@ impl Reconciler {
     pub fn answer(&mut self, options: &ScanOptions) -> Result<Answer<'_>, ReconcileError> {
         self.validity.refresh().map_err(ScanError::from)?;
         let mut findings = Findings::new(&self.layout);
-        findings.find_volatile_roots(options);
+        findings.find_volatile_roots(options)?;
         // Not remembered: runtime and temp roots come from any process's environment and
         // mappings, and remembering every store-path-like string a user can put there would
         // let them grow the tracker's heap without bound. They are few per query.

@@ -120,6 +120,7 @@ impl Tracker {
         let settled = self.settle();
         self.survive("the bootstrap scan", settled);
         while !shutdown.load(Ordering::Relaxed) {
+            self.check_proc_reader();
             let mut hints = Vec::new();
             if let Err(error) = self.source.poll(self.options.poll_interval, &mut hints) {
                 hints.push(lost(format!(
@@ -178,6 +179,15 @@ impl Tracker {
             }
         }
         Ok(())
+    }
+
+    /// A /proc reader that died (logged where it is noticed) leaves the index unsettled for
+    /// good: without runtime roots no answer may be given, and no new reader can be started.
+    fn check_proc_reader(&mut self) {
+        if let Some(reason) = crate::proc_reader::failure() {
+            self.reconciler
+                .unsettle_for_good(format!("the /proc reader is gone ({reason})"));
+        }
     }
 
     /// Logs a failure and makes the index unsettled: after a failed read or write the index
@@ -259,6 +269,11 @@ impl Tracker {
     /// later and unsettle the index anew, so callers look at `settled` afterwards.
     fn settle(&mut self) -> Result<(), ReconcileError> {
         self.unsettled_since = None;
+        if crate::proc_reader::failure().is_some() {
+            // A rescan would settle an index no query may use.
+            self.check_proc_reader();
+            return Ok(());
+        }
         let mounts = self.source.mount_table();
         let rescanned = self.reconciler.rescan(mounts.as_ref());
         if rescanned.is_ok() {
@@ -295,6 +310,17 @@ impl Tracker {
     ) -> Result<Response, ReconcileError> {
         let started = Instant::now();
         let deadline = started + wait;
+        // Waiting cannot help: the reader is not coming back (see proc_reader.rs).
+        if let Some(reason) = crate::proc_reader::failure() {
+            self.check_proc_reader();
+            return Ok(Response::error(
+                ErrorKind::Internal,
+                format!(
+                    "the tracker's /proc reader is gone ({}); runtime roots cannot be read, so there is no answer until the tracker is restarted",
+                    disclosed_reason(&reason, disclosure)
+                ),
+            ));
+        }
         loop {
             let mut hints = Vec::new();
             let fence_deadline = deadline.max(Instant::now() + Duration::from_millis(100));
@@ -369,6 +395,12 @@ impl Tracker {
                 "from_receipt": self.lag_from_receipt.summary(),
             },
             "privileges": self.options.privileges,
+            "proc_reader": crate::proc_reader::status(),
+            "landlock_check": crate::privilege::landlock_self_check(
+                self.options.privileges["proc_reader"]["pid"]
+                    .as_u64()
+                    .and_then(|pid| u32::try_from(pid).ok()),
+            ),
         })
     }
 }

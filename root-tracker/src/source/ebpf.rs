@@ -36,6 +36,7 @@ use root_tracker_ebpf::{
 use crate::{
     hint::Hint,
     mounts::MountWatch,
+    proc_reader::ThreadSyscall,
     source::{Interest, Source, SourceError, SourceStats},
 };
 
@@ -655,11 +656,19 @@ impl EbpfSource {
     /// Forgets in-flight operations whose thread is provably no longer inside the syscall:
     /// their exit record was then either read already or dropped (and counted).
     fn forget_finished(&mut self, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
+        // One batch: after the privilege drop each read is a round trip to the /proc reader.
+        let threads: Vec<(u32, u32)> = self
+            .in_flight
+            .keys()
+            .map(|key| ((key >> 32) as u32, *key as u32))
+            .collect();
+        let states = crate::proc_reader::thread_syscalls(&threads);
         let finished: Vec<(u64, u64)> = self
             .in_flight
             .iter()
-            .filter(|(key, op)| !thread_in_syscall(**key, op.syscall_nr))
-            .map(|(key, op)| (*key, op.entered_by))
+            .zip(states)
+            .filter(|((_, op), state)| !may_be_in_syscall(*state, op.syscall_nr))
+            .map(|((key, op), _)| (*key, op.entered_by))
             .collect();
         if finished.is_empty() {
             return Ok(());
@@ -835,24 +844,13 @@ fn pid_tgid(tgid: u32, tid: u32) -> u64 {
     (u64::from(tgid) << 32) | u64::from(tid)
 }
 
-/// Whether the thread `key` (`pid_tgid`) may still be inside syscall `syscall_nr`, from
-/// `/proc/<pid>/task/<tid>/syscall` ("<nr> <args…>", "-1 …" outside a syscall, or "running").
-/// Anything but a definite "elsewhere" or "gone" counts as still inside.
-fn thread_in_syscall(key: u64, syscall_nr: i32) -> bool {
-    let (tgid, tid) = (key >> 32, key & u64::from(u32::MAX));
-    let path = format!("/proc/{tgid}/task/{tid}/syscall");
-    match std::fs::read(&path) {
-        Ok(contents) => {
-            let first = contents
-                .split(|b| b.is_ascii_whitespace())
-                .next()
-                .unwrap_or_default();
-            match std::str::from_utf8(first).ok().map(str::parse::<i64>) {
-                Some(Ok(nr)) => nr == i64::from(syscall_nr),
-                _ => true,
-            }
-        }
-        Err(error) => error.kind() != io::ErrorKind::NotFound,
+/// Whether a thread in `state` (from `/proc/<pid>/task/<tid>/syscall`) may still be inside
+/// syscall `syscall_nr`: anything but a definite "elsewhere" or "gone" counts as still inside.
+fn may_be_in_syscall(state: ThreadSyscall, syscall_nr: i32) -> bool {
+    match state {
+        ThreadSyscall::Number(nr) => nr == i64::from(syscall_nr),
+        ThreadSyscall::Gone => false,
+        ThreadSyscall::Unknown => true,
     }
 }
 
@@ -902,15 +900,11 @@ fn resolve(tgid: u32, tid: u32, path: &RawPath) -> Hint {
     if bytes.first() == Some(&b'/') {
         return Hint::Path(PathBuf::from(OsString::from_vec(bytes.to_vec())));
     }
-    let task = format!("/proc/{tgid}/task/{tid}");
-    let base = if path.dirfd == AT_FDCWD {
-        format!("{task}/cwd")
-    } else {
-        format!("{task}/fd/{}", path.dirfd)
-    };
-    match std::fs::read_link(&base) {
+    // `/proc/<tgid>/task/<tid>/{cwd,fd/<n>}`, through the /proc reader after the drop.
+    let fd = (path.dirfd != AT_FDCWD).then_some(path.dirfd);
+    match crate::proc_reader::task_dir(tgid, tid, fd) {
         // A removed directory reads as "<path> (deleted)", which names nothing reliably.
-        Ok(dir) if dir.is_absolute() && !dir.as_os_str().as_bytes().ends_with(b" (deleted)") => {
+        Some(dir) if dir.is_absolute() && !dir.as_os_str().as_bytes().ends_with(b" (deleted)") => {
             if bytes.is_empty() {
                 Hint::Path(dir)
             } else {
