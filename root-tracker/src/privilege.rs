@@ -1279,6 +1279,119 @@ mod tests {
         }
     }
 
+    /// Every syscall the tracker's filter refuses, for either backend, is outside the reader's
+    /// allow-list: the reader's filter is at least as strict.
+    #[test]
+    fn the_reader_filter_is_stricter_than_the_trackers() {
+        let allowed: Vec<i64> = reader_syscalls(3).iter().map(|(_, nr, _)| *nr).collect();
+        for backend in ["ebpf", "fanotify"] {
+            for (name, nr) in refused_syscalls(backend) {
+                assert!(!allowed.contains(&nr), "{name} is allowed to the reader");
+            }
+        }
+        for (name, nr) in [
+            ("execve", libc::SYS_execve),
+            ("socket", libc::SYS_socket),
+            ("connect", libc::SYS_connect),
+            ("unlinkat", libc::SYS_unlinkat),
+            ("renameat2", libc::SYS_renameat2),
+            ("ftruncate", libc::SYS_ftruncate),
+            ("openat2", libc::SYS_openat2),
+            ("open_by_handle_at", libc::SYS_open_by_handle_at),
+            ("capset", libc::SYS_capset),
+            ("prctl", libc::SYS_prctl),
+        ] {
+            assert!(!allowed.contains(&nr), "{name} is allowed to the reader");
+        }
+    }
+
+    /// Runs `body` in a forked child under the reader's filter (for socket fd 3); its status.
+    fn under_reader_filter(body: fn() -> i32) -> nix::sys::wait::WaitStatus {
+        let (program, _) = reader_syscall_filter(3).unwrap();
+        // SAFETY: the child makes only async-signal-safe calls (seccomp, raw syscalls) and
+        // leaves with _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: prctl with integer arguments; _exit ends the child.
+                unsafe {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    if seccompiler::apply_filter(&program).is_err() {
+                        libc::_exit(100);
+                    }
+                    libc::_exit(body())
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).unwrap()
+            }
+        }
+    }
+
+    /// What the reader does passes its filter; a write open, a write to a descriptor but
+    /// stderr, and an exec kill it.
+    #[test]
+    fn the_reader_filter_allows_reading_and_kills_writers() {
+        use nix::sys::signal::Signal;
+        use nix::sys::wait::WaitStatus;
+        fn reads() -> i32 {
+            // SAFETY: each call gets a NUL-terminated path and a buffer of the size it is told.
+            unsafe {
+                let fd = libc::openat(
+                    libc::AT_FDCWD,
+                    c"/proc/self/status".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                );
+                let mut buffer = [0u8; 64];
+                let read = libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len());
+                let link = libc::readlinkat(
+                    libc::AT_FDCWD,
+                    c"/proc/self/exe".as_ptr(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                );
+                let dir = libc::openat(
+                    libc::AT_FDCWD,
+                    c"/proc".as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                );
+                let written = libc::write(libc::STDERR_FILENO, buffer.as_ptr().cast(), 0);
+                i32::from(fd < 0 || read <= 0 || link <= 0 || dir < 0 || written < 0)
+            }
+        }
+        fn opens_for_writing() -> i32 {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), libc::O_WRONLY) };
+            0
+        }
+        fn writes_to_stdout() -> i32 {
+            // SAFETY: a zero-length write.
+            unsafe { libc::write(libc::STDOUT_FILENO, c"".as_ptr().cast(), 0) };
+            0
+        }
+        fn execs() -> i32 {
+            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+            // SAFETY: NUL-terminated path and a NULL-terminated argv.
+            unsafe { libc::execv(c"/bin/true".as_ptr(), argv.as_ptr()) };
+            0
+        }
+        let status = under_reader_filter(reads);
+        assert!(
+            matches!(status, WaitStatus::Exited(_, 0)),
+            "reading under the filter: {status:?}"
+        );
+        for (what, body) in [
+            ("open for writing", opens_for_writing as fn() -> i32),
+            ("write to stdout", writes_to_stdout),
+            ("exec", execs),
+        ] {
+            let status = under_reader_filter(body);
+            assert!(
+                matches!(status, WaitStatus::Signaled(_, Signal::SIGSYS, _)),
+                "{what}: {status:?}"
+            );
+        }
+    }
+
     #[test]
     fn identity_is_read_from_the_kernel() {
         let ids = KernelIds::read().unwrap();

@@ -601,6 +601,17 @@ fn runs_as_user(backend: &str) {
         tracker_user.name
     );
     assert!(text.lines().any(|line| line == expected_line), "{text}");
+    let landlock = tracker.status()["privileges"]["landlock"].clone();
+    let expected_line = format!(
+        "confined: Landlock {} on threads: {}; /proc reader pid {reader} running (CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, seccomp allow-list, no Landlock)",
+        landlock["state"].as_str().unwrap(),
+        if landlock["state"] == "not_enforced" {
+            "none"
+        } else {
+            "all"
+        }
+    );
+    assert!(text.lines().any(|line| line == expected_line), "{text}");
 
     // It still answers right: the fenced answer equals a scan, and holds Alice's root.
     let report = tracker.query();
