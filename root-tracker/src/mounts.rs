@@ -127,6 +127,19 @@ impl MountTable {
         })
     }
 
+    /// The same mounts, taken as keyed by unique mount IDs (for tests that build a table).
+    #[cfg(test)]
+    pub(crate) fn with_unique_ids(mut self) -> Self {
+        self.unique_ids = true;
+        self
+    }
+
+    /// `major:minor` of the filesystem of mount `id` (its superblock's device, which `stat`
+    /// does not always report: btrfs subvolumes have their own).
+    pub fn device(&self, id: u64) -> Option<&[u8]> {
+        self.mounts.get(&id).map(|mount| mount.device.as_slice())
+    }
+
     /// The mount points at which `newer` differs from `self`: mounts added or removed, and
     /// both the old and the new point of a mount whose point, root or device changed (a mount
     /// ID reused by a new mount).

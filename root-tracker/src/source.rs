@@ -6,6 +6,7 @@
 
 pub mod ebpf;
 pub mod fanotify;
+pub mod kernel_layout;
 pub mod replay;
 
 use std::collections::BTreeSet;
