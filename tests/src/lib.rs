@@ -661,9 +661,17 @@ impl TrackerProcess {
         self.request(br#"{"request":"status"}"#).unwrap()["status"].clone()
     }
 
-    /// SIGSTOP: the tracker reads nothing until `resume`, so kernel queues fill up.
+    /// SIGSTOP: the tracker reads nothing until `resume`, so kernel queues fill up. Returns
+    /// once every thread of it has stopped (`waitpid` reports the group stop), so that what
+    /// the caller does next is certainly read only after `resume`.
     pub fn pause(&self) {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
         self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        match waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
+            WaitStatus::Stopped(..) => {}
+            other => panic!("the tracker did not stop but {other:?}:\n{}", self.log()),
+        }
     }
 
     pub fn resume(&self) {

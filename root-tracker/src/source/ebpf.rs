@@ -26,12 +26,12 @@ use aya::{
     programs::{FExit, Lsm, ProgramError, TracePoint},
 };
 use root_tracker_ebpf::{
-    AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
-    COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IO_URING_CATEGORY, MAP_BASENAME_FILTER,
-    MAP_BASE_DIR_OFFSETS, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES,
-    PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX,
-    SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, flags, io_uring, kernel_dev_major_minor,
-    kind, name_hash, op,
+    AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED,
+    COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IO_URING_CATEGORY,
+    MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS,
+    MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE,
+    PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_PROGRAMS,
+    SYSCALLS_CATEGORY, StorePrefix, flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
 };
 
 use crate::{
@@ -693,11 +693,10 @@ impl EbpfSource {
             Record::Enter(enter) => {
                 let key = pid_tgid(enter.tgid, enter.tid);
                 let mounts = self.mounts.table();
-                let verifier = (self.checks.base_dir == BaseDirCheck::Verified).then(|| {
-                    BaseDirVerifier {
+                let verifier =
+                    (self.checks.base_dir == BaseDirCheck::Verified).then(|| BaseDirVerifier {
                         mounts: mounts.as_deref(),
-                    }
-                });
+                    });
                 let op = InFlightOp {
                     syscall_nr: enter.syscall_nr,
                     entered_by: self.records_read,

@@ -110,7 +110,11 @@ impl Btf {
         if u16_at(0) != Some(BTF_MAGIC) {
             return Err(malformed("bad magic (or foreign byte order)"));
         }
-        let field = |at| u32_at(at).map(|v| v as usize).ok_or(malformed("short header"));
+        let field = |at| {
+            u32_at(at)
+                .map(|v| v as usize)
+                .ok_or(malformed("short header"))
+        };
         let (hdr_len, type_off, type_len, str_off, str_len) =
             (field(4)?, field(8)?, field(12)?, field(16)?, field(20)?);
         let section = |off: usize, len: usize| {
@@ -222,12 +226,7 @@ impl Btf {
     }
 
     /// Offset of `strukt.member`, checking that the member is what `check` expects.
-    fn offset_of(
-        &self,
-        strukt: &str,
-        member: &str,
-        expected: Expect,
-    ) -> Result<u32, LayoutError> {
+    fn offset_of(&self, strukt: &str, member: &str, expected: Expect) -> Result<u32, LayoutError> {
         let id = self.struct_id(strukt)?;
         let found = self
             .member(id, member, 0)
@@ -323,7 +322,9 @@ impl Expect {
 /// Walks the type section: each `btf_type` is 12 bytes followed by kind-specific data.
 fn parse_types(section: &[u8]) -> Result<Vec<TypeEntry>, LayoutError> {
     let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_ne_bytes(section.get(at..at + 4)?.try_into().ok()?))
+        Some(u32::from_ne_bytes(
+            section.get(at..at + 4)?.try_into().ok()?,
+        ))
     };
     let mut types = Vec::new();
     let mut at = 0;
@@ -430,7 +431,13 @@ mod tests {
         }
 
         /// Members as (name, type, bit offset).
-        fn strukt(&mut self, kind: u32, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+        fn strukt(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32)],
+        ) -> u32 {
             let id = self.push(name, kind, false, members.len() as u32, size);
             for &(member, type_id, bits) in members {
                 let member = self.string(member);
@@ -469,27 +476,80 @@ mod tests {
         let u32_ = b.int("unsigned int", 4);
         let ulong = b.int("long unsigned int", 8);
         let dev_t = b.push("dev_t", TYPEDEF, false, 0, u32_);
-        let super_block = b.strukt(STRUCT, "super_block", 64, &[("s_list", ulong, 0), ("s_dev", dev_t, 128)]);
+        let super_block = b.strukt(
+            STRUCT,
+            "super_block",
+            64,
+            &[("s_list", ulong, 0), ("s_dev", dev_t, 128)],
+        );
         let super_block_ptr = b.ptr(super_block);
         let inode_fwd = b.fwd("inode");
         let inode_ptr = b.ptr(inode_fwd);
         let anon = b.strukt(UNION, "", 8, &[("i_ino", ulong, 0), ("other", u32_, 0)]);
-        b.strukt(STRUCT, "inode", 256, &[("i_mode", u32_, 0), ("i_sb", super_block_ptr, 320), ("", anon, 512)]);
-        let dentry = b.strukt(STRUCT, "dentry", 128, &[("d_flags", u32_, 0), ("d_inode", inode_ptr, 384)]);
+        b.strukt(
+            STRUCT,
+            "inode",
+            256,
+            &[
+                ("i_mode", u32_, 0),
+                ("i_sb", super_block_ptr, 320),
+                ("", anon, 512),
+            ],
+        );
+        let dentry = b.strukt(
+            STRUCT,
+            "dentry",
+            128,
+            &[("d_flags", u32_, 0), ("d_inode", inode_ptr, 384)],
+        );
         let dentry_ptr = b.ptr(dentry);
-        let path = b.strukt(STRUCT, "path", 16, &[("mnt", ulong, 0), ("dentry", dentry_ptr, 64)]);
-        let fs = b.strukt(STRUCT, "fs_struct", 56, &[("users", u32_, 0), ("root", path, 192), ("pwd", path, 320)]);
+        let path = b.strukt(
+            STRUCT,
+            "path",
+            16,
+            &[("mnt", ulong, 0), ("dentry", dentry_ptr, 64)],
+        );
+        let fs = b.strukt(
+            STRUCT,
+            "fs_struct",
+            56,
+            &[("users", u32_, 0), ("root", path, 192), ("pwd", path, 320)],
+        );
         let fs_ptr = b.ptr(fs);
-        let file = b.strukt(STRUCT, "file", 200, &[("f_count", ulong, 0), ("f_inode", inode_ptr, 256)]);
+        let file = b.strukt(
+            STRUCT,
+            "file",
+            200,
+            &[("f_count", ulong, 0), ("f_inode", inode_ptr, 256)],
+        );
         let file_ptr = b.ptr(file);
         let rcu_file_ptr = b.push("rcu", TYPE_TAG, false, 0, file_ptr);
         let file_ptr_ptr = b.ptr(rcu_file_ptr);
-        let fdtable = b.strukt(STRUCT, "fdtable", 56, &[("max_fds", u32_, 0), ("fd", file_ptr_ptr, 64)]);
+        let fdtable = b.strukt(
+            STRUCT,
+            "fdtable",
+            56,
+            &[("max_fds", u32_, 0), ("fd", file_ptr_ptr, 64)],
+        );
         let fdtable_ptr = b.ptr(fdtable);
-        let files = b.strukt(STRUCT, "files_struct", 700, &[("count", u32_, 0), ("fdt", fdtable_ptr, 256)]);
+        let files = b.strukt(
+            STRUCT,
+            "files_struct",
+            700,
+            &[("count", u32_, 0), ("fdt", fdtable_ptr, 256)],
+        );
         let files_ptr = b.ptr(files);
         let const_files_ptr = b.push("", CONST, false, 0, files_ptr);
-        b.strukt(STRUCT, "task_struct", 9000, &[("state", u32_, 0), ("fs", fs_ptr, 8 * 3000), ("files", const_files_ptr, 8 * 3008)]);
+        b.strukt(
+            STRUCT,
+            "task_struct",
+            9000,
+            &[
+                ("state", u32_, 0),
+                ("fs", fs_ptr, 8 * 3000),
+                ("files", const_files_ptr, 8 * 3008),
+            ],
+        );
         b
     }
 
