@@ -33,11 +33,11 @@ mod kernel {
         programs::{FExitContext, LsmContext, TracePointContext},
     };
     use root_tracker_ebpf::{
-        AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED,
-        COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IN_FLIGHT_MAX,
-        IO_URING_IN_FLIGHT_MAX, InFlight, LONG_PATH_BYTES, NAME_HASH_START, PATH_BYTES, PathEvent,
-        RING_BUF_BYTES, STORE_PREFIX_MAX, StorePrefix, WATCHED_BASENAMES_MAX, flags, io_uring,
-        kind, name_hash_step, op,
+        AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT,
+        COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent,
+        IN_FLIGHT_MAX, IO_URING_IN_FLIGHT_MAX, InFlight, LONG_PATH_BYTES, NAME_HASH_START,
+        PATH_BYTES, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, StorePrefix,
+        WATCHED_BASENAMES_MAX, flags, io_uring, kind, name_hash_step, op,
     };
 
     #[map]
