@@ -595,6 +595,17 @@ fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     status["backend"].as_str().unwrap_or("?"),
                     status["backend_reason"].as_str().unwrap_or("")
                 );
+                let base_dir = &status["source_checks"]["base_dir"];
+                match base_dir["state"].as_str() {
+                    Some("verified") => println!(
+                        "relative paths: named through /proc only if their directory is the one the kernel used"
+                    ),
+                    Some(state) => println!(
+                        "relative paths: {state} ({}): a directory fd reused or a chdir right after a call can misname them",
+                        base_dir["reason"].as_str().unwrap_or("")
+                    ),
+                    None => {}
+                }
                 println!("runs as: {}", runs_as(&status["privileges"]["identity"]));
                 println!("confined: {}", confinement(&status));
                 println!(

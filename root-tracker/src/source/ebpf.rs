@@ -694,7 +694,7 @@ impl EbpfSource {
                 let key = pid_tgid(enter.tgid, enter.tid);
                 let mounts = self.mounts.table();
                 let verifier =
-                    (self.checks.base_dir == BaseDirCheck::Verified).then(|| BaseDirVerifier {
+                    (self.checks.base_dir == BaseDirCheck::Verified).then_some(BaseDirVerifier {
                         mounts: mounts.as_deref(),
                     });
                 let op = InFlightOp {
