@@ -214,7 +214,7 @@ fn relative_paths_checked_against_kernel_dir() -> Result<String, String> {
         std::fs::create_dir(dir).map_err(|e| e.to_string())?;
     }
     let target = store.layout.store_dir().join(STORE_NAME);
-    let mut fence = |source: &mut EbpfSource| {
+    let fence = |source: &mut EbpfSource| {
         let mut hints = Vec::new();
         source
             .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
