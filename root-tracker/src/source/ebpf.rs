@@ -1675,8 +1675,8 @@ mod tests {
             )
         };
         assert_eq!(status, 0);
-        let table = MountTable::parse(format!("{} 1 99:7 / / rw\n", found.stx_mnt_id).as_bytes())
-            .unwrap();
+        let table =
+            MountTable::parse(format!("{} 1 99:7 / / rw\n", found.stx_mnt_id).as_bytes()).unwrap();
         // Keyed as the kernel answers `statx`: by unique mount IDs where it has them.
         let table = if found.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
             table.with_unique_ids()
