@@ -130,6 +130,32 @@ fn build_store(paths: usize, seed: u64) -> anyhow::Result<Synthetic> {
     })
 }
 
+/// The seed of the bench's store of `paths` paths.
+fn store_seed(paths: usize) -> u64 {
+    0x6c0_u64 ^ paths as u64
+}
+
+/// `cargo xtask bench gc-store --sizes N`: builds the bench's store of N paths (the same
+/// seed, so the same graph and roots) and keeps it, for profiling one phase by hand without
+/// running the whole benchmark. Prints where it is and the environment that aims Nix at it;
+/// the caller removes it (`rm -rf`) when done.
+pub fn keep_store(sizes: &[usize]) -> anyhow::Result<()> {
+    if sizes.is_empty() {
+        bail!("bench gc-store needs --sizes N");
+    }
+    for &paths in sizes {
+        let synthetic = build_store(paths, store_seed(paths))?;
+        let root = synthetic.fixture.keep();
+        let (references, roots, root) = (synthetic.references, synthetic.roots, root.display());
+        println!(
+            "{paths} paths, {references} references, {roots} roots: {root}\n  \
+             NIX_STORE_DIR={root}/store NIX_STATE_DIR={root}/state NIX_LOG_DIR={root}/log \
+             NIX_CONF_DIR={root}/conf"
+        );
+    }
+    Ok(())
+}
+
 struct Row {
     paths: usize,
     references: usize,
@@ -181,7 +207,7 @@ fn bench_size(
     binaries: &Binaries,
     runs: usize,
 ) -> anyhow::Result<Row> {
-    let seed = 0x6c0_u64 ^ paths as u64;
+    let seed = store_seed(paths);
     eprintln!("bench gc: building a store of {paths} paths");
     let built = Instant::now();
     let synthetic = build_store(paths, seed)?;

@@ -119,6 +119,11 @@ impl Fixture {
         self.dir.path()
     }
 
+    /// Keeps the store on disk past this value (for `bench gc-store`); returns its root.
+    pub fn keep(self) -> PathBuf {
+        self.dir.keep()
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         self.root().join("store")
     }

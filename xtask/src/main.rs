@@ -89,6 +89,8 @@ enum BenchArea {
     /// `store-gc` against `nix-store --gc` (roots phase, dry run, real collection, memory) on
     /// synthetic stores of 20k, 100k and 1M paths.
     Gc,
+    /// Only build `gc`'s store of each `--sizes` and keep it (printed), for profiling by hand.
+    GcStore,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             BenchArea::Overhead => bench_events::overhead_only(quick)?,
             BenchArea::Events => bench_events::events(quick)?,
             BenchArea::Gc => bench_gc::gc(quick, &sizes)?,
+            BenchArea::GcStore => bench_gc::keep_store(&sizes)?,
         },
         Task::Soak { seeds, ops } => soak::soak(seeds, ops)?,
         Task::Vm {
