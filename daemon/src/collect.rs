@@ -1,7 +1,8 @@
 //! One collection, phase by phase, in the order of Nix's `collectGarbage`: take the GC lock,
 //! serve the GC socket, roots (tracker, then temp roots), graph (store database), then the walk
 //! that decides liveness and deletes as it goes, then the report (`--print-*`, a summary, or
-//! `--json`).
+//! `--json`). A run that deletes nothing reads the roots, the database and the store directory
+//! at once, on three threads, and gets the inputs the ordered phases would have given.
 //!
 //! Invariant: nothing is deleted unless every phase before deletion succeeded; any doubt
 //! about the roots is an error that stops the run before the store is touched.
@@ -9,7 +10,8 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::thread;
 use std::time::Instant;
 
 use nix::dir::Dir;
@@ -22,12 +24,13 @@ use crate::gc_lock::{self, GcLockError};
 use crate::gc_socket::{GcSocket, GcSocketError, SharedTempRoots};
 use crate::graph::StoreGraph;
 use crate::layout::StoreLayout;
-use crate::liveness::{self, Liveness, Method, RootSet};
+use crate::liveness::{self, DeadSink, KeepEverything, Liveness, Method, RootSet};
 use crate::nix_conf::GcSettings;
 use crate::progress::Progress;
 use crate::roots::{self, RootsError, TrackedRoots};
 use crate::store_db::{self, StoreDbError};
-use crate::temp_roots::{self, TempRootsError};
+use crate::store_listing::{self, ListError, StoreListing};
+use crate::temp_roots::{self, TempRoots, TempRootsError};
 use crate::tracker_client::{self, RootKind};
 
 /// What the run does with its verdict.
@@ -111,6 +114,9 @@ pub struct PhaseMillis {
     pub roots: u64,
     pub temp_roots: u64,
     pub load: u64,
+    /// Reading the store directory ahead, alongside roots and load (runs that delete nothing;
+    /// a real collection reads it during the walk, counted in `liveness`).
+    pub list: u64,
     pub lock: u64,
     /// Deciding and deleting (interleaved, as in Nix).
     pub liveness: u64,
@@ -200,38 +206,32 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
     let socket = GcSocket::serve(&options.layout, Arc::clone(&temp_roots))?;
     ms.lock = millis(phase);
 
-    let phase = Instant::now();
-    let tracked = find_tracked_roots(options)?;
-    ms.roots = millis(phase);
+    let inputs = if deleting {
+        gather_in_order(options, &mut ms)?
+    } else {
+        gather_concurrently(options, &mut ms)?
+    };
+    let Inputs {
+        tracked,
+        temp,
+        graph,
+        listing,
+        stale_links_removed,
+    } = inputs;
+    temp_roots.add_all(&temp);
     let mut counts = root_counts(&tracked);
+    counts.temp = temp.len();
+    counts.stale_links_removed = stale_links_removed;
     tracing::info!(
         roots = tracked.roots.len(),
-        ms = ms.roots,
-        "roots from the tracker"
-    );
-    if deleting {
-        counts.stale_links_removed =
-            delete::remove_stale_auto_links(&options.layout, &tracked.stale_links);
-    }
-
-    let phase = Instant::now();
-    let temp = temp_roots::find_temp_roots(&options.layout, deleting)?;
-    temp_roots.add_all(&temp);
-    ms.temp_roots = millis(phase);
-    counts.temp = temp.len();
-
-    let phase = Instant::now();
-    let graph = {
-        let _span = tracing::info_span!("load").entered();
-        store_db::load(&options.layout)?
-    };
-    ms.load = millis(phase);
-    tracing::info!(
+        temp_roots = temp.len(),
         paths = graph.len(),
         references = graph.edge_count(),
         bytes = graph.heap_bytes(),
-        ms = ms.load,
-        "store database loaded"
+        roots_ms = ms.roots,
+        load_ms = ms.load,
+        list_ms = ms.list,
+        "roots found and store database loaded"
     );
 
     // Synchronisation point for tests, as Nix's `_NIX_TEST_GC_SYNC` (tests/gc-concurrent.sh):
@@ -258,31 +258,41 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
             root_set.add(&graph, &root.basename);
         }
         counts.invalid = root_set.invalid;
-        // Streamed from readdir, as Nix reads the store while it deletes: a million names
-        // held at once would cost more than the graph.
-        let mut list_error = None;
-        let entries = store_entries(options)?
-            .map_while(|entry| match entry {
-                Ok(entry) => Some(entry),
-                Err(error) => {
-                    list_error = Some(error);
-                    None
-                }
-            })
-            .inspect(|_| progress.examined());
-        let verdict = match deleter.as_mut() {
-            Some(deleter) => liveness::walk(&graph, &root_set, options.settings, entries, deleter),
+        match (deleter.as_mut(), &listing) {
             // Deleting nothing: the same verdict by plain searches where the order cannot
-            // matter (`liveness::decide`).
-            None => liveness::decide(&graph, &root_set, options.settings, entries),
-        };
-        if let Some(source) = list_error {
-            return Err(CollectError::ListStore {
-                path: options.layout.store_dir().to_owned(),
-                source,
-            });
+            // matter (`liveness::decide`), from the listing read ahead.
+            (None, Some(listing)) => {
+                progress.examined_many(listing.entries);
+                liveness::decide(&graph, &root_set, options.settings, listing)
+            }
+            (deleter, _) => {
+                // Streamed from readdir, as Nix reads the store while it deletes: a million
+                // names held at once would cost more than the graph.
+                let mut list_error = None;
+                let entries = store_entries(options)?
+                    .map_while(|entry| match entry {
+                        Ok(entry) => Some(entry),
+                        Err(error) => {
+                            list_error = Some(error);
+                            None
+                        }
+                    })
+                    .inspect(|_| progress.examined());
+                let mut keep = KeepEverything;
+                let sink: &mut dyn DeadSink = match deleter {
+                    Some(deleter) => deleter,
+                    None => &mut keep,
+                };
+                let verdict = liveness::walk(&graph, &root_set, options.settings, entries, sink);
+                if let Some(source) = list_error {
+                    return Err(CollectError::ListStore {
+                        path: options.layout.store_dir().to_owned(),
+                        source,
+                    });
+                }
+                verdict
+            }
         }
-        verdict
     };
     ms.liveness = millis(phase);
     progress.finish();
@@ -322,6 +332,147 @@ pub fn collect(options: &CollectOptions, out: &mut dyn Write) -> Result<Summary,
         deleter.as_ref(),
         ms,
     ))
+}
+
+/// What a collection decides from.
+struct Inputs {
+    tracked: TrackedRoots,
+    temp: TempRoots,
+    graph: StoreGraph,
+    /// The store directory read ahead, for a run that deletes nothing; a real collection
+    /// reads it during the walk.
+    listing: Option<StoreListing>,
+    stale_links_removed: usize,
+}
+
+/// A real collection reads its inputs one after the other, as `collectGarbage` does: the
+/// roots, then the temp roots, then the database (which Nix queries during its walk, after
+/// both), so a path registered and rooted before the roots were found is in the graph.
+fn gather_in_order(options: &CollectOptions, ms: &mut PhaseMillis) -> Result<Inputs, CollectError> {
+    let phase = Instant::now();
+    let tracked = find_tracked_roots(options)?;
+    ms.roots = millis(phase);
+    let stale_links_removed =
+        delete::remove_stale_auto_links(&options.layout, &tracked.stale_links);
+
+    let phase = Instant::now();
+    let temp = temp_roots::find_temp_roots(&options.layout, true)?;
+    ms.temp_roots = millis(phase);
+
+    let phase = Instant::now();
+    let graph = {
+        let _span = tracing::info_span!("load").entered();
+        store_db::load(&options.layout)?
+    };
+    ms.load = millis(phase);
+    Ok(Inputs {
+        tracked,
+        temp,
+        graph,
+        listing: None,
+        stale_links_removed,
+    })
+}
+
+/// A run that deletes nothing reads its inputs at once, each phase on its own thread: the
+/// roots (the tracker's answer, then the temp roots), the database, and the store directory
+/// (resolved against the graph's names as soon as they are sorted).
+///
+/// The result is the one [`gather_in_order`] would give. The database snapshot may be older
+/// than the roots, so it is checked once they are in: if another connection committed since
+/// (a path registered, perhaps rooted, while the tracker answered), the graph is loaded again
+/// and the directory read again, after the roots as in order. The directory may be read before
+/// the roots' fence, which can only miss an entry created meanwhile: nothing is deleted, and
+/// such an entry could as well have been created after the run.
+fn gather_concurrently(
+    options: &CollectOptions,
+    ms: &mut PhaseMillis,
+) -> Result<Inputs, CollectError> {
+    let layout = &options.layout;
+    let parent = &tracing::Span::current();
+    let (publish, published) = mpsc::sync_channel(1);
+    let (roots, loaded, listing) = thread::scope(|scope| {
+        let roots = scope.spawn(|| {
+            parent.in_scope(|| -> Result<_, CollectError> {
+                let phase = Instant::now();
+                let tracked = find_tracked_roots(options)?;
+                let roots_ms = millis(phase);
+                let phase = Instant::now();
+                let temp = temp_roots::find_temp_roots(layout, false)?;
+                Ok((tracked, temp, roots_ms, millis(phase)))
+            })
+        });
+        // `collectGarbage` with `maxFreed == 0` does not look at the store.
+        let listing = (options.max_freed != 0).then(|| {
+            scope.spawn(move || {
+                parent.in_scope(|| {
+                    let _span = tracing::info_span!("list").entered();
+                    let phase = Instant::now();
+                    let listing = store_listing::list_while_loading(layout.store_dir(), &published);
+                    (listing, millis(phase))
+                })
+            })
+        });
+        let phase = Instant::now();
+        let loaded = {
+            let _span = tracing::info_span!("load").entered();
+            // If the load fails before publishing, `publish` is dropped with the closure and
+            // the listing thread stops.
+            store_db::load_publishing(layout, move |index| {
+                // The listing thread may have stopped on its own error, reported below.
+                let _ = publish.send(index);
+            })
+        };
+        ms.load = millis(phase);
+        (join(roots), loaded, listing.map(join))
+    });
+    // The roots first: a refusal of the roots is what the caller must see.
+    let (tracked, temp, roots_ms, temp_ms) = roots?;
+    (ms.roots, ms.temp_roots) = (roots_ms, temp_ms);
+    let (mut graph, snapshot) = loaded?;
+    let mut listing = match listing {
+        Some((listing, list_ms)) => {
+            ms.list = list_ms;
+            listing.map_err(|error| list_error(layout.store_dir(), error))?
+        }
+        None => StoreListing::default(),
+    };
+    if !snapshot.is_current()? {
+        tracing::info!("the store database changed while the roots were read: reading it again");
+        drop(snapshot);
+        let phase = Instant::now();
+        graph = store_db::load(layout)?;
+        if options.max_freed != 0 {
+            listing = store_listing::list(layout.store_dir(), |name| graph.find(name))
+                .map_err(|error| list_error(layout.store_dir(), error))?;
+        }
+        ms.load += millis(phase);
+    }
+    Ok(Inputs {
+        tracked,
+        temp,
+        graph,
+        listing: Some(listing),
+        stale_links_removed: 0,
+    })
+}
+
+/// A scoped thread's result; its panic goes on in the caller.
+fn join<T>(handle: thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+fn list_error(store_dir: &std::path::Path, error: ListError) -> CollectError {
+    let source = match error {
+        ListError::Read(source) => source,
+        abandoned @ ListError::Abandoned => io::Error::other(abandoned),
+    };
+    CollectError::ListStore {
+        path: store_dir.to_owned(),
+        source,
+    }
 }
 
 fn root_counts(tracked: &TrackedRoots) -> RootCounts {

@@ -5,6 +5,8 @@
 //! Invariant: loaded once, read-only afterwards; no per-path heap allocation (basenames live in
 //! one buffer, neighbours in flat arrays), so a million paths fit in tens of megabytes.
 
+use std::sync::Arc;
+
 use crate::store_path::{self, HashPart};
 
 /// A valid store path, as its rank in byte order of basenames.
@@ -136,7 +138,7 @@ impl Csr {
 /// first 8 bytes to its node: the collector looks up every entry of the store directory, and
 /// a bisection over a million names costs a cache miss per level.
 #[derive(Debug, Default)]
-struct PathNames {
+pub(crate) struct PathNames {
     buffer: Vec<u8>,
     starts: Vec<u32>,
     lens: Vec<u8>,
@@ -226,10 +228,22 @@ impl PathNames {
     }
 }
 
+/// The sorted names of a graph still being built, shared: the store directory's entries can
+/// be resolved to nodes while the edges load (see `store_listing`).
+#[derive(Clone, Debug)]
+pub struct NameIndex(Arc<PathNames>);
+
+impl NameIndex {
+    /// The node of a basename, if it is a valid path.
+    pub fn find(&self, basename: &[u8]) -> Option<NodeIdx> {
+        self.0.find(basename)
+    }
+}
+
 /// The store database as a graph. Built by [`GraphBuilder`] (see `store_db`).
 #[derive(Debug)]
 pub struct StoreGraph {
-    names: PathNames,
+    names: Arc<PathNames>,
     nar_sizes: Vec<u64>,
     derivers: Vec<u32>,
     references: Csr,
@@ -341,7 +355,10 @@ impl StoreGraph {
 /// Collects paths (in any order), sorts them, then takes edges, then builds the rows.
 #[derive(Debug, Default)]
 pub struct GraphBuilder {
+    /// Filled by [`Self::add_path`]; moved into `sorted` by [`Self::sort_paths`].
     names: PathNames,
+    /// The names once sorted and indexed, shared with [`NameIndex`] handles.
+    sorted: Option<Arc<PathNames>>,
     nar_sizes: Vec<u64>,
     derivers: Vec<u32>,
     references: Vec<(NodeIdx, NodeIdx)>,
@@ -355,7 +372,7 @@ impl GraphBuilder {
     }
 
     /// Adds a path; returns its row (the order of adding). Call [`Self::sort_paths`] after
-    /// the last one.
+    /// the last one (paths added after it are not indexed).
     pub fn add_path(&mut self, basename: &[u8], nar_size: u64) -> Result<u32, GraphError> {
         let row = u32::try_from(self.names.len())
             .ok()
@@ -413,12 +430,24 @@ impl GraphBuilder {
         permute(&mut self.nar_sizes, &order);
         drop(order);
         self.names.index();
+        self.names.buffer.shrink_to_fit();
+        self.sorted = Some(Arc::new(std::mem::take(&mut self.names)));
         Ok(node_of_row)
+    }
+
+    /// The names, sorted or not yet.
+    fn names(&self) -> &PathNames {
+        self.sorted.as_deref().unwrap_or(&self.names)
     }
 
     /// Lookup once the paths are sorted.
     pub fn find(&self, basename: &[u8]) -> Option<NodeIdx> {
-        self.names.find(basename)
+        self.names().find(basename)
+    }
+
+    /// A shared handle on the sorted names; `None` before [`Self::sort_paths`].
+    pub fn name_index(&self) -> Option<NameIndex> {
+        self.sorted.clone().map(NameIndex)
     }
 
     pub fn set_deriver(&mut self, node: NodeIdx, deriver: NodeIdx) {
@@ -448,8 +477,7 @@ impl GraphBuilder {
         dedup_rows_keep_order(&mut drv_outputs);
         let flipped: Vec<_> = self.drv_outputs.iter().map(|&(d, o)| (o, d)).collect();
         let output_derivers = Csr::from_pairs(nodes, &flipped)?.sorted_rows();
-        let mut names = self.names;
-        names.buffer.shrink_to_fit();
+        let names = self.sorted.unwrap_or_else(|| Arc::new(self.names));
         let derivers_list_their_outputs = self.derivers.iter().enumerate().all(|(output, &drv)| {
             drv == NO_NODE
                 || (store_path::is_derivation(names.get(drv as usize))

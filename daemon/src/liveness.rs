@@ -23,6 +23,7 @@ use serde::Serialize;
 
 use crate::graph::{NodeIdx, NodeSet, StoreGraph};
 use crate::nix_conf::GcSettings;
+use crate::store_listing::{LINKS_DIR, StoreListing};
 use crate::store_path::{self, HashPart};
 use crate::temp_roots::TempRoots;
 
@@ -181,9 +182,6 @@ impl Liveness {
     }
 }
 
-/// The name of Nix's hard-link directory inside the store, which the collector skips.
-const LINKS_DIR: &[u8] = b".links";
-
 /// Decides without deleting anything, as `nix-store --gc --print-dead`/`--print-live` do.
 ///
 /// Nix's walk (see the module header) can give an order-dependent answer only because its
@@ -205,27 +203,36 @@ const LINKS_DIR: &[u8] = b".links";
 /// reach it first, so then (and when the relations differ) we walk as Nix does. Temp roots
 /// are taken as they are once the entries are read; one a client sends later counts as if it
 /// had come after Nix's walk, which a run that deletes nothing cannot tell apart.
+///
+/// Entries that are not valid paths are decided first, as the walk decides them: nothing
+/// else depends on them, so their place in the `readdir` order does not matter here.
 pub fn decide(
     graph: &StoreGraph,
     roots: &RootSet<'_>,
     settings: GcSettings,
-    entries: impl IntoIterator<Item = impl AsRef<[u8]>>,
+    listing: &StoreListing,
 ) -> Liveness {
     let mut sink = KeepEverything;
     let mut walk = Walk::new(graph, roots, settings, &mut sink);
+    walk.verdict.entries = listing.entries;
+    // A sink that keeps everything never stops the walk.
+    for name in &listing.junk {
+        let _ = walk.junk_entry(name);
+    }
+    for name in &listing.unregistered {
+        let _ = walk.unregistered_entry(name);
+    }
+    let order = &listing.valid;
     if !search_reverses_closure(graph, settings) {
         tracing::info!("derivers and outputs disagree in the database: walking as Nix does");
-        walk.run(entries);
+        for &node in order {
+            let _ = walk.delete_referrers_closure(node);
+        }
         return walk.verdict;
     }
-    // Entries that are not valid paths are decided as the walk decides them; valid ones wait.
     let mut on_disk = NodeSet::new(graph.len());
-    let mut order = Vec::new();
-    for name in entries {
-        if let ControlFlow::Continue(Some(node)) = walk.sort_entry(name.as_ref()) {
-            on_disk.insert(node);
-            order.push(node);
-        }
+    for &node in order {
+        on_disk.insert(node);
     }
     let mut starts = roots.nodes.clone();
     for hash in roots.temp.hashes() {
@@ -235,13 +242,11 @@ pub fn decide(
     }
     if starts.iter().any(|node| !on_disk.contains(node)) {
         tracing::info!("a root is not in the store directory: walking as Nix does");
-        for node in order {
-            // A sink that keeps everything never stops the walk.
+        for &node in order {
             let _ = walk.delete_referrers_closure(node);
         }
         return walk.verdict;
     }
-    drop(order);
     let mut alive = NodeSet::new(graph.len());
     for start in starts.iter() {
         extend_closure(graph, settings, &mut alive, None, start);
@@ -442,29 +447,38 @@ impl<'a> Walk<'a> {
         }
         self.verdict.entries += 1;
         if !store_path::is_valid_basename(name) {
-            // Nix deletes whatever is not named like a store path (`deleteFromStore(name)`).
-            self.verdict.junk.push(name.to_vec());
-            self.sink.dead_entry(name)?;
+            self.junk_entry(name)?;
             return ControlFlow::Continue(None);
         }
         match self.graph.find(name) {
             Some(node) => ControlFlow::Continue(Some(node)),
             None => {
-                // Not valid: no edges, never a (non-temp) root, so only its hash can save it.
-                let temp = store_path::hash_part(name)
-                    .is_some_and(|hash| self.roots.temp.is_temp_root_else_pending(&hash));
-                let flow = if temp {
-                    self.verdict.invalid_alive.push(name.to_vec());
-                    ControlFlow::Continue(())
-                } else {
-                    self.verdict.invalid_dead.push(name.to_vec());
-                    self.sink.dead_entry(name)
-                };
-                self.roots.temp.release_pending();
-                flow?;
+                self.unregistered_entry(name)?;
                 ControlFlow::Continue(None)
             }
         }
+    }
+
+    /// Nix deletes whatever is not named like a store path (`deleteFromStore(name)`).
+    fn junk_entry(&mut self, name: &[u8]) -> ControlFlow<()> {
+        self.verdict.junk.push(name.to_vec());
+        self.sink.dead_entry(name)
+    }
+
+    /// Named like a store path but not valid: no edges, never a (non-temp) root, so only its
+    /// hash can save it.
+    fn unregistered_entry(&mut self, name: &[u8]) -> ControlFlow<()> {
+        let temp = store_path::hash_part(name)
+            .is_some_and(|hash| self.roots.temp.is_temp_root_else_pending(&hash));
+        let flow = if temp {
+            self.verdict.invalid_alive.push(name.to_vec());
+            ControlFlow::Continue(())
+        } else {
+            self.verdict.invalid_dead.push(name.to_vec());
+            self.sink.dead_entry(name)
+        };
+        self.roots.temp.release_pending();
+        flow
     }
 
     fn next_epoch(&mut self) {
@@ -596,6 +610,17 @@ mod tests {
     use super::*;
     use crate::graph::GraphBuilder;
 
+    /// [`decide`] on a store directory holding `names`, in this order.
+    fn decide_names(
+        graph: &StoreGraph,
+        roots: &RootSet<'_>,
+        settings: GcSettings,
+        names: impl IntoIterator<Item = impl AsRef<[u8]>>,
+    ) -> Liveness {
+        let listing = StoreListing::from_names(names, |name| graph.find(name));
+        decide(graph, roots, settings, &listing)
+    }
+
     const H: &str = "0123456789abcdfghijklmnpqrsvwxy";
 
     /// `<H><c>-<name>`: a distinct valid basename per single-character key (not e, o, t, u).
@@ -671,7 +696,7 @@ mod tests {
                     .unwrap();
                 set.add(&self.graph, n.as_bytes());
             }
-            let verdict = decide(
+            let verdict = decide_names(
                 &self.graph,
                 &set,
                 settings,
@@ -748,11 +773,11 @@ mod tests {
         let mut set = RootSet::new(&f.graph, &temp);
         let by_key = |k: char| f.name(k);
         set.add(&f.graph, by_key('r'));
-        let drv_first = decide(&f.graph, &set, DEFAULT, ['d', 'q', 'r'].map(by_key));
+        let drv_first = decide_names(&f.graph, &set, DEFAULT, ['d', 'q', 'r'].map(by_key));
         assert_eq!(drv_first.dead_basenames(&f.graph), vec![by_key('d')]);
         // ...while d is also in the alive closure of r, as in Nix.
         assert!(drv_first.alive_basenames(&f.graph).contains(&by_key('d')));
-        let root_first = decide(&f.graph, &set, DEFAULT, ['r', 'd', 'q'].map(by_key));
+        let root_first = decide_names(&f.graph, &set, DEFAULT, ['r', 'd', 'q'].map(by_key));
         assert!(root_first.dead_basenames(&f.graph).is_empty());
     }
 
@@ -798,7 +823,7 @@ mod tests {
             deleting.alive_basenames(&f.graph),
             vec![by_key('q'), by_key('r')]
         );
-        let printing = decide(&f.graph, &set, DEFAULT, order);
+        let printing = decide_names(&f.graph, &set, DEFAULT, order);
         assert_eq!(
             printing.dead_basenames(&f.graph),
             vec![by_key('d'), by_key('s')]
@@ -853,7 +878,7 @@ mod tests {
             ".links".into(),
             "junk name".into(),
         ];
-        let verdict = decide(
+        let verdict = decide_names(
             &f.graph,
             &set,
             DEFAULT,
@@ -995,7 +1020,7 @@ mod tests {
                 set.add(&graph, root.as_bytes());
             }
             let listing = || entries.iter().map(String::as_bytes);
-            let fast = decide(&graph, &set, settings, listing());
+            let fast = decide_names(&graph, &set, settings, listing());
             let slow = walk(&graph, &set, settings, listing(), &mut KeepEverything);
             let context =
                 format!("seed {seed}, {settings:?}, entries {entries:?}, roots {roots:?}");
@@ -1030,14 +1055,14 @@ mod tests {
         let temp = TempRoots::default();
         let mut set = RootSet::new(&f.graph, &temp);
         set.add(&f.graph, f.name('r'));
-        let verdict = decide(&f.graph, &set, DEFAULT, ['d', 'q', 'r'].map(|k| f.name(k)));
+        let verdict = decide_names(&f.graph, &set, DEFAULT, ['d', 'q', 'r'].map(|k| f.name(k)));
         assert_eq!(verdict.method, Method::NixWalk);
         assert_eq!(verdict.dead_basenames(&f.graph), vec![f.name('d')]);
         let outputs_only = GcSettings {
             keep_derivations: false,
             keep_outputs: true,
         };
-        let verdict = decide(
+        let verdict = decide_names(
             &f.graph,
             &set,
             outputs_only,

@@ -39,6 +39,12 @@ impl Progress {
         self.maybe_draw();
     }
 
+    /// `count` more store entries looked at at once (a listing read ahead).
+    pub fn examined_many(&self, count: usize) {
+        self.examined.set(self.examined.get() + count);
+        self.maybe_draw();
+    }
+
     /// One more entry removed from the store; `freed` is the running total of bytes.
     pub fn deleted(&self, freed: u64) {
         self.deleted.set(self.deleted.get() + 1);

@@ -1,16 +1,18 @@
 //! Reads Nix's store database (`<state>/db/db.sqlite`) once, read-only, into a [`StoreGraph`]:
 //! `ValidPaths`, `Refs` and `DerivationOutputs`, in one read transaction so the three tables
-//! are one snapshot.
+//! are one snapshot; a [`Snapshot`] tells afterwards whether the database has changed since.
 //!
 //! Invariant: a row we cannot interpret is an error, never skipped — a reference we dropped
 //! could make a live path look dead.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use crate::graph::{GraphBuilder, GraphError, NodeIdx, StoreGraph};
+use crate::graph::{GraphBuilder, GraphError, NameIndex, NodeIdx, StoreGraph};
 use crate::layout::StoreLayout;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +31,7 @@ pub enum StoreDbError {
         source: rusqlite::Error,
     },
     #[error("the store database names {path:?}, which is not a store path under {store_dir}")]
-    ForeignPath { path: String, store_dir: PathBuf },
+    ForeignPath { path: PathBuf, store_dir: PathBuf },
     #[error("the store database refers to path id {id}, which is not in ValidPaths ({table})")]
     DanglingId { id: i64, table: &'static str },
     #[error(transparent)]
@@ -109,8 +111,45 @@ impl Derivers {
     }
 }
 
+/// The state of the database a graph was read from, kept open to tell later whether it is
+/// still the state of the database.
+pub struct Snapshot {
+    connection: Connection,
+    path: PathBuf,
+    /// `PRAGMA data_version` inside the read transaction.
+    data_version: i64,
+}
+
+impl Snapshot {
+    /// Whether no other connection has committed since the graph was read, so that loading
+    /// it now would give the same graph. `PRAGMA data_version` outside a transaction reads
+    /// the newest state, and differs from the value read inside ours exactly when another
+    /// connection committed in between (a checkpoint may also count; that only costs a reload).
+    pub fn is_current(&self) -> Result<bool, StoreDbError> {
+        let now = data_version(&self.connection).map_err(|source| StoreDbError::Query {
+            path: self.path.clone(),
+            what: "data_version",
+            source,
+        })?;
+        Ok(now == self.data_version)
+    }
+}
+
+fn data_version(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row("PRAGMA data_version", [], |row| row.get(0))
+}
+
 /// Opens the database read-only and loads the graph.
 pub fn load(layout: &StoreLayout) -> Result<StoreGraph, StoreDbError> {
+    Ok(load_publishing(layout, |_| {})?.0)
+}
+
+/// [`load`], handing the sorted path names to `publish` as soon as they are indexed (before
+/// the references are read), and keeping the [`Snapshot`] the graph was read from.
+pub fn load_publishing(
+    layout: &StoreLayout,
+    publish: impl FnOnce(NameIndex),
+) -> Result<(StoreGraph, Snapshot), StoreDbError> {
     let path = layout.db_path();
     let connection = Connection::open_with_flags(
         &path,
@@ -120,14 +159,24 @@ pub fn load(layout: &StoreLayout) -> Result<StoreGraph, StoreDbError> {
         path: path.clone(),
         source,
     })?;
-    load_from(&connection, layout, &path)
+    let (graph, data_version) = load_from(&connection, layout, &path, publish)?;
+    Ok((
+        graph,
+        Snapshot {
+            connection,
+            path,
+            data_version,
+        },
+    ))
 }
 
+/// The graph, and the `data_version` of the snapshot it was read from.
 fn load_from(
     connection: &Connection,
     layout: &StoreLayout,
     db_path: &Path,
-) -> Result<StoreGraph, StoreDbError> {
+    publish: impl FnOnce(NameIndex),
+) -> Result<(StoreGraph, i64), StoreDbError> {
     // Built only on failure: this runs for every row.
     let query_error = |what: &'static str, source: rusqlite::Error| StoreDbError::Query {
         path: db_path.to_owned(),
@@ -166,19 +215,20 @@ fn load_from(
             let path = row
                 .get_ref(1)
                 .map_err(|e| query_error("ValidPaths.path", e))?
-                .as_str()
+                .as_bytes()
                 .map_err(|e| text_error("ValidPaths.path", e))?;
             let nar_size = row
                 .get_ref(2)
                 .map_err(|e| query_error("ValidPaths.narSize", e))?
                 .as_i64_or_null()
                 .map_err(|e| text_error("ValidPaths.narSize", e))?;
-            let basename = layout.store_basename(path.as_bytes()).ok_or_else(|| {
-                StoreDbError::ForeignPath {
-                    path: path.to_owned(),
-                    store_dir: store_dir.to_owned(),
-                }
-            })?;
+            let basename =
+                layout
+                    .store_basename(path)
+                    .ok_or_else(|| StoreDbError::ForeignPath {
+                        path: PathBuf::from(OsStr::from_bytes(path)),
+                        store_dir: store_dir.to_owned(),
+                    })?;
             let row_index = builder.add_path(basename, nar_size.unwrap_or(0).max(0) as u64)?;
             ids.push(id);
             let deriver = row
@@ -186,16 +236,19 @@ fn load_from(
                 .map_err(|e| query_error("ValidPaths.deriver", e))?;
             if !matches!(deriver, ValueRef::Null) {
                 let deriver = deriver
-                    .as_str()
+                    .as_bytes()
                     .map_err(|e| text_error("ValidPaths.deriver", e))?;
                 // A deriver outside the store is never valid, so never followed.
-                if let Some(name) = layout.store_basename(deriver.as_bytes()) {
+                if let Some(name) = layout.store_basename(deriver) {
                     derivers.push(row_index, name);
                 }
             }
         }
     }
     let node_of_row = builder.sort_paths()?;
+    if let Some(index) = builder.name_index() {
+        publish(index);
+    }
     // Only a valid deriver matters: `computeFSClosure` checks `isValidPath(deriver)`.
     for (row, name) in derivers.iter() {
         if let Some(drv) = builder.find(name) {
@@ -208,7 +261,11 @@ fn load_from(
         drop((ids, node_of_row));
         map
     };
-    let node_of = |id: i64, table| ids.get(id).ok_or(StoreDbError::DanglingId { id, table });
+    // `ok_or_else`: an error built eagerly for every row costs more than the lookup.
+    let node_of = |id: i64, table| {
+        ids.get(id)
+            .ok_or_else(|| StoreDbError::DanglingId { id, table })
+    };
 
     {
         let mut statement = connection
@@ -252,12 +309,12 @@ fn load_from(
             let path = row
                 .get_ref(1)
                 .map_err(|e| query_error("DerivationOutputs.path", e))?
-                .as_str()
+                .as_bytes()
                 .map_err(|e| text_error("DerivationOutputs.path", e))?;
             let drv = node_of(drv, "DerivationOutputs")?;
             // Outputs that were never built are not valid; every use checks `isValidPath`.
             if let Some(output) = layout
-                .store_basename(path.as_bytes())
+                .store_basename(path)
                 .and_then(|name| builder.find(name))
             {
                 outputs.push((drv, output));
@@ -267,8 +324,73 @@ fn load_from(
     for (drv, output) in outputs {
         builder.add_drv_output(drv, output);
     }
+    // Still inside the transaction: the version of the snapshot read above.
+    let data_version = data_version(connection).map_err(|e| query_error("data_version", e))?;
     connection
         .execute_batch("COMMIT")
         .map_err(|e| query_error("commit", e))?;
-    Ok(builder.build()?)
+    Ok((builder.build()?, data_version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0123456789abcdfghijklmnpqrsvwxya-a";
+    const B: &str = "0123456789abcdfghijklmnpqrsvwxyb-b";
+    const C: &str = "0123456789abcdfghijklmnpqrsvwxyc-c";
+
+    /// A store database with the columns the loader reads, in WAL mode as Nix keeps it.
+    fn database(dir: &Path) -> (StoreLayout, Connection) {
+        let layout = StoreLayout::new(&dir.join("store"), &dir.join("state")).unwrap();
+        std::fs::create_dir_all(dir.join("state/db")).unwrap();
+        let writer = Connection::open(layout.db_path()).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY, path TEXT UNIQUE NOT NULL,
+                     narSize INTEGER, deriver TEXT);
+                 CREATE TABLE Refs (referrer INTEGER, reference INTEGER,
+                     PRIMARY KEY (referrer, reference));
+                 CREATE TABLE DerivationOutputs (drv INTEGER, id TEXT, path TEXT,
+                     PRIMARY KEY (drv, id));",
+            )
+            .unwrap();
+        (layout, writer)
+    }
+
+    fn register(writer: &Connection, layout: &StoreLayout, id: i64, name: &str) {
+        let path = layout.store_dir().join(name);
+        writer
+            .execute(
+                "INSERT INTO ValidPaths (id, path, narSize) VALUES (?1, ?2, 7)",
+                rusqlite::params![id, path.to_str().unwrap()],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn names_are_published_and_a_later_commit_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, writer) = database(dir.path());
+        register(&writer, &layout, 1, A);
+        register(&writer, &layout, 2, B);
+        writer
+            .execute("INSERT INTO Refs VALUES (1, 2)", [])
+            .unwrap();
+
+        let mut published = None;
+        let (graph, snapshot) = load_publishing(&layout, |index| published = Some(index)).unwrap();
+        let index = published.expect("the names are published");
+        let [a, b] = [A, B].map(|name| graph.find(name.as_bytes()).unwrap());
+        assert_eq!(index.find(A.as_bytes()), Some(a));
+        assert_eq!(index.find(C.as_bytes()), None);
+        assert_eq!(graph.references(a), &[b]);
+        assert!(snapshot.is_current().unwrap(), "nothing was committed");
+        assert!(snapshot.is_current().unwrap(), "asking does not change it");
+
+        register(&writer, &layout, 3, C);
+        assert!(!snapshot.is_current().unwrap(), "a commit since the load");
+        assert_eq!(load(&layout).unwrap().len(), 3);
+    }
 }
