@@ -132,18 +132,24 @@ impl Csr {
     }
 }
 
-/// Basenames in one buffer, in the order they were read; `starts`/`lens` are indexed by node
-/// (sorted order), so sorting permutes 5 bytes per path, never the names themselves.
+/// Basenames as records in one buffer, in the order they were read: the name's length (one
+/// byte), the name, then its node (4 bytes, little-endian, written once sorted). `starts` is
+/// indexed by node (sorted order) and gives each record's offset, so sorting permutes 4 bytes
+/// per path, never the names themselves.
+///
 /// `table` is an open-addressing hash index (linear probing, at most half full) from a name's
-/// first 8 bytes to its node: the collector looks up every entry of the store directory, and
-/// a bisection over a million names costs a cache miss per level.
+/// first 8 bytes to its record: the collector looks up every entry of the store directory, and
+/// a lookup that finds its name reads two places in memory, the slot and the record, where a
+/// bisection over a million names costs a cache miss per level.
 #[derive(Debug, Default)]
 pub(crate) struct PathNames {
     buffer: Vec<u8>,
     starts: Vec<u32>,
-    lens: Vec<u8>,
     table: Vec<u32>,
 }
+
+/// An empty slot of the table: no record starts there, as every record ends before it.
+const NO_RECORD: u32 = u32::MAX;
 
 /// The slot of a key: the hash parts of store paths are already random, Fibonacci hashing
 /// spreads whatever else.
@@ -160,9 +166,39 @@ fn name_key(name: &[u8]) -> u64 {
 }
 
 impl PathNames {
+    /// Appends a record (its node is written by [`Self::index`]); false when the buffer would
+    /// outgrow 32-bit offsets.
+    fn push(&mut self, name: &[u8], len: u8) -> bool {
+        let start = self.buffer.len();
+        match u32::try_from(start + 1 + name.len() + 4) {
+            Ok(end) if end < NO_RECORD => {}
+            _ => return false,
+        }
+        self.buffer.push(len);
+        self.buffer.extend_from_slice(name);
+        self.buffer.extend_from_slice(&NO_NODE.to_le_bytes());
+        self.starts.push(start as u32);
+        true
+    }
+
+    /// The name of the record at `start`.
+    fn name_at(&self, start: u32) -> &[u8] {
+        let start = start as usize;
+        let len = usize::from(self.buffer[start]);
+        &self.buffer[start + 1..start + 1 + len]
+    }
+
+    /// The node of the record at `start`.
+    fn node_at(&self, start: u32) -> NodeIdx {
+        let start = start as usize;
+        let at = start + 1 + usize::from(self.buffer[start]);
+        let mut bytes = [0u8; 4];
+        bytes.copy_from_slice(&self.buffer[at..at + 4]);
+        NodeIdx(u32::from_le_bytes(bytes))
+    }
+
     fn get(&self, index: usize) -> &[u8] {
-        let start = self.starts[index] as usize;
-        &self.buffer[start..start + self.lens[index] as usize]
+        self.name_at(self.starts[index])
     }
 
     fn len(&self) -> usize {
@@ -174,28 +210,31 @@ impl PathNames {
         let mask = self.table.len().checked_sub(1)?;
         let mut at = slot(name_key(basename), mask);
         loop {
-            let node = self.table[at];
-            if node == NO_NODE {
+            let start = self.table[at];
+            if start == NO_RECORD {
                 return None;
             }
-            if self.get(node as usize) == basename {
-                return Some(NodeIdx(node));
+            if self.name_at(start) == basename {
+                return Some(self.node_at(start));
             }
             at = (at + 1) & mask;
         }
     }
 
-    /// Builds the hash index over the (sorted) names.
+    /// Writes each record's node and builds the hash index over the (sorted) names.
     fn index(&mut self) {
         let size = (self.len() * 2).next_power_of_two().max(2);
         let mask = size - 1;
-        let mut table = vec![NO_NODE; size];
+        let mut table = vec![NO_RECORD; size];
         for node in 0..self.len() {
-            let mut at = slot(name_key(self.get(node)), mask);
-            while table[at] != NO_NODE {
+            let start = self.starts[node];
+            let at = start as usize + 1 + usize::from(self.buffer[start as usize]);
+            self.buffer[at..at + 4].copy_from_slice(&(node as u32).to_le_bytes());
+            let mut at = slot(name_key(self.name_at(start)), mask);
+            while table[at] != NO_RECORD {
                 at = (at + 1) & mask;
             }
-            table[at] = node as u32;
+            table[at] = start;
         }
         self.table = table;
     }
@@ -208,23 +247,20 @@ impl PathNames {
         let mut at = slot(name_key(prefix), mask);
         std::iter::from_fn(move || {
             loop {
-                let node = *self.table.get(at)?;
-                if node == NO_NODE {
+                let start = *self.table.get(at)?;
+                if start == NO_RECORD {
                     return None;
                 }
                 at = (at + 1) & mask;
-                if self.get(node as usize).starts_with(prefix) {
-                    return Some(NodeIdx(node));
+                if self.name_at(start).starts_with(prefix) {
+                    return Some(self.node_at(start));
                 }
             }
         })
     }
 
     fn bytes(&self) -> usize {
-        self.buffer.capacity()
-            + self.starts.capacity() * 4
-            + self.lens.capacity()
-            + self.table.capacity() * 4
+        self.buffer.capacity() + self.starts.capacity() * 4 + self.table.capacity() * 4
     }
 }
 
@@ -381,12 +417,11 @@ impl GraphBuilder {
         let len = u8::try_from(basename.len()).map_err(|_| GraphError::NameTooLong {
             name: String::from_utf8_lossy(basename).into_owned(),
         })?;
-        let start = u32::try_from(self.names.buffer.len()).map_err(|_| GraphError::TooLarge {
-            what: "path name bytes",
-        })?;
-        self.names.buffer.extend_from_slice(basename);
-        self.names.starts.push(start);
-        self.names.lens.push(len);
+        if !self.names.push(basename, len) {
+            return Err(GraphError::TooLarge {
+                what: "path name bytes",
+            });
+        }
         self.nar_sizes.push(nar_size);
         self.derivers.push(NO_NODE);
         Ok(row)
@@ -426,7 +461,6 @@ impl GraphBuilder {
             node_of_row[row as usize] = NodeIdx(node as u32);
         }
         permute(&mut self.names.starts, &order);
-        permute(&mut self.names.lens, &order);
         permute(&mut self.nar_sizes, &order);
         drop(order);
         self.names.index();
