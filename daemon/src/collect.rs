@@ -586,11 +586,14 @@ fn report(
         _ => return Ok(()),
     };
     // `nix-store` prints `results.paths`, a std::set<std::string>: sorted, one per line.
-    let mut out = io::BufWriter::with_capacity(1 << 16, out);
+    // Built whole and written at once.
+    let dir_len = options.layout.store_dir().as_os_str().len();
+    let mut text = Vec::with_capacity(names.iter().map(|name| dir_len + name.len() + 2).sum());
     for name in names {
-        out.write_all(&options.layout.print_store_path(name))?;
-        out.write_all(b"\n")?;
+        options.layout.append_store_path(&mut text, name);
+        text.push(b'\n');
     }
+    out.write_all(&text)?;
     out.flush()
 }
 

@@ -58,12 +58,16 @@ impl StoreLayout {
 
     /// `<store>/<basename>` as bytes, as Nix's `printStorePath` prints it.
     pub fn print_store_path(&self, basename: &[u8]) -> Vec<u8> {
-        let dir = self.store_dir.as_os_str().as_bytes();
-        let mut path = Vec::with_capacity(dir.len() + 1 + basename.len());
-        path.extend_from_slice(dir);
-        path.push(b'/');
-        path.extend_from_slice(basename);
+        let mut path = Vec::with_capacity(self.store_dir.as_os_str().len() + 1 + basename.len());
+        self.append_store_path(&mut path, basename);
         path
+    }
+
+    /// [`Self::print_store_path`], appended to `out`.
+    pub fn append_store_path(&self, out: &mut Vec<u8>, basename: &[u8]) {
+        out.extend_from_slice(self.store_dir.as_os_str().as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(basename);
     }
 
     /// Nix's `isInStore` on raw link text: the text starts with `<store>/`.

@@ -166,20 +166,38 @@ impl Liveness {
 
     /// Basenames of what `--print-dead` lists, in byte order.
     pub fn dead_basenames<'g>(&'g self, graph: &'g StoreGraph) -> Vec<&'g [u8]> {
-        let mut names: Vec<&[u8]> = self.dead.iter().map(|node| graph.basename(node)).collect();
-        names.extend(self.invalid_dead.iter().map(Vec::as_slice));
-        names.extend(self.junk.iter().map(Vec::as_slice));
-        names.sort_unstable();
-        names
+        in_byte_order(
+            graph,
+            &self.dead,
+            self.invalid_dead.iter().chain(&self.junk),
+        )
     }
 
     /// Basenames of what `--print-live` lists, in byte order.
     pub fn alive_basenames<'g>(&'g self, graph: &'g StoreGraph) -> Vec<&'g [u8]> {
-        let mut names: Vec<&[u8]> = self.alive.iter().map(|node| graph.basename(node)).collect();
-        names.extend(self.invalid_alive.iter().map(Vec::as_slice));
-        names.sort_unstable();
-        names
+        in_byte_order(graph, &self.alive, self.invalid_alive.iter())
     }
+}
+
+/// The basenames of `nodes` and the `others`, in byte order. Nodes are numbered in byte order
+/// of their names, so only the others are sorted, then merged in.
+fn in_byte_order<'g>(
+    graph: &'g StoreGraph,
+    nodes: &NodeSet,
+    others: impl Iterator<Item = &'g Vec<u8>>,
+) -> Vec<&'g [u8]> {
+    let mut others: Vec<&[u8]> = others.map(Vec::as_slice).collect();
+    others.sort_unstable();
+    let mut names = Vec::with_capacity(nodes.len() + others.len());
+    let mut others = others.into_iter().peekable();
+    for name in nodes.iter().map(|node| graph.basename(node)) {
+        while let Some(other) = others.next_if(|&other| other < name) {
+            names.push(other);
+        }
+        names.push(name);
+    }
+    names.extend(others);
+    names
 }
 
 /// Decides without deleting anything, as `nix-store --gc --print-dead`/`--print-live` do.
@@ -860,6 +878,23 @@ mod tests {
         assert_eq!(keys(&deleting), "bfdca");
         let printing = walk(&f.graph, &set, DEFAULT, order, &mut KeepEverything);
         assert_eq!(keys(&printing), "bfcda");
+    }
+
+    #[test]
+    fn printed_names_merge_paths_and_other_entries_in_byte_order() {
+        let g = crate::graph::tests::graph(&["b", "d", "f", "h"], &[]);
+        let mut nodes = NodeSet::new(g.len());
+        for name in ["b", "f", "h"] {
+            nodes.insert(g.find(name.as_bytes()).unwrap());
+        }
+        let others = ["g", "a", "i", "c", "e"].map(|name| name.as_bytes().to_vec());
+        let names: Vec<&[u8]> = in_byte_order(&g, &nodes, others.iter());
+        let expected: Vec<&[u8]> = ["a", "b", "c", "e", "f", "g", "h", "i"]
+            .iter()
+            .map(|name| name.as_bytes())
+            .collect();
+        assert_eq!(names, expected);
+        assert!(in_byte_order(&g, &NodeSet::new(g.len()), [].iter()).is_empty());
     }
 
     #[test]
