@@ -137,8 +137,8 @@ pub fn list_while_loading(
     Ok(listing)
 }
 
-/// Names in one buffer, each as its length (a directory entry's name is at most 255 bytes)
-/// and its bytes, in the order read.
+/// Names in one buffer, each as its length (2 bytes: a name lies inside a `getdents64`
+/// record, whose length is a `u16`) and its bytes, in the order read.
 #[derive(Default)]
 struct HeldNames {
     bytes: Vec<u8>,
@@ -146,17 +146,16 @@ struct HeldNames {
 
 impl HeldNames {
     fn push(&mut self, name: &[u8]) {
-        // `d_name` is at most NAME_MAX (255) bytes on Linux.
-        if let Ok(len) = u8::try_from(name.len()) {
-            self.bytes.push(len);
-            self.bytes.extend_from_slice(name);
-        }
+        let len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+        self.bytes.extend_from_slice(&len.to_ne_bytes());
+        self.bytes.extend_from_slice(&name[..usize::from(len)]);
     }
 
     fn resolve(&mut self, listing: &mut StoreListing, index: &NameIndex) {
         let mut rest = self.bytes.as_slice();
-        while let Some((&len, tail)) = rest.split_first() {
-            let (name, tail) = tail.split_at(usize::from(len).min(tail.len()));
+        while let [low, high, tail @ ..] = rest {
+            let len = usize::from(u16::from_ne_bytes([*low, *high]));
+            let (name, tail) = tail.split_at(len.min(tail.len()));
             listing.add(name, |name| index.find(name));
             rest = tail;
         }
@@ -213,7 +212,8 @@ impl DirReader {
     }
 
     /// The names in the batch last read: `struct linux_dirent64` records, each `d_reclen`
-    /// bytes long with the NUL-terminated name at offset 19.
+    /// bytes long with the NUL-terminated name at offset 19. The record is padded to 8 bytes
+    /// after the NUL, so the NUL is among its last 8 bytes: the search starts there.
     fn names(&self) -> impl Iterator<Item = &[u8]> {
         const NAME_OFFSET: usize = 19;
         let mut rest = &self.buffer[..self.filled];
@@ -222,7 +222,12 @@ impl DirReader {
             let record = rest.get(..reclen)?;
             rest = &rest[reclen..];
             let name = record.get(NAME_OFFSET..)?;
-            let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            let from = name.len().saturating_sub(8);
+            let nul = |bytes: &[u8]| bytes.iter().position(|&b| b == 0);
+            let end = nul(&name[from..])
+                .map(|at| from + at)
+                .or_else(|| nul(name))
+                .unwrap_or(name.len());
             Some(&name[..end])
         })
     }
