@@ -3,7 +3,10 @@
 //! and derivation links in compressed sparse rows.
 //!
 //! Invariant: loaded once, read-only afterwards; no per-path heap allocation (basenames live in
-//! one buffer, neighbours in flat arrays), so a million paths fit in tens of megabytes.
+//! one buffer, neighbours in flat arrays). Measured (`graph_bytes` in `--json`): a million paths
+//! with 3.5 million references take 113 MB — names 45 MB, name index 12 MB, sizes and
+//! derivers 12 MB, reference rows both ways 36 MB, derivation-output row offsets 8 MB — and a
+//! dry run on them peaks at 136 MB resident (the reference pairs while the rows are built).
 
 use std::sync::Arc;
 
@@ -447,8 +450,11 @@ impl GraphBuilder {
                 run_start = end;
             }
         }
+        // Equal names have equal keys: only neighbours with equal keys (rare) are compared,
+        // not every name with the next (a cache miss each).
         if let Some(pair) = order
             .windows(2)
+            .filter(|pair| pair[0].0 == pair[1].0)
             .map(|pair| (pair[0].1 as usize, pair[1].1 as usize))
             .find(|&(a, b)| names.get(a) == names.get(b))
         {

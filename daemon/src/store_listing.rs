@@ -20,8 +20,10 @@ use crate::store_path;
 /// The name of Nix's hard-link directory inside the store, which the collector skips.
 pub const LINKS_DIR: &[u8] = b".links";
 
-/// Names held while the name index is not there yet: beyond this, reading waits for it (a
-/// million names would cost about 40 MB; a quarter of them is most of the overlap).
+/// Names held while the name index is not there yet: beyond this, reading waits for it. At
+/// about 40 bytes a name this holds 400k names, the whole directory at 100k paths; at a
+/// million, reading still ends with the load (8 MiB made it end later) and the peak memory
+/// is the graph's build, when the held names are long gone.
 pub const HOLD_LIMIT: usize = 16 << 20;
 
 /// Bytes per `getdents64` call.
