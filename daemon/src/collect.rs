@@ -378,12 +378,14 @@ fn gather_in_order(options: &CollectOptions, ms: &mut PhaseMillis) -> Result<Inp
 /// roots (the tracker's answer, then the temp roots), the database, and the store directory
 /// (resolved against the graph's names as soon as they are sorted).
 ///
-/// The result is the one [`gather_in_order`] would give. The database snapshot may be older
-/// than the roots, so it is checked once they are in: if another connection committed since
-/// (a path registered, perhaps rooted, while the tracker answered), the graph is loaded again
-/// and the directory read again, after the roots as in order. The directory may be read before
-/// the roots' fence, which can only miss an entry created meanwhile: nothing is deleted, and
-/// such an entry could as well have been created after the run.
+/// The inputs are those reading in order gives (roots, temp roots, then the database, as in
+/// [`gather_in_order`], which also removes what Nix removes on the way). The database
+/// snapshot may be older than the roots, so it is checked once they are in: if another
+/// connection committed since (a path registered, perhaps rooted, while the tracker
+/// answered), the graph is loaded again and the directory read again, after the roots as in
+/// order. The directory may be read before the roots' fence, which can only miss an entry
+/// created meanwhile: nothing is deleted, and such an entry could as well have been created
+/// after the run.
 fn gather_concurrently(
     options: &CollectOptions,
     ms: &mut PhaseMillis,
