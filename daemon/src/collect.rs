@@ -432,6 +432,14 @@ fn gather_concurrently(
     let (tracked, temp, roots_ms, temp_ms) = roots?;
     (ms.roots, ms.temp_roots) = (roots_ms, temp_ms);
     let (mut graph, snapshot) = loaded?;
+    // Synchronisation point for tests: the database is read and the roots are in; a commit
+    // made while this blocks must be seen below.
+    if let Some(sync) = std::env::var_os("_STORE_GC_TEST_LOADED_SYNC") {
+        fs::read(&sync).map_err(|source| CollectError::TestSync {
+            path: PathBuf::from(sync),
+            source,
+        })?;
+    }
     let mut listing = match listing {
         Some((listing, list_ms)) => {
             ms.list = list_ms;
