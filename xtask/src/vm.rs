@@ -245,7 +245,8 @@ fn ensure_kernel(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The guest's `/init`: mounts what the tracker reads (proc, sysfs, securityfs for the active
-/// LSMs, tracefs for tracepoint ids), runs `vm-check`, prints the verdict and powers off.
+/// LSMs, tracefs for tracepoint ids, debugfs for the preemption model), runs `vm-check`, prints
+/// the verdict and powers off.
 const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -253,6 +254,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t securityfs securityfs /sys/kernel/security
 mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 echo "RT-VM-BOOTED: $(cut -d' ' -f1 /proc/uptime)"

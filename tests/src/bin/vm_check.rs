@@ -1,10 +1,12 @@
 //! What `cargo xtask vm` runs inside a qemu guest booted with the BPF LSM enabled: the verifier
-//! must accept every program, the eBPF source's probes must find fexit and LSM programs
-//! loadable there (they are refused on the CI host), the tracepoint path must still report a
-//! symlink into the store and an io_uring unlinkat, and a tracker
-//! (`tracker-cli run --backend ebpf`) must answer a fenced query with a root that only the
-//! kernel source can have seen. Prints `RT-VM-…` marker lines for the xtask to read (one
-//! `RT-VM-PASS`/`RT-VM-FAIL` per step) and exits non-zero if a step failed.
+//! must accept every program (fentry/fexit ones too), the eBPF source's probes must find fexit
+//! and LSM programs loadable there (they are refused on the CI host), the tracepoint path
+//! (forced) must still report a symlink into the store and an io_uring unlinkat, the fentry
+//! path must report every kind of path operation (io_uring's too) with no syscall tracepoint
+//! program loaded, and a tracker (`tracker-cli run --backend ebpf`, in either mode) must answer
+//! a fenced query with a root that only the kernel source can have seen. Prints `RT-VM-…`
+//! marker lines for the xtask to read (one `RT-VM-PASS`/`RT-VM-FAIL` per step) and exits
+//! non-zero if a step failed.
 
 #![expect(
     clippy::unwrap_used,
@@ -14,7 +16,10 @@
 use std::{
     collections::BTreeSet,
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::{ffi::OsStrExt as _, fs::symlink, net::UnixStream},
+    os::{
+        fd::AsRawFd as _,
+        unix::{ffi::OsStrExt as _, fs::symlink, net::UnixStream},
+    },
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -24,7 +29,7 @@ use root_tracker::{
     hint::Hint,
     source::{
         Interest, Source as _,
-        ebpf::{EbpfSource, Probe, Verification},
+        ebpf::{AttachMode, EbpfOptions, EbpfSource, HookChoice, Probe, Verification},
     },
 };
 use tests::{FakeStore, package_bin};
@@ -45,13 +50,19 @@ fn main() -> std::process::ExitCode {
     println!("RT-VM-KERNEL: {}", kernel.trim());
     let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     println!("RT-VM-LSMS: {}", lsms.trim());
+    let preempt = std::fs::read_to_string("/sys/kernel/debug/sched/preempt").unwrap_or_default();
+    println!("RT-VM-PREEMPT: {}", preempt.trim());
     // A step runs even when an earlier one failed (each says something on its own), except
     // the tracker after a failed attach.
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 6] = [
         ("verifier", every_program_verifies),
         ("probes", fexit_and_lsm_probes),
         ("tracepoints", source_sees_symlink),
-        ("tracker", tracker_fenced_query),
+        ("fentry", fentry_source_sees_every_operation),
+        ("tracker", || tracker_fenced_query(None, "fentry")),
+        ("tracker-tracepoints", || {
+            tracker_fenced_query(Some("tracepoints"), "tracepoints")
+        }),
     ];
     // Steps named on the command line run alone (to try one on the host); none: all of them.
     let only: Vec<String> = std::env::args().skip(1).collect();
@@ -62,12 +73,16 @@ fn main() -> std::process::ExitCode {
         }
         // The source and the tracker load the same programs: where the verifier refused one,
         // they would only fail again, after another minute of emulated verifier time.
-        if name == "tracepoints" && failed.contains(&"verifier") {
+        if ["tracepoints", "fentry"].contains(&name) && failed.contains(&"verifier") {
             println!("RT-VM-FAIL: {name}: not run, the verifier refuses a program here");
             failed.push(name);
             continue;
         }
-        if name == "tracker" && failed.contains(&"tracepoints") {
+        let needs = match name {
+            "tracker" => "fentry",
+            _ => "tracepoints",
+        };
+        if name.starts_with("tracker") && failed.contains(&needs) {
             println!("RT-VM-FAIL: {name}: not run, the eBPF source does not attach here");
             continue;
         }
@@ -86,9 +101,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Every tracepoint program must pass this kernel's verifier; prints one `RT-VM-VERIFIER` line
-/// per program with the instructions the verifier processed, so a program creeping towards
-/// the 1,000,000 limit shows before it crosses it.
+/// Every program (tracepoint, fentry and fexit) must pass this kernel's verifier; prints one
+/// `RT-VM-VERIFIER` line per program with the instructions the verifier processed, so a
+/// program creeping towards the 1,000,000 limit shows before it crosses it.
 fn every_program_verifies() -> Result<String, String> {
     let verdicts = EbpfSource::verify_programs().map_err(|e| brief(&e))?;
     let mut refused = Vec::new();
@@ -140,7 +155,11 @@ fn source_sees_symlink() -> Result<String, String> {
         paths: vec![store.root.join("home")],
     };
     let started = Instant::now();
-    let mut source = EbpfSource::attach(&interest).map_err(|e| brief(&e))?;
+    let options = EbpfOptions {
+        hooks: HookChoice::Tracepoints,
+        ..EbpfOptions::default()
+    };
+    let mut source = EbpfSource::attach_with(&interest, &options).map_err(|e| brief(&e))?;
     let attach_ms = started.elapsed().as_millis();
     let checks = source.checks().clone();
     println!(
@@ -150,8 +169,16 @@ fn source_sees_symlink() -> Result<String, String> {
     if checks.fexit != Probe::Loadable
         || checks.lsm != Probe::Loadable
         || checks.io_uring_submit != Probe::Attached
+        || !matches!(checks.attach_mode, AttachMode::Tracepoints { .. })
     {
         return Err(format!("unexpected checks after attach: {checks:?}"));
+    }
+    let loaded = LoadedPrograms::now()?;
+    if loaded.tracepoint != SYSCALL_AND_IO_URING_PROGRAMS || loaded.tracing != 0 {
+        return Err(format!(
+            "forced tracepoints: expected {SYSCALL_AND_IO_URING_PROGRAMS} tracepoint programs \
+             and no fentry/fexit program loaded, found {loaded:?}"
+        ));
     }
     // Not a watched basename: reported only because its target is in the store.
     let link = store.root.join("home/vm-link");
@@ -183,21 +210,192 @@ fn source_sees_symlink() -> Result<String, String> {
         }
     }
     Ok(format!(
-        "attached in {attach_ms} ms; a symlink into the store and an io_uring unlinkat came \
-         through fences"
+        "forced tracepoints attached in {attach_ms} ms ({loaded:?}); a symlink into the store \
+         and an io_uring unlinkat came through fences"
     ))
+}
+
+/// Tracepoint programs the tracepoint mode loads: every syscall pair and the two io_uring ones.
+const SYSCALL_AND_IO_URING_PROGRAMS: usize = 2 * root_tracker_ebpf::SYSCALL_PROGRAMS.len() + 2;
+
+/// BPF programs loaded in the kernel, by type. Nothing else in the guest loads any, so these
+/// are the source's: a syscall tracepoint can only be attached with a loaded tracepoint
+/// program, so none loaded proves none attached (and no syscall on the slow path).
+#[derive(Debug)]
+struct LoadedPrograms {
+    tracepoint: usize,
+    tracing: usize,
+    other: usize,
+}
+
+impl LoadedPrograms {
+    fn now() -> Result<Self, String> {
+        // `bpf_prog_type` values (`include/uapi/linux/bpf.h`).
+        const TRACEPOINT: u32 = 5;
+        const TRACING: u32 = 26;
+        let mut counts = Self {
+            tracepoint: 0,
+            tracing: 0,
+            other: 0,
+        };
+        for info in aya::programs::loaded_programs() {
+            let info = info.map_err(|e| format!("cannot list loaded programs: {e}"))?;
+            match info.program_type() as u32 {
+                TRACEPOINT => counts.tracepoint += 1,
+                TRACING => counts.tracing += 1,
+                _ => counts.other += 1,
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// Attaches the source in fentry mode (it must attach there) and requires a fenced hint for
+/// each kind of path operation: a symlink into the store, unlink, rename over a watched name,
+/// rmdir, link, an unlinkat relative to a directory fd, and io_uring unlinkat and renameat
+/// (which the fentry programs see as precise paths, not as lost hints). No tracepoint program
+/// may be loaded meanwhile.
+fn fentry_source_sees_every_operation() -> Result<String, String> {
+    let store = FakeStore::new(&[]);
+    let home = store.root.join("home");
+    let interest = Interest {
+        store_dir: store.layout.store_dir().to_owned(),
+        basenames: ["result", "gone-dir", "hardlink"]
+            .iter()
+            .map(|name| name.as_bytes().to_vec())
+            .collect(),
+        paths: vec![home.clone()],
+    };
+    let options = EbpfOptions {
+        hooks: HookChoice::Fentry,
+        ..EbpfOptions::default()
+    };
+    let started = Instant::now();
+    let mut source = EbpfSource::attach_with(&interest, &options).map_err(|e| brief(&e))?;
+    let attach_ms = started.elapsed().as_millis();
+    let checks = source.checks().clone();
+    println!(
+        "RT-VM-FENTRY-CHECKS: {}",
+        serde_json::to_string(&checks).unwrap()
+    );
+    if checks.attach_mode != AttachMode::Fentry
+        || checks.fexit != Probe::Attached
+        || !matches!(checks.io_uring_submit, Probe::Unneeded { .. })
+    {
+        return Err(format!("unexpected checks after attach: {checks:?}"));
+    }
+    let loaded = LoadedPrograms::now()?;
+    let fentry_programs = 2 * root_tracker_ebpf::FENTRY_PROGRAMS.len();
+    if loaded.tracepoint != 0 || loaded.tracing != fentry_programs {
+        return Err(format!(
+            "fentry mode: expected no tracepoint program and {fentry_programs} fentry/fexit \
+             programs loaded, found {loaded:?}"
+        ));
+    }
+
+    let target = store.layout.store_dir().join(STORE_NAME);
+    let result = home.join("result");
+    let io = |e: std::io::Error| e.to_string();
+    let mut seen = Vec::new();
+    let mut check = |what: &str, wanted: &Path| -> Result<(), String> {
+        expect_hint(&mut source, what, wanted)?;
+        seen.push(what.to_owned());
+        Ok(())
+    };
+    // Not a watched basename: reported only because its target is in the store.
+    symlink(&target, home.join("vm-link")).map_err(io)?;
+    check("symlink into the store", &home.join("vm-link"))?;
+    symlink(&target, &result).map_err(io)?;
+    check("symlink named result", &result)?;
+    std::fs::remove_file(&result).map_err(io)?;
+    check("unlink", &result)?;
+    symlink(&target, &result).map_err(io)?;
+    check("symlink named result again", &result)?;
+    symlink(&target, home.join("next")).map_err(io)?;
+    check("symlink to rename", &home.join("next"))?;
+    std::fs::rename(home.join("next"), &result).map_err(io)?;
+    check("rename over result", &result)?;
+    std::fs::create_dir(home.join("gone-dir")).map_err(io)?;
+    std::fs::remove_dir(home.join("gone-dir")).map_err(io)?;
+    check("rmdir", &home.join("gone-dir"))?;
+    std::fs::write(home.join("file"), b"").map_err(io)?;
+    std::fs::hard_link(home.join("file"), home.join("hardlink")).map_err(io)?;
+    check("link", &home.join("hardlink"))?;
+    // Relative to a directory fd: named through /proc/<pid>/task/<tid>/fd while it is open.
+    let dir = std::fs::File::open(&home).map_err(io)?;
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), c"hardlink".as_ptr(), 0) } != 0 {
+        return Err(format!("unlinkat: {}", std::io::Error::last_os_error()));
+    }
+    check(
+        "unlinkat relative to a directory fd",
+        &home.join("hardlink"),
+    )?;
+    drop(dir);
+    unlink_through_io_uring(&result)?;
+    check("io_uring unlinkat", &result)?;
+    rename_through_io_uring(&home.join("vm-link"), &result)?;
+    check("io_uring renameat", &result)?;
+
+    let counters = source.counters().map_err(|e| brief(&e))?;
+    if counters.lost_hints() {
+        return Err(format!("hints were lost: {counters:?}"));
+    }
+    Ok(format!(
+        "attached in {attach_ms} ms ({loaded:?}); fenced hints for: {}; counters {counters:?}",
+        seen.join(", ")
+    ))
+}
+
+/// Fences the source and requires a [`Hint::Path`] for `wanted` and no lost hint.
+fn expect_hint(source: &mut EbpfSource, what: &str, wanted: &Path) -> Result<(), String> {
+    let mut hints = Vec::new();
+    source
+        .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
+        .map_err(|e| brief(&e))?;
+    if hints.iter().any(|hint| matches!(hint, Hint::Lost { .. })) {
+        return Err(format!("{what}: a lost hint after a fence: {hints:?}"));
+    }
+    if !hints.contains(&Hint::Path(wanted.to_owned())) {
+        return Err(format!(
+            "{what}: no hint for {} after a fence: {hints:?}",
+            wanted.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Removes `path` with an io_uring `unlinkat`, which no syscall tracepoint sees.
 fn unlink_through_io_uring(path: &Path) -> Result<(), String> {
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let mut ring = io_uring::IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let name = c_path(path)?;
     let unlink =
-        io_uring::opcode::UnlinkAt::new(io_uring::types::Fd(libc::AT_FDCWD), name.as_ptr())
-            .build()
-            .user_data(1);
-    // SAFETY: `name` outlives the submission: its completion is awaited below.
-    unsafe { ring.submission().push(&unlink) }.map_err(|e| e.to_string())?;
+        io_uring::opcode::UnlinkAt::new(io_uring::types::Fd(libc::AT_FDCWD), name.as_ptr()).build();
+    // SAFETY: `name` outlives the submission: `submit_one` awaits its completion.
+    unsafe { submit_one(&unlink, "unlinkat") }
+}
+
+/// Renames `from` to `to` with an io_uring `renameat`.
+fn rename_through_io_uring(from: &Path, to: &Path) -> Result<(), String> {
+    let (from, to) = (c_path(from)?, c_path(to)?);
+    let cwd = io_uring::types::Fd(libc::AT_FDCWD);
+    let rename = io_uring::opcode::RenameAt::new(cwd, from.as_ptr(), cwd, to.as_ptr()).build();
+    // SAFETY: both names outlive the submission: `submit_one` awaits its completion.
+    unsafe { submit_one(&rename, "renameat") }
+}
+
+fn c_path(path: &Path) -> Result<std::ffi::CString, String> {
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())
+}
+
+/// Submits one entry on a new ring and waits for its completion, which must succeed.
+///
+/// # Safety
+/// Every buffer the entry points to must stay valid until this returns.
+unsafe fn submit_one(entry: &io_uring::squeue::Entry, what: &str) -> Result<(), String> {
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let entry = entry.clone().user_data(1);
+    // SAFETY: the caller keeps the entry's buffers valid until the completion below.
+    unsafe { ring.submission().push(&entry) }.map_err(|e| e.to_string())?;
     ring.submit_and_wait(1)
         .map_err(|e| format!("io_uring_enter: {e}"))?;
     let completion = ring
@@ -205,14 +403,15 @@ fn unlink_through_io_uring(path: &Path) -> Result<(), String> {
         .next()
         .ok_or("io_uring gave no completion")?;
     if completion.result() != 0 {
-        return Err(format!("io_uring unlinkat failed: {}", completion.result()));
+        return Err(format!("io_uring {what} failed: {}", completion.result()));
     }
     Ok(())
 }
 
-/// Runs the tracker with the eBPF backend, creates an indirect root's user link while it runs,
-/// and requires the next (fenced) query to list it.
-fn tracker_fenced_query() -> Result<String, String> {
+/// Runs the tracker with the eBPF backend (`--ebpf-hooks hooks` if given), requires its status
+/// to show attach mode `mode`, creates an indirect root's user link while it runs, and
+/// requires the next (fenced) query to list it.
+fn tracker_fenced_query(hooks: Option<&str>, mode: &str) -> Result<String, String> {
     let store = FakeStore::new(&[STORE_NAME]);
     let run_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let socket = run_dir.path().join("socket");
@@ -220,6 +419,7 @@ fn tracker_fenced_query() -> Result<String, String> {
     let mut tracker = Tracker(
         Command::new(package_bin("tracker-cli"))
             .args(["run", "--backend", "ebpf", "--verify-interval-secs", "0"])
+            .args(hooks.iter().flat_map(|hooks| ["--ebpf-hooks", hooks]))
             .arg("--socket")
             .arg(&socket)
             .arg("--db")
@@ -243,6 +443,9 @@ fn tracker_fenced_query() -> Result<String, String> {
         wait_ready(&mut tracker, &socket).map_err(|e| format!("{e}: {}", tracker_log()))?;
     if status["backend"] != "ebpf" {
         return Err(format!("backend is not ebpf: {status}"));
+    }
+    if status["source_checks"]["attach_mode"]["mode"] != mode {
+        return Err(format!("attach mode is not {mode}: {status}"));
     }
 
     // The auto link first, so the tracker watches the basename `result`; the user link is then
