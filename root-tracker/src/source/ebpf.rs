@@ -521,9 +521,12 @@ impl EbpfSource {
     /// all of them again and says why, so the caller attaches the complete tracepoint set
     /// instead: a mixture could miss an operation that only the missing program sees.
     fn attach_fentry(&mut self) -> Result<(), String> {
-        if self.checks.fexit != Probe::Loadable {
-            let probe = serde_json::to_string(&self.checks.fexit).unwrap_or_default();
-            return Err(format!("fexit programs do not load here: {probe}"));
+        match &self.checks.fexit {
+            Probe::Loadable => {}
+            Probe::Absent { reason } => {
+                return Err(format!("fexit programs do not load here: {reason}"));
+            }
+            other => return Err(format!("fexit probe: {other:?}")),
         }
         preemption_off().map_err(|reason| {
             format!(
@@ -1412,8 +1415,8 @@ fn preempt_dynamic_mode(debugfs: Option<&str>, cmdline: &str) -> Option<String> 
     from_debugfs.or_else(|| {
         cmdline
             .split_whitespace()
-            .filter_map(|word| word.strip_prefix("preempt="))
-            .last()
+            .rev()
+            .find_map(|word| word.strip_prefix("preempt="))
             .map(str::to_owned)
     })
 }
@@ -1801,14 +1804,79 @@ mod tests {
         let after = DeliveryCounters {
             dropped: 3,
             truncated: 9,
+            missed: 1,
             ..before
         };
         let mut out = Vec::new();
         after.losses_since(&before, &mut out);
-        assert!(matches!(&out[..], [Hint::Lost { reason }] if reason.contains("dropped")));
+        assert!(matches!(
+            &out[..],
+            [Hint::Lost { reason }, Hint::Lost { reason: missed }]
+                if reason.contains("dropped") && missed.contains("skipped")
+        ));
         out.clear();
         after.losses_since(&after, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn fentry_only_where_the_kernel_does_not_preempt_kernel_code() {
+        let words = |text: &'static str| text.split_whitespace().collect::<Vec<_>>();
+        let unknown = || None;
+        assert!(preemption_verdict(&words("#1 SMP Debian 5.10.209-2"), unknown).is_ok());
+        let dynamic = words("#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-11-16)");
+        assert!(preemption_verdict(&dynamic, || Some("voluntary".to_owned())).is_ok());
+        assert!(preemption_verdict(&dynamic, || Some("none".to_owned())).is_ok());
+        let full = preemption_verdict(&dynamic, || Some("full".to_owned()));
+        assert!(full.is_err_and(|reason| reason.contains("full")));
+        assert!(preemption_verdict(&dynamic, unknown).is_err());
+        for built in [
+            "#1 SMP PREEMPT Fri",
+            "#1 SMP PREEMPT_RT Fri",
+            "#1 SMP PREEMPT_LAZY Fri",
+        ] {
+            assert!(
+                preemption_verdict(&words(built), unknown).is_err(),
+                "{built}"
+            );
+        }
+    }
+
+    #[test]
+    fn preempt_dynamic_mode_from_debugfs_else_cmdline() {
+        let debugfs = Some("none (voluntary) full\n");
+        assert_eq!(
+            preempt_dynamic_mode(debugfs, "preempt=full").as_deref(),
+            Some("voluntary")
+        );
+        assert_eq!(
+            preempt_dynamic_mode(None, "ro preempt=none quiet preempt=full").as_deref(),
+            Some("full")
+        );
+        assert_eq!(preempt_dynamic_mode(None, "ro quiet"), None);
+    }
+
+    #[test]
+    fn fdinfo_fields() {
+        let text = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_cnt:\t0\n\
+                    recursion_misses:\t3\nverified_insns:\t61\n";
+        assert_eq!(parse_fdinfo_field(text, "recursion_misses"), Some(3));
+        assert_eq!(parse_fdinfo_field(text, "verified_insns"), Some(61));
+        assert_eq!(parse_fdinfo_field(text, "missing"), None);
+    }
+
+    #[test]
+    fn unknown_syscall_number_is_inside_until_seen_outside() {
+        // This thread reads its own file from inside read(2): a known number that differs
+        // (`unlink` on x86-64) is elsewhere; an unknown one counts as inside.
+        let me = pid_tgid(std::process::id(), nix::unistd::gettid().as_raw() as u32);
+        assert!(thread_in_syscall(me, SYSCALL_NR_UNKNOWN));
+        assert!(!thread_in_syscall(me, 87));
+        // A thread that does not exist is not inside anything.
+        assert!(!thread_in_syscall(
+            pid_tgid(u32::MAX, u32::MAX),
+            SYSCALL_NR_UNKNOWN
+        ));
     }
 
     #[test]
