@@ -1,7 +1,8 @@
 //! `cargo xtask vm`: boots Debian's 6.1 cloud kernel under qemu (software emulation; nested KVM
 //! crashes on the CI machine kind) with the BPF LSM enabled, and runs `vm-check` there — every
-//! program through 6.1's verifier, the eBPF source's fexit/LSM probes, its tracepoint path and
-//! a fenced tracker query on a kernel that, unlike this host, accepts fexit and LSM programs.
+//! program through 6.1's verifier, the eBPF source's fexit/LSM probes, its tracepoint and
+//! fentry paths and fenced tracker queries in both modes on a kernel that, unlike this host,
+//! accepts fexit and LSM programs.
 //! `cargo xtask test` runs it as one test.
 //!
 //! The verdict comes only from the marker lines the guest prints (`RT-VM-RESULT: ok`); silence,
