@@ -54,26 +54,34 @@ fn main() -> std::process::ExitCode {
     println!("RT-VM-PREEMPT: {}", preempt.trim());
     // A step runs even when an earlier one failed (each says something on its own), except
     // the tracker after a failed attach.
-    let steps: [(&str, Step); 6] = [
+    let steps: [(&str, Step); 8] = [
         ("verifier", every_program_verifies),
         ("probes", fexit_and_lsm_probes),
         ("tracepoints", source_sees_symlink),
         ("fentry", fentry_source_sees_every_operation),
+        ("fallback", preemptible_kernel_falls_back_to_tracepoints),
         ("tracker", || tracker_fenced_query(None, "fentry")),
         ("tracker-tracepoints", || {
             tracker_fenced_query(Some("tracepoints"), "tracepoints")
         }),
+        ("overhead", churn_overhead),
     ];
-    // Steps named on the command line run alone (to try one on the host); none: all of them.
+    // Steps named on the command line run alone (to try one on the host); none: all of them
+    // but the slow measurement `overhead`, which runs only when named.
     let only: Vec<String> = std::env::args().skip(1).collect();
     let mut failed = Vec::new();
     for (name, step) in steps {
-        if !only.is_empty() && !only.iter().any(|wanted| wanted == name) {
+        let wanted = if only.is_empty() {
+            name != "overhead"
+        } else {
+            only.iter().any(|wanted| wanted == name)
+        };
+        if !wanted {
             continue;
         }
         // The source and the tracker load the same programs: where the verifier refused one,
         // they would only fail again, after another minute of emulated verifier time.
-        if ["tracepoints", "fentry"].contains(&name) && failed.contains(&"verifier") {
+        if ["tracepoints", "fentry", "fallback"].contains(&name) && failed.contains(&"verifier") {
             println!("RT-VM-FAIL: {name}: not run, the verifier refuses a program here");
             failed.push(name);
             continue;
@@ -337,6 +345,15 @@ fn fentry_source_sees_every_operation() -> Result<String, String> {
     rename_through_io_uring(&home.join("vm-link"), &result)?;
     check("io_uring renameat", &result)?;
 
+    // No mount program in this mode: the mount table's poll must report mount changes.
+    let point = home.join("mnt");
+    std::fs::create_dir(&point).map_err(io)?;
+    let mounted = TmpfsMount::new(&point)?;
+    expect_mounts_changed(&mut source, "mount")?;
+    drop(mounted);
+    expect_mounts_changed(&mut source, "umount")?;
+    seen.extend(["mount".to_owned(), "umount".to_owned()]);
+
     let counters = source.counters().map_err(|e| brief(&e))?;
     if counters.lost_hints() {
         return Err(format!("hints were lost: {counters:?}"));
@@ -345,6 +362,120 @@ fn fentry_source_sees_every_operation() -> Result<String, String> {
         "attached in {attach_ms} ms ({loaded:?}); fenced hints for: {}; counters {counters:?}",
         seen.join(", ")
     ))
+}
+
+/// Where this `PREEMPT_DYNAMIC` kernel shows and switches its preemption model.
+const PREEMPT_MODEL: &str = "/sys/kernel/debug/sched/preempt";
+
+/// Switches the kernel to full preemption, where fentry programs could interleave on a CPU:
+/// the default choice must then attach the complete tracepoint set and say why, and asking
+/// for fentry alone must fail. The model is switched back afterwards, whatever happens.
+fn preemptible_kernel_falls_back_to_tracepoints() -> Result<String, String> {
+    let before = std::fs::read_to_string(PREEMPT_MODEL)
+        .map_err(|e| format!("cannot read {PREEMPT_MODEL}: {e}"))?;
+    let current = before
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix('(')?.strip_suffix(')'))
+        .ok_or_else(|| format!("no current model in {before:?}"))?
+        .to_owned();
+    let _restore = PreemptModel::set("full", &current)?;
+    let store = FakeStore::new(&[]);
+    let interest = Interest {
+        store_dir: store.layout.store_dir().to_owned(),
+        basenames: BTreeSet::new(),
+        paths: vec![store.root.join("home")],
+    };
+    let source = EbpfSource::attach(&interest).map_err(|e| brief(&e))?;
+    let checks = source.checks().clone();
+    println!(
+        "RT-VM-FALLBACK-CHECKS: {}",
+        serde_json::to_string(&checks).unwrap()
+    );
+    let AttachMode::Tracepoints { reason } = &checks.attach_mode else {
+        return Err(format!(
+            "fentry attached on a preemptible kernel: {checks:?}"
+        ));
+    };
+    if !reason.contains("full") || checks.io_uring_submit != Probe::Attached {
+        return Err(format!("unexpected checks: {checks:?}"));
+    }
+    let loaded = LoadedPrograms::now()?;
+    if loaded.tracepoint != SYSCALL_AND_IO_URING_PROGRAMS || loaded.tracing != 0 {
+        return Err(format!(
+            "fallback: not the whole tracepoint set alone: {loaded:?}"
+        ));
+    }
+    drop(source);
+    let options = EbpfOptions {
+        hooks: HookChoice::Fentry,
+        ..EbpfOptions::default()
+    };
+    match EbpfSource::attach_with(&interest, &options) {
+        Err(root_tracker::source::ebpf::EbpfError::FentryUnavailable { .. }) => {}
+        Err(other) => {
+            return Err(format!(
+                "--ebpf-hooks fentry: unexpected error {}",
+                brief(&other)
+            ));
+        }
+        Ok(_) => return Err("--ebpf-hooks fentry attached on a preemptible kernel".to_owned()),
+    }
+    Ok(format!(
+        "with preempt=full (was {current}): auto attached the tracepoint set ({loaded:?}) \
+         because {reason:?}; fentry alone refused"
+    ))
+}
+
+/// The kernel's preemption model, set back to what it was when dropped.
+struct PreemptModel(String);
+
+impl PreemptModel {
+    fn set(model: &str, previous: &str) -> Result<Self, String> {
+        std::fs::write(PREEMPT_MODEL, model)
+            .map_err(|e| format!("cannot set {PREEMPT_MODEL} to {model}: {e}"))?;
+        Ok(Self(previous.to_owned()))
+    }
+}
+
+impl Drop for PreemptModel {
+    fn drop(&mut self) {
+        let _ = std::fs::write(PREEMPT_MODEL, &self.0);
+    }
+}
+
+/// A tmpfs mounted for a check, unmounted when dropped (also on an early return).
+struct TmpfsMount(std::path::PathBuf);
+
+impl TmpfsMount {
+    fn new(point: &Path) -> Result<Self, String> {
+        nix::mount::mount(
+            Some("tmpfs"),
+            point,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| format!("mount tmpfs on {}: {e}", point.display()))?;
+        Ok(Self(point.to_owned()))
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Fences the source and requires [`Hint::MountsChanged`].
+fn expect_mounts_changed(source: &mut EbpfSource, what: &str) -> Result<(), String> {
+    let mut hints = Vec::new();
+    source
+        .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
+        .map_err(|e| brief(&e))?;
+    if !hints.contains(&Hint::MountsChanged) {
+        return Err(format!("{what}: no MountsChanged after a fence: {hints:?}"));
+    }
+    Ok(())
 }
 
 /// Fences the source and requires a [`Hint::Path`] for `wanted` and no lost hint.
@@ -486,6 +617,80 @@ fn tracker_fenced_query(hooks: Option<&str>, mode: &str) -> Result<String, Strin
         started.elapsed().as_millis(),
         status["source_checks"]
     ))
+}
+
+/// Files created and removed per churn run of [`churn_overhead`].
+const CHURN_FILES: usize = 20_000;
+/// Interleaved rounds of [`churn_overhead`]; each mode's median is reported.
+const CHURN_ROUNDS: usize = 3;
+
+/// Unrelated file churn (create and unlink of regular files whose names are not watched) with
+/// no eBPF source, with the tracepoint set and with the fentry set, interleaved; prints the
+/// medians and their ratios. Software emulation makes absolute times meaningless; the ratios
+/// show what each mode costs every other process.
+fn churn_overhead() -> Result<String, String> {
+    let store = FakeStore::new(&[]);
+    let interest = Interest {
+        store_dir: store.layout.store_dir().to_owned(),
+        basenames: BTreeSet::from([b"result".to_vec()]),
+        paths: vec![store.root.join("home")],
+    };
+    let churn_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let modes: [(&str, Option<HookChoice>); 3] = [
+        ("none", None),
+        ("tracepoints", Some(HookChoice::Tracepoints)),
+        ("fentry", Some(HookChoice::Fentry)),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
+    for round in 0..CHURN_ROUNDS {
+        for (index, (mode, hooks)) in modes.iter().enumerate() {
+            let source = match hooks {
+                Some(hooks) => Some(
+                    EbpfSource::attach_with(
+                        &interest,
+                        &EbpfOptions {
+                            hooks: *hooks,
+                            ..EbpfOptions::default()
+                        },
+                    )
+                    .map_err(|e| brief(&e))?,
+                ),
+                None => None,
+            };
+            let elapsed = churn(churn_dir.path())?;
+            drop(source);
+            println!(
+                "RT-VM-OVERHEAD: round {round} {mode}: {CHURN_FILES} create+unlink in {:.3} s",
+                elapsed.as_secs_f64()
+            );
+            times[index].push(elapsed);
+        }
+    }
+    let median = |runs: &mut Vec<Duration>| {
+        runs.sort();
+        runs[runs.len() / 2].as_secs_f64()
+    };
+    let medians: Vec<f64> = times.iter_mut().map(median).collect();
+    Ok(format!(
+        "median of {CHURN_ROUNDS} rounds of {CHURN_FILES} create+unlink: none {:.3} s, \
+         tracepoints {:.3} s ({:.2}x), fentry {:.3} s ({:.2}x)",
+        medians[0],
+        medians[1],
+        medians[1] / medians[0],
+        medians[2],
+        medians[2] / medians[0]
+    ))
+}
+
+/// Creates and unlinks [`CHURN_FILES`] regular files in `dir`; how long it took.
+fn churn(dir: &Path) -> Result<Duration, String> {
+    let path = dir.join("churn-file");
+    let started = Instant::now();
+    for _ in 0..CHURN_FILES {
+        std::fs::File::create(&path).map_err(|e| e.to_string())?;
+        std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+    }
+    Ok(started.elapsed())
 }
 
 /// An error's chain on one line, without the middle of a verifier log (thousands of lines that
