@@ -193,6 +193,9 @@ mod kernel {
         User(*const u8),
         /// The kernel's own copy (`struct filename::name`, fentry): always resident.
         Kernel(*const u8),
+        /// No name (a null `struct filename *`, which newer kernels may pass for an empty
+        /// path with `AT_EMPTY_PATH`): read as the empty string, as the syscall would see it.
+        Empty,
         /// The call fails before it changes anything (`getname` failed: the worker got an
         /// error pointer), so it is irrelevant.
         Fails,
@@ -210,6 +213,7 @@ mod kernel {
                 Self::Kernel(pointer) => unsafe {
                     bpf_probe_read_kernel_str_bytes(pointer, buffer)
                 },
+                Self::Empty => return Some(0),
                 Self::Fails | Self::Unreadable => return None,
             };
             read.ok().map(<[u8]>::len)
@@ -226,7 +230,7 @@ mod kernel {
                 Self::Kernel(pointer) => unsafe {
                     bpf_probe_read_kernel_buf(pointer.wrapping_add(offset), buffer)
                 },
-                Self::Fails | Self::Unreadable => return None,
+                Self::Empty | Self::Fails | Self::Unreadable => return None,
             };
             read.ok()
         }
@@ -282,7 +286,10 @@ mod kernel {
         #[inline(always)]
         fn string(&self, slot: usize) -> Str {
             let filename = self.arg::<u64>(slot);
-            if filename == 0 || filename > u64::MAX - MAX_ERRNO {
+            if filename == 0 {
+                return Str::Empty;
+            }
+            if filename > u64::MAX - MAX_ERRNO {
                 return Str::Fails;
             }
             // SAFETY: a probe read of kernel memory, which faults safely.

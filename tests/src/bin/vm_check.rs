@@ -260,7 +260,8 @@ impl LoadedPrograms {
 
 /// Attaches the source in fentry mode (it must attach there) and requires a fenced hint for
 /// each kind of path operation: a symlink into the store, unlink, rename over a watched name,
-/// rmdir, link, an unlinkat relative to a directory fd, and io_uring unlinkat and renameat
+/// rmdir, link, an unlinkat relative to a directory fd, a linkat with `AT_EMPTY_PATH`, and
+/// io_uring unlinkat and renameat
 /// (which the fentry programs see as precise paths, not as lost hints). No tracepoint program
 /// may be loaded meanwhile.
 fn fentry_source_sees_every_operation() -> Result<String, String> {
@@ -339,7 +340,29 @@ fn fentry_source_sees_every_operation() -> Result<String, String> {
         "unlinkat relative to a directory fd",
         &home.join("hardlink"),
     )?;
-    drop(dir);
+    // A new name for an open file: the old path is empty (AT_EMPTY_PATH).
+    let file = std::fs::File::open(home.join("file")).map_err(io)?;
+    // SAFETY: valid fds and NUL-terminated names.
+    let linked = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            c"hardlink".as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if linked != 0 {
+        return Err(format!(
+            "linkat AT_EMPTY_PATH: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    check(
+        "linkat of an open file (AT_EMPTY_PATH)",
+        &home.join("hardlink"),
+    )?;
+    drop((file, dir));
     unlink_through_io_uring(&result)?;
     check("io_uring unlinkat", &result)?;
     rename_through_io_uring(&home.join("vm-link"), &result)?;
@@ -622,7 +645,7 @@ fn tracker_fenced_query(hooks: Option<&str>, mode: &str) -> Result<String, Strin
 /// Files created and removed per churn run of [`churn_overhead`].
 const CHURN_FILES: usize = 20_000;
 /// Interleaved rounds of [`churn_overhead`]; each mode's median is reported.
-const CHURN_ROUNDS: usize = 3;
+const CHURN_ROUNDS: usize = 7;
 
 /// Unrelated file churn (create and unlink of regular files whose names are not watched) with
 /// no eBPF source, with the tracepoint set and with the fentry set, interleaved; prints the
