@@ -593,26 +593,25 @@ impl EbpfSource {
         &mut self,
         io_uring_submit: Option<(&'static str, String)>,
     ) -> Result<(), EbpfError> {
-        let source = self;
         for (_, exit) in SYSCALL_PROGRAMS {
-            attach_tracepoint(&mut source._ebpf, SYSCALLS_CATEGORY, exit)?;
+            attach_tracepoint(&mut self._ebpf, SYSCALLS_CATEGORY, exit)?;
         }
         for (enter, _) in SYSCALL_PROGRAMS {
-            attach_tracepoint(&mut source._ebpf, SYSCALLS_CATEGORY, enter)?;
+            attach_tracepoint(&mut self._ebpf, SYSCALLS_CATEGORY, enter)?;
         }
         if let Some((submit, _)) = io_uring_submit {
             // Completion first, so no tracked submission can complete unseen.
             if tracefs_file(IO_URING_COMPLETE_FORMAT).is_some() {
-                attach_tracepoint(&mut source._ebpf, IO_URING_CATEGORY, PROG_IO_URING_COMPLETE)?;
+                attach_tracepoint(&mut self._ebpf, IO_URING_CATEGORY, PROG_IO_URING_COMPLETE)?;
             }
             attach_program(
-                &mut source._ebpf,
+                &mut self._ebpf,
                 PROG_IO_URING_SUBMIT_REQ,
                 IO_URING_CATEGORY,
                 submit,
             )?;
         } else {
-            source.checks.io_uring_submit = Probe::Absent {
+            self.checks.io_uring_submit = Probe::Absent {
                 reason: format!(
                     "no tracepoint {IO_URING_CATEGORY}/{}",
                     IO_URING_SUBMIT_TRACEPOINTS.join(" or ")

@@ -114,6 +114,13 @@ fn main() -> std::process::ExitCode {
 /// program creeping towards the 1,000,000 limit shows before it crosses it.
 fn every_program_verifies() -> Result<String, String> {
     let verdicts = EbpfSource::verify_programs().map_err(|e| brief(&e))?;
+    // Where fexit programs do not load at all (this step run on the CI host), the fentry set
+    // is refused as a whole and the tracepoint set is what must verify.
+    let (fexit, _) = EbpfSource::probe_fexit_and_lsm().map_err(|e| brief(&e))?;
+    let fentry_names: Vec<&str> = root_tracker_ebpf::FENTRY_PROGRAMS
+        .iter()
+        .flat_map(|hook| [hook.entry, hook.exit])
+        .collect();
     let mut refused = Vec::new();
     let mut most: Option<(&str, u32)> = None;
     for verdict in &verdicts {
@@ -128,6 +135,8 @@ fn every_program_verifies() -> Result<String, String> {
                     most = Some((verdict.program, insns));
                 }
             }
+            Verification::Rejected { .. }
+                if fexit != Probe::Loadable && fentry_names.contains(&verdict.program) => {}
             Verification::Rejected { .. } => refused.push(verdict.program),
         }
     }
@@ -135,8 +144,13 @@ fn every_program_verifies() -> Result<String, String> {
         return Err(format!("refused: {}", refused.join(", ")));
     }
     let (program, insns) = most.unwrap_or(("none", 0));
+    let accepted = verdicts
+        .iter()
+        .filter(|verdict| matches!(verdict.outcome, Verification::Accepted { .. }))
+        .count();
     Ok(format!(
-        "{} programs load; most instructions processed: {insns} ({program})",
+        "{accepted} of {} programs load (fexit here: {fexit:?}); most instructions processed: \
+         {insns} ({program})",
         verdicts.len()
     ))
 }
