@@ -3,9 +3,10 @@
 //! io_uring tracepoints, never a mixture — and turns their ring-buffer records into [`Hint`]s.
 //!
 //! Invariant: every relevant operation is either delivered (an `ENTER` record, then an `EXIT`
-//! record once the syscall returned) or counted in [`DeliveryCounters`]; any increase of a
-//! loss counter becomes a [`Hint::Lost`]. Hints are emitted at `EXIT`, when the change is done,
-//! and [`Source::fence`] waits for every operation seen entering to exit.
+//! record once the syscall or path worker returned) or counted in [`DeliveryCounters`] (the
+//! programs' counters, and the kernel's count of fentry/fexit runs it skipped); any increase
+//! of a loss counter becomes a [`Hint::Lost`]. Hints are emitted at `EXIT`, when the change is
+//! done, and [`Source::fence`] waits for every operation seen entering to exit.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -926,8 +927,11 @@ impl EbpfSource {
 
     fn fence_inner(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
         // Every operation that completed before this call has its records in the buffer now:
-        // the exit program runs before the syscall returns. A mount change, however made,
-        // moved the table's event counter before it completed.
+        // the exit program runs before the syscall returns (`sys_exit_*`), or before the path
+        // worker returns to the syscall or to io_uring, which posts the completion only then
+        // (`fexit_do_*`). A mount change, however made, moved the table's event counter before
+        // it completed: in fentry mode that poll is the only mount hook, and it suffices, since
+        // only this mount namespace's table shapes what the index can see.
         if self.mounts.changed_now().map_err(EbpfError::Mountinfo)? {
             out.push(Hint::MountsChanged);
         }
