@@ -37,9 +37,9 @@ const GUEST_BINARIES: &[&str] = &["vm-check", "tracker-cli"];
 /// Marker lines printed by the guest's `/init` and by `vm-check`.
 const MARKER: &str = "RT-VM-";
 
-/// How long a run may take by default, boot included; a warm run takes about half a minute on
-/// the CI machine kind.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long a run may take by default, boot included; a warm run takes one to two minutes on
+/// the CI machine kind (the random workload and the two trackers take most of it).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(360);
 
 /// Options of `cargo xtask vm`.
 pub struct VmOptions {

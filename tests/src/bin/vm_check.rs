@@ -32,7 +32,7 @@ use root_tracker::{
         ebpf::{AttachMode, EbpfOptions, EbpfSource, HookChoice, Probe, Verification},
     },
 };
-use tests::{FakeStore, package_bin};
+use tests::{FakeStore, Rng, index_part, package_bin};
 
 /// A store path name registered in the fake store's database (its hash part in Nix's
 /// base-32 alphabet, which has no `e`, `o`, `u`, `t`: any other name is no store path).
@@ -54,7 +54,7 @@ fn main() -> std::process::ExitCode {
     println!("RT-VM-PREEMPT: {}", preempt.trim());
     // A step runs even when an earlier one failed (each says something on its own), except
     // the tracker after a failed attach.
-    let steps: [(&str, Step); 8] = [
+    let steps: [(&str, Step); 9] = [
         ("verifier", every_program_verifies),
         ("probes", fexit_and_lsm_probes),
         ("tracepoints", source_sees_symlink),
@@ -64,6 +64,7 @@ fn main() -> std::process::ExitCode {
         ("tracker-tracepoints", || {
             tracker_fenced_query(Some("tracepoints"), "tracepoints")
         }),
+        ("random", tracker_random_workload),
         ("overhead", churn_overhead),
     ];
     // Steps named on the command line run alone (to try one on the host); none: all of them
@@ -87,10 +88,10 @@ fn main() -> std::process::ExitCode {
             continue;
         }
         let needs = match name {
-            "tracker" => "fentry",
+            "tracker" | "random" => "fentry",
             _ => "tracepoints",
         };
-        if name.starts_with("tracker") && failed.contains(&needs) {
+        if (name.starts_with("tracker") || name == "random") && failed.contains(&needs) {
             println!("RT-VM-FAIL: {name}: not run, the eBPF source does not attach here");
             continue;
         }
@@ -582,39 +583,7 @@ unsafe fn submit_one(entry: &io_uring::squeue::Entry, what: &str) -> Result<(), 
 fn tracker_fenced_query(hooks: Option<&str>, mode: &str) -> Result<String, String> {
     let store = FakeStore::new(&[STORE_NAME]);
     let run_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let socket = run_dir.path().join("socket");
-    let log = run_dir.path().join("tracker.log");
-    let mut tracker = Tracker(
-        Command::new(package_bin("tracker-cli"))
-            .args(["run", "--backend", "ebpf", "--verify-interval-secs", "0"])
-            .args(hooks.iter().flat_map(|hooks| ["--ebpf-hooks", hooks]))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--db")
-            .arg(run_dir.path().join("index.sqlite"))
-            .arg("--store-dir")
-            .arg(store.layout.store_dir())
-            .arg("--state-dir")
-            .arg(store.layout.state_dir())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-            .spawn()
-            .map_err(|e| format!("cannot start tracker-cli: {e}"))?,
-    );
-    let tracker_log = || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        last_lines(&text, 3)
-    };
-    let status =
-        wait_ready(&mut tracker, &socket).map_err(|e| format!("{e}: {}", tracker_log()))?;
-    if status["backend"] != "ebpf" {
-        return Err(format!("backend is not ebpf: {status}"));
-    }
-    if status["source_checks"]["attach_mode"]["mode"] != mode {
-        return Err(format!("attach mode is not {mode}: {status}"));
-    }
+    let (_tracker, socket, status) = start_tracker(&store, run_dir.path(), hooks, mode)?;
 
     // The auto link first, so the tracker watches the basename `result`; the user link is then
     // made where only the kernel source can see it.
@@ -654,6 +623,51 @@ fn tracker_fenced_query(hooks: Option<&str>, mode: &str) -> Result<String, Strin
         started.elapsed().as_millis(),
         status["source_checks"]
     ))
+}
+
+/// Starts `tracker-cli run --backend ebpf` (`--ebpf-hooks hooks` if given) on `store`, its
+/// socket, database and log in `run_dir`; waits until it answers and requires its status to
+/// show attach mode `mode`. The tracker is killed when the returned guard drops.
+fn start_tracker(
+    store: &FakeStore,
+    run_dir: &Path,
+    hooks: Option<&str>,
+    mode: &str,
+) -> Result<(Tracker, std::path::PathBuf, serde_json::Value), String> {
+    let socket = run_dir.join("socket");
+    let log = run_dir.join("tracker.log");
+    let mut tracker = Tracker(
+        Command::new(package_bin("tracker-cli"))
+            .args(["run", "--backend", "ebpf", "--verify-interval-secs", "0"])
+            .args(hooks.iter().flat_map(|hooks| ["--ebpf-hooks", hooks]))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--db")
+            .arg(run_dir.join("index.sqlite"))
+            .arg("--store-dir")
+            .arg(store.layout.store_dir())
+            .arg("--state-dir")
+            .arg(store.layout.state_dir())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("cannot start tracker-cli: {e}"))?,
+    );
+    let tracker_log = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        last_lines(&text, 3)
+    };
+    let status =
+        wait_ready(&mut tracker, &socket).map_err(|e| format!("{e}: {}", tracker_log()))?;
+    if status["backend"] != "ebpf" {
+        return Err(format!("backend is not ebpf: {status}"));
+    }
+    if status["source_checks"]["attach_mode"]["mode"] != mode {
+        return Err(format!("attach mode is not {mode}: {status}"));
+    }
+    Ok((tracker, socket, status))
 }
 
 /// Files created and removed per churn run of [`churn_overhead`].
@@ -739,6 +753,179 @@ fn churn(dir: &Path) -> Result<Duration, String> {
         std::fs::remove_file(&path).map_err(|e| e.to_string())?;
     }
     Ok(started.elapsed())
+}
+
+/// Seeds of the `random` step, each a fresh tree, and operations per seed.
+const RANDOM_SEEDS: u64 = 4;
+const RANDOM_OPS: usize = 100;
+
+/// A seeded random workload of link, directory, mount and io_uring operations (a smaller
+/// `live_random`, whose oracle store needs Nix) against a tracker in fentry mode: after every
+/// batch the fenced query must equal a fresh scan.
+fn tracker_random_workload() -> Result<String, String> {
+    let names: Vec<String> = (0..4)
+        .map(|i| format!("0123456789abcdfghijklmnpqrsvwx{i:02}-live"))
+        .collect();
+    let store = FakeStore::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    let run_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (_tracker, socket, _) = start_tracker(&store, run_dir.path(), None, "fentry")?;
+    let mut workload = RandomWorkload::new(&store, &names)?;
+    let mut batches = 0;
+    for seed in 0..RANDOM_SEEDS {
+        workload.reset()?;
+        let mut rng = Rng::new(seed);
+        let mut done = 0;
+        while done < RANDOM_OPS {
+            let batch = 1 + rng.below(10);
+            for _ in 0..batch {
+                workload.op(&mut rng)?;
+            }
+            done += batch;
+            batches += 1;
+            let response = request(&socket, r#"{"request":"query","wait_ms":60000}"#)
+                .map_err(|e| format!("query failed: {e}"))?;
+            if response["response"] != "roots" {
+                return Err(format!("seed {seed}: query refused: {response}"));
+            }
+            let answer = index_part(&response["report"]);
+            let options = root_tracker::scan::ScanOptions {
+                runtime: false,
+                temp: false,
+                ..root_tracker::scan::ScanOptions::default()
+            };
+            let report = root_tracker::scan::scan(&store.layout, &options)
+                .map_err(|e| format!("scan: {e}"))?;
+            let truth = index_part(&report.to_json());
+            if answer != truth {
+                return Err(format!(
+                    "seed {seed}, after {done} operations: the fenced query differs from a \
+                     scan: query {answer}; scan {truth}"
+                ));
+            }
+        }
+    }
+    let status = request(&socket, r#"{"request":"status"}"#).map_err(|e| e.to_string())?;
+    let reconciler = &status["status"]["reconciler"];
+    if reconciler["drift"] != 0 {
+        return Err(format!("the reconciler found drift: {status}"));
+    }
+    Ok(format!(
+        "{RANDOM_SEEDS} seeds x {RANDOM_OPS} operations: {batches} fenced queries equal a scan; \
+         reconciler {reconciler}"
+    ))
+}
+
+/// The trees and names of the `random` step.
+struct RandomWorkload {
+    /// A tmpfs mounted over one of the directories, if any; dropped first.
+    overlay: Option<TmpfsMount>,
+    homes: [std::path::PathBuf; 2],
+    auto_dir: std::path::PathBuf,
+    /// Registered store paths, and one that is not.
+    targets: Vec<std::path::PathBuf>,
+    serial: u64,
+}
+
+impl RandomWorkload {
+    fn new(store: &FakeStore, names: &[String]) -> Result<Self, String> {
+        let homes = [store.root.join("home/live"), store.root.join("home/other")];
+        for home in &homes {
+            std::fs::create_dir_all(home).map_err(|e| e.to_string())?;
+        }
+        let mut targets: Vec<_> = names
+            .iter()
+            .map(|name| store.layout.store_dir().join(name))
+            .collect();
+        targets.push(
+            store
+                .layout
+                .store_dir()
+                .join("0123456789abcdfghijklmnpqrsvwx99-unregistered"),
+        );
+        Ok(Self {
+            overlay: None,
+            homes,
+            auto_dir: store.layout.state_dir().join("gcroots/auto"),
+            targets,
+            serial: 0,
+        })
+    }
+
+    /// Empties the user directories and the auto links between seeds.
+    fn reset(&mut self) -> Result<(), String> {
+        self.overlay = None;
+        for dir in self.homes.iter().chain([&self.auto_dir]) {
+            for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+                let path = entry.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+        Ok(())
+    }
+
+    fn op(&mut self, rng: &mut Rng) -> Result<(), String> {
+        let dir = self.homes[rng.below(2)].join(format!("d{}", rng.below(4)));
+        let other = self.homes[rng.below(2)].join(format!("d{}", rng.below(4)));
+        let result = dir.join("result");
+        let target = self.targets[rng.below(self.targets.len())].clone();
+        let auto = self.auto_dir.join(format!("a{}", rng.below(6)));
+        // Failures are part of the workload (a missing directory, a busy mount point).
+        match rng.below(12) {
+            0 => drop(std::fs::create_dir_all(&dir)),
+            1 => {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = symlink(&target, &result);
+            }
+            2 => {
+                // ln -sfn: a temporary link renamed over the old one.
+                let _ = std::fs::create_dir_all(&dir);
+                self.serial += 1;
+                let temp = dir.join(format!(".tmp-{}", self.serial));
+                if symlink(&target, &temp).is_ok() {
+                    let _ = std::fs::rename(&temp, &result);
+                }
+            }
+            3 => drop(std::fs::remove_file(&result)),
+            4 | 5 => {
+                let _ = std::fs::remove_file(&auto);
+                let _ = symlink(&result, &auto);
+            }
+            6 => drop(std::fs::rename(&dir, &other)),
+            7 => drop(std::fs::remove_dir_all(&dir)),
+            8 => {
+                // A hard link to a symlink (linkat without AT_SYMLINK_FOLLOW).
+                let _ = std::fs::create_dir_all(&other);
+                let _ = nix::unistd::linkat(
+                    nix::fcntl::AT_FDCWD,
+                    &result,
+                    nix::fcntl::AT_FDCWD,
+                    &other.join("result"),
+                    nix::fcntl::AtFlags::empty(),
+                );
+            }
+            9 => match self.overlay.take() {
+                Some(overlay) => drop(overlay),
+                None if dir.is_dir() => self.overlay = TmpfsMount::new(&dir).ok(),
+                None => {}
+            },
+            10 => {
+                if let Ok(name) = c_path(&result) {
+                    let unlink = io_uring::opcode::UnlinkAt::new(
+                        io_uring::types::Fd(libc::AT_FDCWD),
+                        name.as_ptr(),
+                    )
+                    .build();
+                    // SAFETY: `name` outlives the submission, which completes inside.
+                    let _ = unsafe { submit_one(&unlink, "unlinkat") };
+                }
+            }
+            _ => {
+                let _ = std::fs::create_dir_all(&other);
+                let _ = rename_through_io_uring(&result, &other.join("result"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An error's chain on one line, without the middle of a verifier log (thousands of lines that
