@@ -44,6 +44,8 @@ pub const MAP_WATCHED_BASENAMES: &str = "WATCHED_BASENAMES";
 pub const MAP_BASENAME_FILTER: &str = "BASENAME_FILTER";
 /// Name of the hash map `pid_tgid` → [`InFlight`]: threads inside a relevant syscall.
 pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
+/// Name of the one-entry array map holding the [`BaseDirOffsets`].
+pub const MAP_BASE_DIR_OFFSETS: &str = "BASE_DIR_OFFSETS";
 
 /// The syscall tracepoints (category `syscalls`) as (entry, exit) pairs; each program is named
 /// after its tracepoint. User space attaches every exit before any entry, so that every
@@ -241,6 +243,14 @@ pub struct PathEvent {
     pub dirfd: [i32; 2],
     /// Bytes of each path in use (no NUL counted); 0 for an absent path.
     pub path_len: [u32; 2],
+    /// Inode number of the directory each relative path was resolved against (its `dirfd`'s
+    /// file, or the working directory), read at syscall entry; 0 when not recorded (an
+    /// absolute path, no [`BaseDirOffsets`], or a read that failed). User space compares it
+    /// with the directory it finds through `/proc` later, which may have changed meanwhile.
+    pub base_ino: [u64; 2],
+    /// That directory's device, as the kernel encodes it (`MAJOR << 20 | MINOR`, see
+    /// [`kernel_dev_major_minor`]); meaningful only where `base_ino` is not 0.
+    pub base_dev: [u32; 2],
     /// The paths as passed: the created, removed or old entry first, the new one of a rename
     /// or link second.
     pub path: [[u8; PATH_BYTES]; 2],
@@ -263,6 +273,47 @@ pub struct InFlight {
     pub op: u32,
     /// Explicit padding so the struct has no uninitialised bytes.
     pub reserved: u32,
+}
+
+/// Byte offsets of the kernel struct members the programs follow from the current task to the
+/// inode of a relative path's base directory:
+/// `task->files->fdt->fd[dirfd]->f_inode` for a directory fd, `task->fs->pwd.dentry->d_inode`
+/// for the working directory, then `inode->i_ino` and `inode->i_sb->s_dev`. aya's programs
+/// have no CO-RE relocations, so user space computes these from the running kernel's BTF.
+/// `valid == 0`: unknown, the programs record no identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BaseDirOffsets {
+    /// Non-zero when every offset below was found.
+    pub valid: u32,
+    /// `task_struct.files` (`struct files_struct *`).
+    pub task_files: u32,
+    /// `task_struct.fs` (`struct fs_struct *`).
+    pub task_fs: u32,
+    /// `files_struct.fdt` (`struct fdtable *`).
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (`unsigned int`).
+    pub fdtable_max_fds: u32,
+    /// `fdtable.fd` (`struct file **`).
+    pub fdtable_fd: u32,
+    /// `file.f_inode` (`struct inode *`).
+    pub file_inode: u32,
+    /// `fs_struct.pwd` plus `path.dentry` (`struct dentry *`).
+    pub fs_pwd_dentry: u32,
+    /// `dentry.d_inode` (`struct inode *`).
+    pub dentry_inode: u32,
+    /// `inode.i_ino` (`unsigned long`, 8 bytes).
+    pub inode_ino: u32,
+    /// `inode.i_sb` (`struct super_block *`).
+    pub inode_sb: u32,
+    /// `super_block.s_dev` (`dev_t`, 4 bytes).
+    pub super_block_dev: u32,
+}
+
+/// Major and minor number of a kernel-internal `dev_t` (`MAJOR << 20 | MINOR`, `MINORBITS` 20
+/// in `linux/kdev_t.h`), which differs from the `st_dev` encoding user space sees.
+pub const fn kernel_dev_major_minor(dev: u32) -> (u32, u32) {
+    (dev >> 20, dev & ((1 << 20) - 1))
 }
 
 /// Load-time settings user space writes before attaching.
@@ -395,6 +446,8 @@ mod user {
     unsafe impl aya::Pod for super::InFlight {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::BasenameFilter {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::BaseDirOffsets {}
 }
 
 #[cfg(test)]
@@ -404,11 +457,20 @@ mod tests {
     #[test]
     fn layout_has_no_padding() {
         assert_eq!(core::mem::size_of::<EventHeader>(), 24);
-        assert_eq!(core::mem::size_of::<PathEvent>(), 48 + 2 * PATH_BYTES);
+        assert_eq!(core::mem::size_of::<PathEvent>(), 72 + 2 * PATH_BYTES);
+        assert_eq!(core::mem::size_of::<BaseDirOffsets>(), 48);
         assert_eq!(core::mem::size_of::<ExitEvent>(), 32);
         assert_eq!(core::mem::size_of::<InFlight>(), 8);
         assert_eq!(core::mem::size_of::<Config>(), 16);
         assert_eq!(core::mem::size_of::<StorePrefix>(), 4 + STORE_PREFIX_MAX);
+    }
+
+    #[test]
+    fn kernel_dev_splits_at_twenty_bits() {
+        // 254:0 (a device-mapper disk) and 0:37 (an anonymous device, tmpfs).
+        assert_eq!(kernel_dev_major_minor(254 << 20), (254, 0));
+        assert_eq!(kernel_dev_major_minor(37), (0, 37));
+        assert_eq!(kernel_dev_major_minor((8 << 20) | 0x12345), (8, 0x12345));
     }
 
     #[test]

@@ -32,20 +32,21 @@ mod kernel {
 
     use aya_ebpf::{
         helpers::{
-            bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_loop,
-            bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_kernel_str_bytes,
-            bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes, bpf_task_pt_regs,
+            bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+            bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
+            bpf_probe_read_user_str_bytes, bpf_task_pt_regs,
         },
         macros::{fentry, fexit, lsm, map, tracepoint},
         maps::{Array, HashMap, PerCpuArray, RingBuf},
         programs::{FEntryContext, FExitContext, LsmContext, TracePointContext},
     };
     use root_tracker_ebpf::{
-        AT_FDCWD, BasenameFilter, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED,
-        COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IN_FLIGHT_MAX,
-        IO_URING_IN_FLIGHT_MAX, InFlight, LONG_PATH_BYTES, NAME_HASH_START, PATH_BYTES, PathEvent,
-        RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, StorePrefix, WATCHED_BASENAMES_MAX,
-        flags, io_uring, kind, name_hash_step, op,
+        AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT,
+        COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent,
+        IN_FLIGHT_MAX, IO_URING_IN_FLIGHT_MAX, InFlight, LONG_PATH_BYTES, NAME_HASH_START,
+        PATH_BYTES, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, StorePrefix,
+        WATCHED_BASENAMES_MAX, flags, io_uring, kind, name_hash_step, op,
     };
 
     #[map]
@@ -56,6 +57,11 @@ mod kernel {
 
     #[map]
     static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+    /// Where to find a relative path's base directory in kernel structs (see
+    /// [`record_base_dir`]); all zero until user space found them in the kernel's BTF.
+    #[map]
+    static BASE_DIR_OFFSETS: Array<BaseDirOffsets> = Array::with_max_entries(1, 0);
 
     #[map]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -469,6 +475,9 @@ mod kernel {
         if !relevant {
             return Ok(());
         }
+        // Only now, so that unrelated operations do not pay for the kernel reads.
+        record_base_dir::<0>(spec, event);
+        record_base_dir::<1>(spec, event);
 
         let pid_tgid = bpf_get_current_pid_tgid();
         event.header = EventHeader {
@@ -686,6 +695,90 @@ mod kernel {
             }
             None => unknown::<INDEX>(event),
         }
+    }
+
+    /// Records the inode and device of the directory that relative path `INDEX` is resolved
+    /// against: user space names the path later, through `/proc`, when the process may have
+    /// closed the fd and reused its number, or changed its working directory; it trusts what
+    /// it finds there only if it is still this directory. Absolute, unreadable and cut paths
+    /// are skipped (no directory is used, or the hint is a basename anyway).
+    ///
+    /// The pointers are read without the locks or RCU section the kernel would take, so a
+    /// concurrent close can make a read fail or return another directory's identity: either
+    /// way user space sees a mismatch and falls back to a basename hint, never to a wrong
+    /// path.
+    #[inline(always)]
+    fn record_base_dir<const INDEX: usize>(spec: &Spec, event: &mut PathEvent) {
+        event.base_ino[INDEX] = 0;
+        event.base_dev[INDEX] = 0;
+        let skip = flags::path_unreadable(INDEX) | flags::path_truncated(INDEX);
+        if spec.paths[INDEX].is_none()
+            || event.flags & skip != 0
+            || (event.path_len[INDEX] > 0 && event.path[INDEX][0] == b'/')
+        {
+            return;
+        }
+        let Some(offsets) = BASE_DIR_OFFSETS.get(0) else {
+            return;
+        };
+        if offsets.valid == 0 {
+            return;
+        }
+        // SAFETY: a helper without arguments, callable from tracing programs; the pointer it
+        // returns is only ever passed to `bpf_probe_read_kernel`.
+        let task = unsafe { bpf_get_current_task() };
+        let Some(inode) = base_dir_inode(task, event.dirfd[INDEX], offsets) else {
+            return;
+        };
+        let Some(ino) = read_kernel::<u64>(inode, offsets.inode_ino) else {
+            return;
+        };
+        let Some(dev) = read_kernel::<u64>(inode, offsets.inode_sb)
+            .and_then(|super_block| read_kernel::<u32>(super_block, offsets.super_block_dev))
+        else {
+            return;
+        };
+        event.base_ino[INDEX] = ino;
+        event.base_dev[INDEX] = dev;
+    }
+
+    /// `task->fs->pwd.dentry->d_inode` for `AT_FDCWD`, else
+    /// `task->files->fdt->fd[dirfd]->f_inode` (within `fdt->max_fds`).
+    #[inline(always)]
+    fn base_dir_inode(task: u64, dirfd: i32, offsets: &BaseDirOffsets) -> Option<u64> {
+        if dirfd == AT_FDCWD {
+            let fs = read_kernel::<u64>(task, offsets.task_fs)?;
+            let dentry = read_kernel::<u64>(fs, offsets.fs_pwd_dentry)?;
+            return read_kernel::<u64>(dentry, offsets.dentry_inode);
+        }
+        let fd = u32::try_from(dirfd).ok()?;
+        let files = read_kernel::<u64>(task, offsets.task_files)?;
+        let fdtable = read_kernel::<u64>(files, offsets.files_fdt)?;
+        let max_fds = read_kernel::<u32>(fdtable, offsets.fdtable_max_fds)?;
+        if fd >= max_fds {
+            return None;
+        }
+        let fd_array = read_kernel::<u64>(fdtable, offsets.fdtable_fd)?;
+        let file = read_kernel_at::<u64>(fd_array, u64::from(fd) * 8)?;
+        read_kernel::<u64>(file, offsets.file_inode)
+    }
+
+    /// The `T` at `base + offset` in kernel memory; `None` for a null `base`, a failed read,
+    /// or a zero value (a null pointer, or inode number 0, which means "unknown" anyway).
+    #[inline(always)]
+    fn read_kernel<T: Copy + PartialEq + Default>(base: u64, offset: u32) -> Option<T> {
+        read_kernel_at(base, u64::from(offset))
+    }
+
+    #[inline(always)]
+    fn read_kernel_at<T: Copy + PartialEq + Default>(base: u64, offset: u64) -> Option<T> {
+        if base == 0 {
+            return None;
+        }
+        // SAFETY: the helper copies `size_of::<T>()` bytes of kernel memory into a local,
+        // faulting safely on a bad address; `T` is a plain integer.
+        let value = unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T) }.ok()?;
+        (value != T::default()).then_some(value)
     }
 
     /// Marks path `INDEX` unreadable and counts it: the event cannot name the entry.

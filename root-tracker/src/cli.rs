@@ -352,8 +352,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     };
-    // The directories the tracker writes in after the drop (Landlock's list for the server
-    // thread). Made while we may still write anywhere: the state dir need not be root's (a Nix
+    // The directories the tracker writes in after the drop (Landlock's list for every thread). Made while we may still write anywhere: the state dir need not be root's (a Nix
     // daemon running as its own user owns it), and after the drop root writes only where it
     // owns. The ones made here are --user's.
     let mut own_dirs = vec![parent_dir(&args.db), parent_dir(&args.socket.socket)];
@@ -431,21 +430,27 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             crate::privilege::hand_over(user, &own_dirs_created, &index_files)?;
         }
-        let mut privileges =
-            crate::privilege::drop_privileges(source.name(), user.as_ref(), &writable, &mut || {
+        let mut privileges = crate::privilege::drop_privileges(
+            source.name(),
+            user.as_ref(),
+            &writable,
+            &layout,
+            &mut || {
                 source
                     .set_interest(&interest)
                     .map_err(|error| format!("{:#}", anyhow::Error::from(error)))
-            })
-            .with_context(|| {
-                if user.is_some() {
-                    "cannot switch to --user and drop privileges"
-                } else {
-                    "cannot drop privileges (--keep-privileges skips this, for debugging)"
-                }
-            })?;
-        let server = crate::privilege::confine_server(&mut privileges, &writable, start_server)??;
-        (server, privileges)
+            },
+        )
+        .with_context(|| {
+            if user.is_some() {
+                "cannot switch to --user and drop privileges"
+            } else {
+                "cannot drop privileges (--keep-privileges skips this, for debugging)"
+            }
+        })?;
+        // Still one thread: the server's and every later one inherit the domain.
+        crate::privilege::confine_writes(&mut privileges, &writable)?;
+        (start_server()?, privileges)
     };
     let options = crate::tracker::TrackerOptions {
         default_query_wait: std::time::Duration::from_secs(args.query_wait_secs),
@@ -480,6 +485,40 @@ fn runs_as(identity: &serde_json::Value) -> String {
     format!(
         "uid {}, gid {}, {groups} ({who})",
         identity["uid"], identity["gid"]
+    )
+}
+
+/// `status`'s Landlock state and /proc reader in one line.
+fn confinement(status: &serde_json::Value) -> String {
+    let privileges = &status["privileges"];
+    let landlock = &privileges["landlock"];
+    let threads = match landlock["threads"].as_array() {
+        Some(threads) if !threads.is_empty() => threads
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "none".to_owned(),
+    };
+    let reader = match (&privileges["proc_reader"], &status["proc_reader"]) {
+        (serde_json::Value::Object(reader), live) => {
+            let caps: Vec<&str> = reader
+                .get("capabilities")
+                .and_then(serde_json::Value::as_object)
+                .map(|caps| caps.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            format!(
+                "; /proc reader pid {} {} ({}, seccomp allow-list, no Landlock)",
+                reader.get("pid").unwrap_or(&serde_json::Value::Null),
+                live["state"].as_str().unwrap_or("?"),
+                caps.join(", ")
+            )
+        }
+        _ => "; no /proc reader".to_owned(),
+    };
+    format!(
+        "Landlock {} on threads: {threads}{reader}",
+        landlock["state"].as_str().unwrap_or("?")
     )
 }
 
@@ -575,7 +614,19 @@ fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     status["backend"].as_str().unwrap_or("?"),
                     status["backend_reason"].as_str().unwrap_or("")
                 );
+                let base_dir = &status["source_checks"]["base_dir"];
+                match base_dir["state"].as_str() {
+                    Some("verified") => println!(
+                        "relative paths: named through /proc only if their directory is the one the kernel used"
+                    ),
+                    Some(state) => println!(
+                        "relative paths: {state} ({}): a directory fd reused or a chdir right after a call can misname them",
+                        base_dir["reason"].as_str().unwrap_or("")
+                    ),
+                    None => {}
+                }
                 println!("runs as: {}", runs_as(&status["privileges"]["identity"]));
+                println!("confined: {}", confinement(&status));
                 println!(
                     "index: {}{}, generation {}",
                     settled["state"].as_str().unwrap_or("?"),

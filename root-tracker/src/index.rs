@@ -115,9 +115,12 @@ impl Index {
             let _ = std::fs::create_dir_all(parent);
         }
         let db = Connection::open(path).map_err(open_error)?;
+        // temp_store: SQLite's temporary files would go to /tmp, where Landlock lets no thread
+        // of the tracker write after the privilege drop.
         db.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
+             PRAGMA temp_store = MEMORY;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
              CREATE TABLE IF NOT EXISTS roots (
                  link BLOB NOT NULL, retainer BLOB NOT NULL, target BLOB NOT NULL,

@@ -10,6 +10,7 @@ pub mod index;
 pub mod layout;
 pub mod mounts;
 pub mod privilege;
+pub mod proc_reader;
 pub mod protocol;
 pub mod reconcile;
 pub mod report;

@@ -1,12 +1,14 @@
 //! Privilege drop after attach (DESIGN.md invariant 6): once the source and the state watch are
-//! attached, the tracker switches to the unprivileged user of `--user` (if given), keeps only the
-//! capabilities its loop still uses, sets no_new_privs, leaves the network for an empty network
-//! namespace, and the server thread — the one that reads what callers send — may write only
-//! beneath the index's and the socket's directories.
+//! attached, the tracker switches to the unprivileged user of `--user` (if given), forks its
+//! /proc reader (`proc_reader.rs`), keeps only the capabilities its loop still uses, sets
+//! no_new_privs, leaves the network for an empty network namespace, and confines every one of
+//! its threads with Landlock: they may write only beneath the index's and the sockets'
+//! directories.
 //!
 //! Invariant: [`drop_privileges`] runs while the process has exactly one thread, so every thread
-//! started later inherits the new uid and the reduced sets; what was kept and enforced is read
-//! back from the kernel and reported as found, never as intended.
+//! started later inherits the new uid, the reduced sets and the Landlock domain, and the reader
+//! is forked from a process with nothing else running; what was kept and enforced is read back
+//! from the kernel and reported as found, never as intended.
 //!
 //! With `--user NAME` every uid and gid (real, effective, saved, filesystem) becomes that user's
 //! and the supplementary groups are cleared. The securebits are locked first, with
@@ -16,8 +18,8 @@
 //! its index and sockets and the index's files (`lchown`, never following a link), so it can
 //! keep writing them; a directory that already existed is not given away and must already be
 //! writable by the user. A uid that owns nothing outside its own directories cannot write
-//! root-owned files even where Landlock does not reach (below), which uid 0 without
-//! `CAP_DAC_OVERRIDE` could: root owns `/etc/passwd`. Callers' `SO_PEERCRED` uid 0 is still root.
+//! root-owned files, which uid 0 without `CAP_DAC_OVERRIDE` could: root owns `/etc/passwd`.
+//! Callers' `SO_PEERCRED` uid 0 is still root.
 //!
 //! The capabilities kept for reading reach further than reading, whatever the uid:
 //! CAP_SYS_PTRACE lets `ptrace`, `process_vm_writev` and `pidfd_getfd` act inside a root
@@ -25,18 +27,20 @@
 //! and takes its fds), and CAP_SYS_ADMIN (fanotify) lets `mount` cover any file and `bpf` load
 //! programs. The seccomp filter refuses those syscalls to every thread ([`refused_syscalls`]).
 //!
+//! Landlock confines every thread of the tracker process. A Landlock domain may not
+//! ptrace-access a process outside it, so the ptrace-mode `/proc` reads (runtime roots as Nix's
+//! `findRuntimeRoots` reads them, the eBPF fence's `/proc/<pid>/task/<tid>/syscall`) are made by
+//! the /proc reader, a process forked before the domain exists and kept out of it: it holds
+//! CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH only, and a seccomp allow-list that opens files
+//! read-only and writes to nothing but stderr and its socket ([`confine_reader`]; the reasons
+//! it has no Landlock domain are in `proc_reader.rs`).
+//!
 //! Without `--user` the process stays uid 0 (a warning recommends `--user`, and `status` says
 //! so): without `CAP_DAC_OVERRIDE`, `CAP_FOWNER` and `CAP_CHOWN` it still owns every root-owned
-//! file, and only the server thread's writes are confined. That includes `/proc/<pid>/mem` of
-//! root's processes, which CAP_SYS_PTRACE then lets it open for writing (checked on this
-//! kernel) and which no syscall filter can tell from the /proc reads it needs; as `--user` the
-//! file's owner check refuses it.
-//!
-//! Landlock confines the server thread, not the tracker thread: a Landlock domain may not
-//! ptrace-access any process outside it, so `/proc/<pid>/{exe,cwd,fd/*}` (runtime roots, as
-//! Nix's `findRuntimeRoots` reads them) and `/proc/<pid>/task/<tid>/syscall` (the eBPF fence)
-//! fail with EACCES/EPERM under it — checked on this kernel — and a tracker that cannot read
-//! runtime roots would under-report (invariant 1 outranks invariant 6). `status` says so.
+//! file; Landlock keeps its writes to its directories, but the reader, which Landlock cannot
+//! confine, keeps CAP_SYS_PTRACE as uid 0, and as `--user` the kernel's owner checks stop it
+//! from opening what root owns (`/proc/<pid>/mem` of root's processes, say) even where a
+//! syscall filter cannot tell a write from a read.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -149,6 +153,19 @@ pub enum PrivilegeError {
         uid: u32,
         gid: u32,
     },
+    #[error("cannot start the /proc reader")]
+    Reader {
+        #[source]
+        source: crate::proc_reader::ReaderError,
+    },
+    #[error("cannot confine the /proc reader: {step}")]
+    ReaderSetup {
+        step: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("the tracker ended before its /proc reader was ready")]
+    ReaderOrphaned,
     #[error(
         "{path:?} is not writable by --user {user:?}; the tracker keeps its index or socket there (give that directory to the user, or name one the tracker creates)"
     )]
@@ -255,18 +272,13 @@ pub fn hand_over(
     Ok(())
 }
 
-/// Which capabilities the tracker loop still uses after attach, each with the reason.
+/// Which capabilities the tracker loop still uses after attach, each with the reason. Not
+/// CAP_SYS_PTRACE: its ptrace-mode `/proc` reads are the reader's ([`reader_needs`]).
 fn needed(backend: &str) -> Vec<(Capability, &'static str)> {
-    let mut keep = vec![
-        (
-            Capability::CAP_DAC_READ_SEARCH,
-            "read every user's links and directories (0700 homes), temp-root files, and resolve fanotify directory handles (open_by_handle_at)",
-        ),
-        (
-            Capability::CAP_SYS_PTRACE,
-            "read other users' /proc/<pid>/{exe,cwd,fd,maps,environ} (runtime roots) and, for eBPF, /proc/<pid>/task/<tid>/{syscall,cwd}",
-        ),
-    ];
+    let mut keep = vec![(
+        Capability::CAP_DAC_READ_SEARCH,
+        "read every user's links and directories (0700 homes), temp-root files, and resolve fanotify directory handles (open_by_handle_at)",
+    )];
     if backend == "fanotify" {
         keep.push((
             Capability::CAP_SYS_ADMIN,
@@ -294,6 +306,9 @@ pub struct Privileges {
     pub landlock: Landlock,
     /// The uid and gids the process runs as.
     pub identity: Identity,
+    /// The /proc reader process and what it enforced on itself (`null` with
+    /// `--keep-privileges`, which reads `/proc` in the tracker itself).
+    pub proc_reader: Option<crate::proc_reader::ReaderPrivileges>,
 }
 
 /// Who the tracker runs as, read back from the kernel (`/proc/thread-self/status`); after the
@@ -356,9 +371,9 @@ impl KernelIds {
                 gid: effective(&self.gids),
                 groups: self.groups,
                 uid_0_kept: true,
-                note: "uid 0 kept (no --user): the tracker thread, which Landlock cannot confine, \
-                       may still write every root-owned file, /proc/<pid>/mem of root's processes \
-                       included"
+                note: "uid 0 kept (no --user): it owns every root-owned file; Landlock keeps the \
+                       tracker's writes to its directories and the /proc reader opens nothing for \
+                       writing, but a uid of its own is the wall that holds if either fails"
                     .to_owned(),
             });
         };
@@ -393,8 +408,7 @@ pub struct Network {
     pub seccomp: bool,
 }
 
-/// Landlock's state on the server thread; the tracker thread is never restricted (see the
-/// module header).
+/// Landlock's state on the tracker process (every thread; see the module header).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Landlock {
     /// "fully_enforced", "partially_enforced" (the kernel lacks part of ABI 6: e.g. no TCP
@@ -402,7 +416,7 @@ pub struct Landlock {
     pub state: String,
     /// The kernel's Landlock ABI (0: none).
     pub kernel_abi: i32,
-    /// The threads it applies to.
+    /// The threads it applies to: `["all"]` once enforced.
     pub threads: Vec<String>,
     /// Where those threads may create, write, remove or rename.
     pub writable: Vec<PathBuf>,
@@ -432,6 +446,7 @@ impl Privileges {
                 writable: Vec::new(),
                 unrestricted: "every thread (--keep-privileges)".to_owned(),
             },
+            proc_reader: None,
             identity: KernelIds::read()
                 .and_then(|ids| ids.identity(None))
                 .unwrap_or_else(|error| Identity {
@@ -457,11 +472,13 @@ impl Privileges {
 /// the source with the reduced effective set, as the final uid (e.g. a map update): before
 /// Linux 6.5 a system with `kernel.unprivileged_bpf_disabled` set refuses every `bpf()`
 /// command without CAP_BPF, even on maps already open, and then CAP_BPF (CAP_SYS_ADMIN where
-/// CAP_BPF is unknown) is kept.
+/// CAP_BPF is unknown) is kept. The /proc reader is forked on the way, after the uid switch:
+/// from then on this process's ptrace-mode `/proc` reads go through it (`proc_reader.rs`).
 pub fn drop_privileges(
     backend: &'static str,
     user: Option<&TrackerUser>,
     writable: &[&Path],
+    layout: &crate::layout::StoreLayout,
     probe: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<Privileges, PrivilegeError> {
     let others = wait_for_single_thread()?;
@@ -481,6 +498,10 @@ pub fn drop_privileges(
         // inherits these.
         switch_user(user)?;
     }
+    // Still one thread, in the empty network namespace, as --user, with every capability the
+    // reader may keep: it lowers its own sets (CAP_SETPCAP is still there for its bounding set).
+    let proc_reader =
+        crate::proc_reader::spawn(layout).map_err(|source| PrivilegeError::Reader { source })?;
 
     let mut keep = needed(backend);
     let caps_error = |step| move |source| PrivilegeError::Capabilities { step, source };
@@ -557,6 +578,7 @@ pub fn drop_privileges(
             unrestricted: "every thread (not applied yet)".to_owned(),
         },
         identity,
+        proc_reader: Some(proc_reader),
     };
     tracing::info!(
         capabilities = ?privileges.capabilities.keys().collect::<Vec<_>>(),
@@ -801,6 +823,234 @@ fn forbid_syscalls(backend: &str) -> Result<(), PrivilegeError> {
     seccompiler::apply_filter(&program).map_err(|source| PrivilegeError::Seccomp { source })
 }
 
+/// The /proc reader's capabilities, each with the reason (both checked on this kernel: without
+/// either, another user's process is refused some of these reads).
+fn reader_needs() -> Vec<(Capability, &'static str)> {
+    vec![
+        (
+            Capability::CAP_DAC_READ_SEARCH,
+            "open other users' /proc/<pid>/fd (mode 0500) and /proc/<pid>/environ (0400)",
+        ),
+        (
+            Capability::CAP_SYS_PTRACE,
+            "ptrace-mode reads of other users' /proc/<pid>/{exe,cwd,fd/*,maps,environ} (runtime roots) and /proc/<pid>/task/<tid>/{syscall,cwd,fd/*} (the eBPF fence and relative names)",
+        ),
+    ]
+}
+
+/// Why the reader has no Landlock domain (`proc_reader.rs` says more).
+const READER_NOT_LANDLOCKED: &str = "none: a Landlock domain may not ptrace-access processes outside it (any domain: no ABI exempts ptrace), and the reader's every read is ptrace-mode; its seccomp allow-list refuses writes instead";
+
+/// Runs in the /proc reader, forked by [`drop_privileges`] (one thread, the tracker's uid,
+/// every capability still there): keeps [`reader_needs`] only, sets no_new_privs, becomes
+/// non-dumpable, asks for SIGKILL when the tracker's thread ends, then installs
+/// [`reader_syscall_filter`]. Returns what the kernel reports afterwards.
+pub(crate) fn confine_reader(
+    socket: std::os::fd::RawFd,
+    parent: nix::unistd::Pid,
+) -> Result<crate::proc_reader::ReaderPrivileges, PrivilegeError> {
+    let keep = reader_needs();
+    let kept: CapsHashSet = keep.iter().map(|(cap, _)| *cap).collect();
+    let caps_error = |step| move |source| PrivilegeError::Capabilities { step, source };
+    let mut effective = kept.clone();
+    effective.insert(Capability::CAP_SETPCAP);
+    caps::set(None, CapSet::Effective, &effective).map_err(caps_error("lower"))?;
+    for cap in caps::runtime::thread_all_supported() {
+        if !kept.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(caps_error("shrink the bounding set of"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(caps_error("clear the ambient set of"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_error("clear the inheritable set of"))?;
+    caps::set(None, CapSet::Effective, &kept).map_err(caps_error("lower"))?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(caps_error("lower"))?;
+    let setup_error = |step| move |source| PrivilegeError::ReaderSetup { step, source };
+    // SAFETY: prctl with integer arguments only.
+    let set = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    Errno::result(set).map_err(|source| PrivilegeError::NoNewPrivs { source })?;
+    // Other processes of its uid (the tracker's threads) may not attach to it or read its
+    // memory; its /proc files become root's.
+    // SAFETY: prctl with integer arguments only.
+    let set = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    Errno::result(set).map_err(setup_error("PR_SET_DUMPABLE"))?;
+    verify(&kept)?;
+    let no_new_privs = no_new_privs().unwrap_or(false);
+    // Last of the credential changes, which reset it. The tracker may have ended since the
+    // fork, before the signal was asked for: then the reader is an orphan already.
+    // SAFETY: prctl with integer arguments only.
+    let set = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    Errno::result(set).map_err(setup_error("PR_SET_PDEATHSIG"))?;
+    if nix::unistd::getppid() != parent {
+        return Err(PrivilegeError::ReaderOrphaned);
+    }
+    let (filter, allowed) = reader_syscall_filter(socket)?;
+    seccompiler::apply_filter(&filter).map_err(|source| PrivilegeError::Seccomp { source })?;
+    // Read back through the filter: openat read-only and read are allowed.
+    let status = std::fs::read_to_string("/proc/thread-self/status")
+        .map_err(|source| PrivilegeError::ReadIdentity { source })?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let seccomp_mode = field("Seccomp").parse().unwrap_or(0);
+    let uids: Vec<u32> = field("Uid")
+        .split_whitespace()
+        .filter_map(|id| id.parse().ok())
+        .collect();
+    Ok(crate::proc_reader::ReaderPrivileges {
+        pid: std::process::id(),
+        capabilities: keep
+            .iter()
+            .map(|(cap, why)| (cap.to_string(), (*why).to_owned()))
+            .collect(),
+        no_new_privs,
+        uid: uids.get(1).copied().unwrap_or(u32::MAX),
+        seccomp_mode,
+        allowed_syscalls: allowed.into_iter().map(str::to_owned).collect(),
+        landlock: READER_NOT_LANDLOCKED.to_owned(),
+    })
+}
+
+/// Which arguments a syscall of the reader's allow-list may take.
+#[derive(Clone, Copy, Debug)]
+enum ReaderArgs {
+    Any,
+    /// The first argument is this descriptor.
+    Fd(i32),
+    /// `openat` without any flag that writes, creates or truncates.
+    ReadOnly,
+    /// Memory that is never made executable.
+    NotExecutable,
+    /// `tgkill` of itself (`abort` on a panic).
+    OwnProcess,
+}
+
+/// The reader's allow-list: what reading `/proc`, answering on `socket` and logging to stderr
+/// take. Everything else kills it: no file opened for writing, no write but to stderr, no
+/// socket, no exec, no ptrace, no mount — the tracker's refusals ([`refused_syscalls`]) and more.
+fn reader_syscalls(socket: i32) -> Vec<(&'static str, i64, ReaderArgs)> {
+    use ReaderArgs::{Any, Fd, NotExecutable, OwnProcess, ReadOnly};
+    let mut allowed = vec![
+        ("read", libc::SYS_read, Any),
+        (
+            "write (stderr only)",
+            libc::SYS_write,
+            Fd(libc::STDERR_FILENO),
+        ),
+        ("sendto (its socket only)", libc::SYS_sendto, Fd(socket)),
+        ("recvfrom (its socket only)", libc::SYS_recvfrom, Fd(socket)),
+        ("ppoll", libc::SYS_ppoll, Any),
+        ("openat (read-only)", libc::SYS_openat, ReadOnly),
+        ("close", libc::SYS_close, Any),
+        ("getdents64", libc::SYS_getdents64, Any),
+        ("readlinkat", libc::SYS_readlinkat, Any),
+        ("newfstatat", libc::SYS_newfstatat, Any),
+        ("fstat", libc::SYS_fstat, Any),
+        ("statx", libc::SYS_statx, Any),
+        ("lseek", libc::SYS_lseek, Any),
+        ("mmap (not executable)", libc::SYS_mmap, NotExecutable),
+        (
+            "mprotect (not executable)",
+            libc::SYS_mprotect,
+            NotExecutable,
+        ),
+        ("munmap", libc::SYS_munmap, Any),
+        ("mremap", libc::SYS_mremap, Any),
+        ("brk", libc::SYS_brk, Any),
+        ("madvise", libc::SYS_madvise, Any),
+        ("futex", libc::SYS_futex, Any),
+        ("sched_yield", libc::SYS_sched_yield, Any),
+        ("rt_sigprocmask", libc::SYS_rt_sigprocmask, Any),
+        ("rt_sigaction", libc::SYS_rt_sigaction, Any),
+        ("rt_sigreturn", libc::SYS_rt_sigreturn, Any),
+        ("sigaltstack", libc::SYS_sigaltstack, Any),
+        ("clock_gettime", libc::SYS_clock_gettime, Any),
+        ("gettimeofday", libc::SYS_gettimeofday, Any),
+        ("getrandom", libc::SYS_getrandom, Any),
+        ("getpid", libc::SYS_getpid, Any),
+        ("gettid", libc::SYS_gettid, Any),
+        ("getppid", libc::SYS_getppid, Any),
+        ("restart_syscall", libc::SYS_restart_syscall, Any),
+        ("tgkill (itself only)", libc::SYS_tgkill, OwnProcess),
+        ("exit", libc::SYS_exit, Any),
+        ("exit_group", libc::SYS_exit_group, Any),
+    ];
+    #[cfg(target_arch = "x86_64")]
+    allowed.extend([
+        ("readlink", libc::SYS_readlink, Any),
+        ("poll", libc::SYS_poll, Any),
+    ]);
+    allowed
+}
+
+/// [`reader_syscalls`] as a seccomp program (any other syscall: `SECCOMP_RET_KILL_PROCESS`),
+/// and the names for `status`.
+fn reader_syscall_filter(
+    socket: i32,
+) -> Result<(seccompiler::BpfProgram, Vec<&'static str>), PrivilegeError> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
+    let seccomp_error = |source| PrivilegeError::Seccomp { source };
+    let backend_error = |source| PrivilegeError::Seccomp {
+        source: seccompiler::Error::Backend(source),
+    };
+    let writes = (libc::O_WRONLY
+        | libc::O_RDWR
+        | libc::O_CREAT
+        | libc::O_TRUNC
+        | libc::O_APPEND
+        | (libc::O_TMPFILE & !libc::O_DIRECTORY)) as u64;
+    let own_pid = u64::from(std::process::id());
+    let rule = |args: ReaderArgs| -> Result<Vec<SeccompRule>, seccompiler::Error> {
+        let condition = match args {
+            ReaderArgs::Any => return Ok(Vec::new()),
+            ReaderArgs::Fd(fd) => {
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, fd as u64)?
+            }
+            ReaderArgs::ReadOnly => SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(writes),
+                0,
+            )?,
+            ReaderArgs::NotExecutable => SeccompCondition::new(
+                2,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+                0,
+            )?,
+            ReaderArgs::OwnProcess => {
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, own_pid)?
+            }
+        };
+        Ok(vec![SeccompRule::new(vec![condition])?])
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    let mut names = Vec::new();
+    for (name, nr, args) in reader_syscalls(socket) {
+        rules.insert(nr, rule(args).map_err(seccomp_error)?);
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let arch = std::env::consts::ARCH.try_into().map_err(backend_error)?;
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::KillProcess,
+        SeccompAction::Allow,
+        arch,
+    )
+    .map_err(backend_error)?;
+    let program = filter.try_into().map_err(backend_error)?;
+    Ok((program, names))
+}
+
 fn landlock_abi() -> i32 {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) reads no memory
     // and returns the ABI version or -1.
@@ -815,59 +1065,94 @@ fn landlock_abi() -> i32 {
     i32::try_from(abi).unwrap_or(0).max(0)
 }
 
-/// Runs `start_server` on a new thread confined by Landlock, so that the thread it starts
-/// inherits the domain: writes, creations, removals and renames only beneath `writable`
-/// (created first if missing, as the server would), no TCP bind or connect, no abstract Unix
-/// sockets or signals outside the domain. Reads stay unrestricted. Best effort: a kernel
-/// without (part of) Landlock runs the server anyway, and `privileges.landlock` says how much
-/// was enforced.
-pub fn confine_server<T: Send>(
+/// Confines this thread — the only one, so every thread started later too (the server's, the
+/// scan workers') — with Landlock: writes, creations, removals and renames only beneath
+/// `writable` (created first if missing, as the server would), no TCP bind or connect, no
+/// abstract Unix sockets or signals outside the domain. Reads stay unrestricted. Best effort: a
+/// kernel without (part of) Landlock runs anyway, and `privileges.landlock` says how much was
+/// enforced. Call it after [`drop_privileges`], which forked the /proc reader outside the domain.
+pub fn confine_writes(
     privileges: &mut Privileges,
     writable: &[&Path],
-    start_server: impl FnOnce() -> T + Send,
-) -> Result<T, PrivilegeError> {
+) -> Result<(), PrivilegeError> {
+    let others = wait_for_single_thread()?;
+    if others != 0 {
+        return Err(PrivilegeError::OtherThreads { count: others + 1 });
+    }
     let mut writable = writable.to_vec();
     writable.sort();
     writable.dedup();
-    let writable = writable.as_slice();
-    for dir in writable {
+    for dir in &writable {
         std::fs::create_dir_all(dir).map_err(|source| PrivilegeError::SocketDir {
             path: dir.to_path_buf(),
             source,
         })?;
     }
-    let (started, landlock) = std::thread::scope(|scope| {
-        let launcher = scope.spawn(|| {
-            let landlock = restrict_this_thread(writable);
-            (start_server(), landlock)
-        });
-        launcher
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    });
-    match &landlock {
+    match restrict_this_thread(&writable) {
         Ok(state) => {
-            tracing::info!(state = %state, writable = ?writable, "server thread confined by Landlock");
-            privileges.landlock.state = state.clone();
+            tracing::info!(state = %state, writable = ?writable, "every thread confined by Landlock");
+            privileges.landlock.state = state;
         }
         Err(error) => {
-            tracing::warn!(%error, "Landlock not enforced on the server thread");
+            tracing::warn!(%error, "Landlock not enforced");
             privileges.landlock.state = "not_enforced".to_owned();
         }
     }
     if privileges.landlock.state != "not_enforced" {
-        privileges.landlock.threads = vec!["server".to_owned()];
+        privileges.landlock.threads = vec!["all".to_owned()];
         privileges.landlock.writable = writable.iter().map(|dir| dir.to_path_buf()).collect();
     }
-    let uid_note = if privileges.identity.uid_0_kept {
-        "; they run as uid 0, which may write every root-owned file (see --user)"
-    } else {
-        "; they run as --user and, without CAP_DAC_OVERRIDE, write only where that user may"
+    privileges.landlock.unrestricted = match &privileges.proc_reader {
+        Some(reader) => format!(
+            "the /proc reader process (pid {}): a Landlock domain may not ptrace-access processes outside it, and runtime roots and the eBPF fence are ptrace-mode /proc reads; it keeps {} and a seccomp allow-list that opens files read-only and writes only to stderr and its socket",
+            reader.pid,
+            reader
+                .capabilities
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" and ")
+        ),
+        None => "no /proc reader".to_owned(),
     };
-    privileges.landlock.unrestricted = format!(
-        "the tracker thread and its scan workers: Landlock would deny the ptrace-mode /proc access runtime roots and the eBPF fence need{uid_note}"
-    );
-    Ok(started)
+    if privileges.landlock.state == "not_enforced" {
+        privileges.landlock.unrestricted = format!(
+            "every thread (Landlock not enforced); {}",
+            privileges.landlock.unrestricted
+        );
+    }
+    Ok(())
+}
+
+/// What this thread may do that Landlock forbids, tried now and reported (for `status`, so that
+/// a test or an operator sees the kernel's word, not the intention): opening `/dev/null` for
+/// writing (harmless if it were allowed) and reading the link `/proc/<reader>/exe` (ptrace-mode:
+/// refused from inside a domain to a process outside it).
+pub fn landlock_self_check(reader_pid: Option<u32>) -> serde_json::Value {
+    let outcome = |result: std::io::Result<()>| match result {
+        Ok(()) => "allowed".to_owned(),
+        Err(error) => format!(
+            "refused ({})",
+            Errno::from_raw(error.raw_os_error().unwrap_or(0)).desc()
+        ),
+    };
+    let thread = std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_owned();
+    let write = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map(drop);
+    let mut check = serde_json::json!({
+        "thread": thread,
+        "open /dev/null for writing": outcome(write),
+    });
+    if let Some(pid) = reader_pid {
+        check[format!("readlink /proc/{pid}/exe")] =
+            outcome(std::fs::read_link(format!("/proc/{pid}/exe")).map(drop)).into();
+    }
+    check
 }
 
 fn restrict_this_thread(writable: &[&Path]) -> Result<String, landlock::RulesetError> {
@@ -991,6 +1276,119 @@ mod tests {
                     "bit 1: not installed, 2: ptrace, 4: process_vm_writev, 8: AF_INET, 16: AF_UNIX refused, 32: mount"
                 );
             }
+        }
+    }
+
+    /// Every syscall the tracker's filter refuses, for either backend, is outside the reader's
+    /// allow-list: the reader's filter is at least as strict.
+    #[test]
+    fn the_reader_filter_is_stricter_than_the_trackers() {
+        let allowed: Vec<i64> = reader_syscalls(3).iter().map(|(_, nr, _)| *nr).collect();
+        for backend in ["ebpf", "fanotify"] {
+            for (name, nr) in refused_syscalls(backend) {
+                assert!(!allowed.contains(&nr), "{name} is allowed to the reader");
+            }
+        }
+        for (name, nr) in [
+            ("execve", libc::SYS_execve),
+            ("socket", libc::SYS_socket),
+            ("connect", libc::SYS_connect),
+            ("unlinkat", libc::SYS_unlinkat),
+            ("renameat2", libc::SYS_renameat2),
+            ("ftruncate", libc::SYS_ftruncate),
+            ("openat2", libc::SYS_openat2),
+            ("open_by_handle_at", libc::SYS_open_by_handle_at),
+            ("capset", libc::SYS_capset),
+            ("prctl", libc::SYS_prctl),
+        ] {
+            assert!(!allowed.contains(&nr), "{name} is allowed to the reader");
+        }
+    }
+
+    /// Runs `body` in a forked child under the reader's filter (for socket fd 3); its status.
+    fn under_reader_filter(body: fn() -> i32) -> nix::sys::wait::WaitStatus {
+        let (program, _) = reader_syscall_filter(3).unwrap();
+        // SAFETY: the child makes only async-signal-safe calls (seccomp, raw syscalls) and
+        // leaves with _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                // SAFETY: prctl with integer arguments; _exit ends the child.
+                unsafe {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    if seccompiler::apply_filter(&program).is_err() {
+                        libc::_exit(100);
+                    }
+                    libc::_exit(body())
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                nix::sys::wait::waitpid(child, None).unwrap()
+            }
+        }
+    }
+
+    /// What the reader does passes its filter; a write open, a write to a descriptor but
+    /// stderr, and an exec kill it.
+    #[test]
+    fn the_reader_filter_allows_reading_and_kills_writers() {
+        use nix::sys::signal::Signal;
+        use nix::sys::wait::WaitStatus;
+        fn reads() -> i32 {
+            // SAFETY: each call gets a NUL-terminated path and a buffer of the size it is told.
+            unsafe {
+                let fd = libc::openat(
+                    libc::AT_FDCWD,
+                    c"/proc/self/status".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                );
+                let mut buffer = [0u8; 64];
+                let read = libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len());
+                let link = libc::readlinkat(
+                    libc::AT_FDCWD,
+                    c"/proc/self/exe".as_ptr(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                );
+                let dir = libc::openat(
+                    libc::AT_FDCWD,
+                    c"/proc".as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+                );
+                let written = libc::write(libc::STDERR_FILENO, buffer.as_ptr().cast(), 0);
+                i32::from(fd < 0 || read <= 0 || link <= 0 || dir < 0 || written < 0)
+            }
+        }
+        fn opens_for_writing() -> i32 {
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::openat(libc::AT_FDCWD, c"/dev/null".as_ptr(), libc::O_WRONLY) };
+            0
+        }
+        fn writes_to_stdout() -> i32 {
+            // SAFETY: a zero-length write.
+            unsafe { libc::write(libc::STDOUT_FILENO, c"".as_ptr().cast(), 0) };
+            0
+        }
+        fn execs() -> i32 {
+            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+            // SAFETY: NUL-terminated path and a NULL-terminated argv.
+            unsafe { libc::execv(c"/bin/true".as_ptr(), argv.as_ptr()) };
+            0
+        }
+        let status = under_reader_filter(reads);
+        assert!(
+            matches!(status, WaitStatus::Exited(_, 0)),
+            "reading under the filter: {status:?}"
+        );
+        for (what, body) in [
+            ("open for writing", opens_for_writing as fn() -> i32),
+            ("write to stdout", writes_to_stdout),
+            ("exec", execs),
+        ] {
+            let status = under_reader_filter(body);
+            assert!(
+                matches!(status, WaitStatus::Signaled(_, Signal::SIGSYS, _)),
+                "{what}: {status:?}"
+            );
         }
     }
 

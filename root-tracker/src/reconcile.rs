@@ -3,17 +3,22 @@
 //! Invariant (DESIGN.md 2): a hint is never the final word. A hint about a path in the state
 //! trees re-examines that subtree; a hint about any other path re-examines every state-tree
 //! entry whose answer depends on it (an indirect root's target, or a directory above it). A hint
-//! that says hints were lost, or that mounts changed, makes the index unsettled until a rescan.
+//! that says hints were lost makes the index unsettled until a rescan. A hint that mounts
+//! changed is turned into path hints for the mount points at which the source's mount table
+//! differs from the one seen last (`mounts` says why that order is safe); a mount on or above
+//! the state trees, the store or its database, or a change with no table to compare, unsettles.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::hint::Hint;
 use crate::index::{Index, IndexError};
 use crate::layout::StoreLayout;
+use crate::mounts::MountTable;
 use crate::report::{MergedReport, ScanReport};
 use crate::scan::{Findings, ScanError, ScanOptions};
 use crate::store_path::{base_name_of, is_in_dir};
@@ -60,6 +65,13 @@ pub struct Reconciler {
     /// The index's part of the last answer, reused while neither the index nor any validity
     /// answer it used has changed.
     index_answer: Option<IndexAnswer>,
+    /// The source's mount table as of the last rescan or mount change: what the next one is
+    /// compared with (`None`: a mount change unsettles the index).
+    mounts: Option<Arc<MountTable>>,
+    /// The state-tree paths the last re-examination read (see [`Self::read_while_mounts_moved`]).
+    last_examined: Vec<Vec<u8>>,
+    /// Paths read while the mount table was moving, read again with the next mount change.
+    pending_after_mounts: BTreeSet<Vec<u8>>,
 }
 
 struct IndexAnswer {
@@ -94,6 +106,9 @@ impl Reconciler {
             interest_changed: true,
             validity,
             index_answer: None,
+            mounts: None,
+            last_examined: Vec::new(),
+            pending_after_mounts: BTreeSet::new(),
         }
     }
 
@@ -129,6 +144,16 @@ impl Reconciler {
         }
     }
 
+    /// Marks the index unsettled for a cause no rescan removes (the /proc reader is gone): its
+    /// reason replaces a passing one, so `status` names the cause that lasts.
+    pub fn unsettle_for_good(&mut self, reason: String) {
+        let unsettled = Settled::Unsettled { reason };
+        if self.settled != unsettled {
+            tracing::warn!(reason = ?unsettled, "index unsettled for good");
+            self.settled = unsettled;
+        }
+    }
+
     /// Takes (and clears) the "interest changed" flag.
     pub fn take_interest_changed(&mut self) -> bool {
         std::mem::take(&mut self.interest_changed)
@@ -136,9 +161,13 @@ impl Reconciler {
 
     /// The full traversal of the state trees; settles the index. Sources must already be
     /// attached (invariant 4), so that nothing between this scan and the next hint is missed.
+    /// `mounts` is the source's mount table now ([`crate::source::Source::mount_table`]): read
+    /// before the traversal, so a later mount change shows when the next table is compared.
     #[tracing::instrument(skip_all)]
-    pub fn rescan(&mut self) -> Result<(), ReconcileError> {
+    pub fn rescan(&mut self, mounts: Option<&Arc<MountTable>>) -> Result<(), ReconcileError> {
         let started = std::time::Instant::now();
+        self.mounts = mounts.cloned();
+        self.pending_after_mounts.clear();
         let trees = [self.layout.gcroots_dir(), self.layout.profiles_dir()];
         self.reexamine(trees.iter().map(|tree| tree.as_os_str().as_bytes()))?;
         // A rescan starts from nothing, validity answers included (as a scan would).
@@ -154,9 +183,14 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Applies a batch of hints.
+    /// Applies a batch of hints. `mounts` is the source's mount table as of these hints (see
+    /// [`Self::rescan`]); it only matters when they include [`Hint::MountsChanged`].
     #[tracing::instrument(skip_all, fields(hints = hints.len()))]
-    pub fn apply(&mut self, hints: &[Hint]) -> Result<(), ReconcileError> {
+    pub fn apply(
+        &mut self,
+        hints: &[Hint],
+        mounts: Option<&Arc<MountTable>>,
+    ) -> Result<(), ReconcileError> {
         self.stats.hints += hints.len() as u64;
         let gcroots = self
             .layout
@@ -173,36 +207,51 @@ impl Reconciler {
         // Sources repeat themselves (a burst of changes to one link); each distinct hint is
         // judged once, which also saves a realpath per duplicate.
         let distinct: BTreeSet<&Hint> = hints.iter().collect();
+        // Mount points that changed count as paths that changed, and what was read while
+        // the table was moving is read again now that the source has caught up.
+        let mut mount_points = BTreeSet::new();
+        if distinct.contains(&Hint::MountsChanged) {
+            self.mount_points_changed(mounts, &mut mount_points);
+            subtrees.append(&mut self.pending_after_mounts);
+        }
+        let paths = distinct
+            .iter()
+            .filter_map(|hint| match hint {
+                Hint::Path(path) => Some(path.as_os_str().as_bytes()),
+                _ => None,
+            })
+            .chain(mount_points.iter().map(Vec::as_slice));
+        let mut above = Vec::new();
+        for path in paths {
+            if path == gcroots.as_slice()
+                || path == profiles.as_slice()
+                || is_in_dir(path, &gcroots)
+                || is_in_dir(path, &profiles)
+            {
+                subtrees.insert(path.to_vec());
+            } else if is_in_dir(&gcroots, path) || is_in_dir(&profiles, path) {
+                above.push(path);
+            }
+            entries.extend(self.index.entries_watching(path));
+            match crate::index::through_real_dir(path) {
+                Some(canonical) => entries.extend(self.index.entries_watching(&canonical)),
+                // Its directory is gone, so we cannot tell which link it was: be broad.
+                None => entries.extend(self.index.entries_with_component(base_name_of(path))),
+            }
+        }
+        for path in above {
+            // A directory above the state trees changed: everything may have moved.
+            self.unsettle(format!(
+                "{} changed above the state trees",
+                String::from_utf8_lossy(path)
+            ));
+        }
         for hint in distinct {
             match hint {
-                Hint::Path(path) => {
-                    let path = path.as_os_str().as_bytes();
-                    if path == gcroots.as_slice()
-                        || path == profiles.as_slice()
-                        || is_in_dir(path, &gcroots)
-                        || is_in_dir(path, &profiles)
-                    {
-                        subtrees.insert(path.to_vec());
-                    } else if is_in_dir(&gcroots, path) || is_in_dir(&profiles, path) {
-                        // A directory above the state trees changed: everything may have moved.
-                        self.unsettle(format!(
-                            "{} changed above the state trees",
-                            String::from_utf8_lossy(path)
-                        ));
-                    }
-                    entries.extend(self.index.entries_watching(path));
-                    match crate::index::through_real_dir(path) {
-                        Some(canonical) => entries.extend(self.index.entries_watching(&canonical)),
-                        // Its directory is gone, so we cannot tell which link it was: be broad.
-                        None => {
-                            entries.extend(self.index.entries_with_component(base_name_of(path)))
-                        }
-                    }
-                }
+                Hint::Path(_) | Hint::MountsChanged => {}
                 Hint::Basename(name) => {
                     entries.extend(self.index.entries_with_component(name.as_bytes()));
                 }
-                Hint::MountsChanged => self.unsettle("mounts changed"),
                 Hint::Lost { reason } => self.unsettle(reason.clone()),
             }
         }
@@ -220,6 +269,55 @@ impl Reconciler {
         });
         self.stats.rechecks += (outermost.len() + entries.len()) as u64;
         self.reexamine(outermost.iter().chain(&entries).map(Vec::as_slice))
+    }
+
+    /// Adds the points at which the source's mount table `now` differs from the one seen last to
+    /// `points`. A mount on or above the store or its database, or no table to compare (or
+    /// tables without unique mount IDs, before Linux 6.8), unsettles the index instead: what the
+    /// index holds may not be what a collector would read.
+    fn mount_points_changed(
+        &mut self,
+        now: Option<&Arc<MountTable>>,
+        points: &mut BTreeSet<Vec<u8>>,
+    ) {
+        let before = std::mem::replace(&mut self.mounts, now.cloned());
+        let (Some(before), Some(now)) = (before, now) else {
+            self.unsettle("mounts changed");
+            return;
+        };
+        if !before.comparable_with(now) {
+            // mountinfo's IDs and device numbers are reused: a replaced mount can look unchanged.
+            self.unsettle("mounts changed (this kernel has no unique mount IDs to compare)");
+            return;
+        }
+        let store_dir = self.layout.store_dir().as_os_str().as_bytes().to_vec();
+        let db_dir = self
+            .layout
+            .db_path()
+            .parent()
+            .map(|dir| dir.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        for point in before.changed_points(now) {
+            let covers = |dir: &[u8]| point == dir || is_in_dir(dir, &point);
+            if covers(&store_dir) || covers(&db_dir) {
+                self.unsettle(format!(
+                    "a mount at {} changed the store or its database",
+                    String::from_utf8_lossy(&point)
+                ));
+            }
+            tracing::debug!(point = %String::from_utf8_lossy(&point), "mount changed");
+            points.insert(point);
+        }
+    }
+
+    /// Called when the mount table moved while (or since before) the last re-examination read
+    /// the filesystem ([`crate::source::Source::mounts_changed_since_table`]): what it read
+    /// may have gone through a mount no table will show, so it is read again when the next
+    /// mount change is applied (the source reports that change: it happened after the source
+    /// last read the table). See `mounts`.
+    pub fn read_while_mounts_moved(&mut self) {
+        self.pending_after_mounts
+            .extend(std::mem::take(&mut self.last_examined));
     }
 
     /// Re-examines the given state-tree entries.
@@ -248,6 +346,7 @@ impl Reconciler {
                 (path.to_vec(), findings)
             })
             .collect();
+        self.last_examined = examined.iter().map(|(path, _)| path.clone()).collect();
         if examined.is_empty() {
             return Ok(());
         }
@@ -263,7 +362,7 @@ impl Reconciler {
     pub fn answer(&mut self, options: &ScanOptions) -> Result<Answer<'_>, ReconcileError> {
         self.validity.refresh().map_err(ScanError::from)?;
         let mut findings = Findings::new(&self.layout);
-        findings.find_volatile_roots(options);
+        findings.find_volatile_roots(options)?;
         // Not remembered: runtime and temp roots come from any process's environment and
         // mappings, and remembering every store-path-like string a user can put there would
         // let them grow the tracker's heap without bound. They are few per query.
@@ -322,7 +421,8 @@ impl Reconciler {
         if drift > 0 {
             self.stats.drift += drift;
             tracing::error!(drift, "the index drifted from the filesystem; rescanning");
-            self.rescan()?;
+            let mounts = self.mounts.clone();
+            self.rescan(mounts.as_ref())?;
         }
         Ok(drift)
     }

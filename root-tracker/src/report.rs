@@ -528,6 +528,24 @@ impl Serialize for JsonBytes<'_> {
     }
 }
 
+/// `#[serde(with = "crate::report::json_bytes")]` for a `Vec<u8>` field: written as
+/// [`JsonBytes`] writes, read back as [`OwnedJsonBytes`] reads (the /proc reader's wire format).
+pub(crate) mod json_bytes {
+    pub(crate) fn serialize<S: serde::Serializer>(
+        bytes: &[u8],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&super::JsonBytes(bytes), serializer)
+    }
+
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
+        <super::OwnedJsonBytes as serde::Deserialize>::deserialize(deserializer)
+            .map(|bytes| bytes.0)
+    }
+}
+
 /// Decodes what [`JsonBytes`] wrote; `None` for anything else.
 pub fn bytes_from_json(value: &serde_json::Value) -> Option<Vec<u8>> {
     match value {

@@ -6,7 +6,7 @@
 //! an unprivileged traversal that drops `/home/alice/proj/result` would let a GC delete live paths.
 //! Only ENOENT/ENOTDIR (and ESRCH in `/proc`) are benign: the entry vanished, so it roots nothing.
 
-mod runtime;
+pub(crate) mod runtime;
 mod temp;
 
 use std::collections::HashMap;
@@ -52,6 +52,10 @@ pub enum ScanError {
     /// Without the database we cannot tell registered roots from invalid ones.
     #[error(transparent)]
     Validity(#[from] ValidityError),
+    /// The running tracker's /proc reader did not answer: without runtime roots there is no
+    /// answer (never one that silently lacks them).
+    #[error(transparent)]
+    ProcReader(#[from] crate::proc_reader::ReaderError),
 }
 
 /// Scans `layout` and returns every root Nix would report, plus what Nix would skip or delete.
@@ -71,7 +75,7 @@ pub(crate) fn scan_with_validity(
     let mut findings = Findings::new(layout);
     findings.find_roots(&layout.gcroots_dir());
     findings.find_roots(&layout.profiles_dir());
-    findings.find_volatile_roots(options);
+    findings.find_volatile_roots(options)?;
     let mut report = findings.into_report(validity)?;
     report.normalize();
     if let Some(first) = report.unreadable.first() {
@@ -210,13 +214,16 @@ impl<'a> Findings<'a> {
     /// `profiles/`): the tree itself is lstat'ed, so a symlinked tree is a link, not a directory.
     /// Runtime and temp roots: cheap to read (no user directories), and changing with every
     /// process, so the live index reads them at query time instead of tracking them.
-    pub(crate) fn find_volatile_roots(&mut self, options: &ScanOptions) {
+    /// In the running tracker, after the privilege drop, `/proc` is read by its reader process
+    /// (see `proc_reader.rs`); an error means it could not be asked.
+    pub(crate) fn find_volatile_roots(&mut self, options: &ScanOptions) -> Result<(), ScanError> {
         if options.runtime {
-            runtime::find_runtime_roots(self, &options.proc_dir);
+            crate::proc_reader::runtime_roots(self.layout, &options.proc_dir)?.add_to(self);
         }
         if options.temp {
             temp::find_temp_roots(self);
         }
+        Ok(())
     }
 
     pub(crate) fn find_roots(&mut self, path: &Path) {

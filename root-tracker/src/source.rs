@@ -6,6 +6,7 @@
 
 pub mod ebpf;
 pub mod fanotify;
+pub mod kernel_layout;
 pub mod replay;
 
 use std::collections::BTreeSet;
@@ -79,6 +80,22 @@ pub trait Source: Send {
     /// from when it received the hints instead.
     fn take_earliest_completion(&mut self) -> Option<u64> {
         None
+    }
+
+    /// The mount table as the source read it when it last noticed a mount change, *before* it
+    /// adjusted what it watches (see `mounts`). The reconciler compares consecutive tables to
+    /// re-check only the roots beneath mount points that changed; `None` (no table, or one that
+    /// could not be read) makes every mount change unsettle the index instead.
+    fn mount_table(&self) -> Option<std::sync::Arc<crate::mounts::MountTable>> {
+        None
+    }
+
+    /// Whether the mount table may have changed since [`Self::mount_table`] was read
+    /// ([`crate::mounts::MountWatch::changed_since_table`]); the tracker asks after every
+    /// re-examination. A source without a table has nothing to compare and says no: every
+    /// mount change unsettles its index anyway.
+    fn mounts_changed_since_table(&mut self) -> bool {
+        false
     }
 }
 

@@ -120,6 +120,7 @@ impl Tracker {
         let settled = self.settle();
         self.survive("the bootstrap scan", settled);
         while !shutdown.load(Ordering::Relaxed) {
+            self.check_proc_reader();
             let mut hints = Vec::new();
             if let Err(error) = self.source.poll(self.options.poll_interval, &mut hints) {
                 hints.push(lost(format!(
@@ -169,6 +170,7 @@ impl Tracker {
             }
             if self.next_verify.is_some_and(|due| Instant::now() >= due) {
                 let verified = self.reconciler.verify().map(drop);
+                self.check_mounts_after_reading();
                 self.survive("a verification sweep", verified);
                 self.next_verify = self
                     .options
@@ -177,6 +179,15 @@ impl Tracker {
             }
         }
         Ok(())
+    }
+
+    /// A /proc reader that died (logged where it is noticed) leaves the index unsettled for
+    /// good: without runtime roots no answer may be given, and no new reader can be started.
+    fn check_proc_reader(&mut self) {
+        if let Some(reason) = crate::proc_reader::failure() {
+            self.reconciler
+                .unsettle_for_good(format!("the /proc reader is gone ({reason})"));
+        }
     }
 
     /// Logs a failure and makes the index unsettled: after a failed read or write the index
@@ -201,7 +212,9 @@ impl Tracker {
         if hints.is_empty() {
             return Ok(());
         }
-        self.reconciler.apply(hints)?;
+        let mounts = self.source.mount_table();
+        self.reconciler.apply(hints, mounts.as_ref())?;
+        self.check_mounts_after_reading();
         self.push_interest()?;
         let now = monotonic_ns();
         self.lag_from_receipt.record(now.saturating_sub(received));
@@ -209,6 +222,14 @@ impl Tracker {
             self.lag_from_kernel.record(now.saturating_sub(completed));
         }
         Ok(())
+    }
+
+    /// After the reconciler read the filesystem: if the mount table moved since the source last
+    /// read it, that read is repeated with the next mount change (see `mounts`).
+    fn check_mounts_after_reading(&mut self) {
+        if self.source.mounts_changed_since_table() {
+            self.reconciler.read_while_mounts_moved();
+        }
     }
 
     /// Gives the source the index's current interest, then re-examines every entry that
@@ -237,6 +258,7 @@ impl Tracker {
                 return Ok(());
             }
             self.reconciler.recheck(&entries)?;
+            self.check_mounts_after_reading();
         }
         self.reconciler
             .unsettle("the set of watched paths kept changing while it was being watched");
@@ -247,7 +269,17 @@ impl Tracker {
     /// later and unsettle the index anew, so callers look at `settled` afterwards.
     fn settle(&mut self) -> Result<(), ReconcileError> {
         self.unsettled_since = None;
-        let rescanned = self.reconciler.rescan().and_then(|()| self.push_interest());
+        if crate::proc_reader::failure().is_some() {
+            // A rescan would settle an index no query may use.
+            self.check_proc_reader();
+            return Ok(());
+        }
+        let mounts = self.source.mount_table();
+        let rescanned = self.reconciler.rescan(mounts.as_ref());
+        if rescanned.is_ok() {
+            self.check_mounts_after_reading();
+        }
+        let rescanned = rescanned.and_then(|()| self.push_interest());
         release_free_memory();
         rescanned
     }
@@ -278,6 +310,17 @@ impl Tracker {
     ) -> Result<Response, ReconcileError> {
         let started = Instant::now();
         let deadline = started + wait;
+        // Waiting cannot help: the reader is not coming back (see proc_reader.rs).
+        if let Some(reason) = crate::proc_reader::failure() {
+            self.check_proc_reader();
+            return Ok(Response::error(
+                ErrorKind::Internal,
+                format!(
+                    "the tracker's /proc reader is gone ({}); runtime roots cannot be read, so there is no answer until the tracker is restarted",
+                    disclosed_reason(&reason, disclosure)
+                ),
+            ));
+        }
         loop {
             let mut hints = Vec::new();
             let fence_deadline = deadline.max(Instant::now() + Duration::from_millis(100));
@@ -352,6 +395,12 @@ impl Tracker {
                 "from_receipt": self.lag_from_receipt.summary(),
             },
             "privileges": self.options.privileges,
+            "proc_reader": crate::proc_reader::status(),
+            "landlock_check": crate::privilege::landlock_self_check(
+                self.options.privileges["proc_reader"]["pid"]
+                    .as_u64()
+                    .and_then(|pid| u32::try_from(pid).ok()),
+            ),
         })
     }
 }

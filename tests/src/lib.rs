@@ -661,9 +661,17 @@ impl TrackerProcess {
         self.request(br#"{"request":"status"}"#).unwrap()["status"].clone()
     }
 
-    /// SIGSTOP: the tracker reads nothing until `resume`, so kernel queues fill up.
+    /// SIGSTOP: the tracker reads nothing until `resume`, so kernel queues fill up. Returns
+    /// once every thread of it has stopped (`waitpid` reports the group stop), so that what
+    /// the caller does next is certainly read only after `resume`.
     pub fn pause(&self) {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
         self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        match waitpid(pid, Some(WaitPidFlag::WUNTRACED)).unwrap() {
+            WaitStatus::Stopped(..) => {}
+            other => panic!("the tracker did not stop but {other:?}:\n{}", self.log()),
+        }
     }
 
     pub fn resume(&self) {
@@ -683,14 +691,22 @@ impl TrackerProcess {
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let readers = children_of(child.id());
             let _ = child.kill();
             let _ = child.wait();
+            let killed = wait_until_dead(&readers);
+            if !killed.is_empty() {
+                eprintln!("killed processes that outlived the tracker: {killed:?}");
+            }
         }
     }
 
-    /// SIGTERM, then waits (at most 30 s, then SIGKILL) for the tracker to exit; its status.
+    /// SIGTERM, then waits (at most 30 s, then SIGKILL) for the tracker to exit, and for its
+    /// /proc reader, which leaves when the tracker's end of their socket closes; its status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
+        let readers = children_of(child.id());
+        let _wait_for_readers = WaitUntilDead(readers);
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -710,6 +726,82 @@ impl TrackerProcess {
     /// The tracker's process id (it runs unless a test killed it).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
+    }
+
+    /// The tracker's /proc reader: its only child process (none with `--keep-privileges`).
+    pub fn reader_pid(&self) -> Option<u32> {
+        let children = children_of(self.pid());
+        assert!(
+            children.len() <= 1,
+            "the tracker has several children: {children:?}"
+        );
+        children.first().copied()
+    }
+}
+
+/// The processes whose parent is `pid`, from `/proc/*/status` (this kernel has no
+/// `/proc/<pid>/task/<tid>/children`).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap() {
+        let name = entry.unwrap().file_name();
+        let Some(child) = name.to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(format!("/proc/{child}/status")) else {
+            continue; // gone meanwhile
+        };
+        let parent = status
+            .lines()
+            .find_map(|line| line.strip_prefix("PPid:"))
+            .map(|ppid| ppid.trim().parse::<u32>().unwrap());
+        if parent == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// Whether `pid` has exited (gone, or a zombie not reaped yet).
+pub fn has_exited(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// Waits (at most 30 s) until each of `pids` has exited; kills and returns the ones that did not.
+pub fn wait_until_dead(pids: &[u32]) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut killed = Vec::new();
+    for &pid in pids {
+        while !has_exited(pid) {
+            if std::time::Instant::now() >= deadline {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                killed.push(pid);
+                break;
+            }
+            std::thread::yield_now();
+        }
+    }
+    killed
+}
+
+/// [`wait_until_dead`] on drop; a straggler fails the test unless it fails already.
+struct WaitUntilDead(Vec<u32>);
+
+impl Drop for WaitUntilDead {
+    fn drop(&mut self) {
+        let killed = wait_until_dead(&self.0);
+        if !std::thread::panicking() {
+            assert_eq!(killed, Vec::<u32>::new(), "processes outlived the tracker");
+        }
     }
 }
 

@@ -554,3 +554,64 @@ fn tracepoints() -> EbpfOptions {
         ..EbpfOptions::default()
     }
 }
+
+/// A process may close a directory fd and reuse its number for another directory, or change
+/// its working directory, right after a relative-path call, before the record is read: the
+/// directory `/proc` shows then is not the one the kernel used, and the hint must not name it
+/// (a basename hint, which re-reads every indexed entry of that name, is right).
+#[test]
+fn reused_dirfd_or_left_cwd_is_not_taken_for_the_base_directory() {
+    #[derive(Clone, Copy, Debug)]
+    enum Swap {
+        ReusedDirfd,
+        ChangedCwd,
+    }
+    for swap in [Swap::ReusedDirfd, Swap::ChangedCwd] {
+        let mut fixture = Fixture::new(&[b"result"]);
+        let (dir_d, dir_e) = (fixture.path(b"d"), fixture.path(b"e"));
+        std::fs::create_dir(&dir_d).unwrap();
+        std::fs::create_dir(&dir_e).unwrap();
+        fixture.fence();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let (d, e, target) = (dir_d.clone(), dir_e.clone(), fixture.store_path());
+        // Its own fd table and working directory: the swap touches nothing else here.
+        let worker = std::thread::spawn(move || {
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_FILES | nix::sched::CloneFlags::CLONE_FS,
+            )
+            .unwrap();
+            let mut fd_d = open_dir(&d);
+            let fd_e = open_dir(&e);
+            match swap {
+                Swap::ReusedDirfd => {
+                    symlinkat(&target, &fd_d, "result").unwrap();
+                    // As a close of D's fd and an open of E that gets the same number.
+                    nix::unistd::dup2(&fd_e, &mut fd_d).unwrap();
+                }
+                Swap::ChangedCwd => {
+                    std::env::set_current_dir(&d).unwrap();
+                    symlink(&target, "result").unwrap();
+                    std::env::set_current_dir(&e).unwrap();
+                }
+            }
+            done_tx.send(()).unwrap();
+            // Alive, swapped, until the fence has read our /proc entries.
+            let _ = release_rx.recv();
+            drop((fd_d, fd_e));
+        });
+        done_rx.recv().unwrap();
+        let hints = fixture.fence();
+        drop(release_tx);
+        worker.join().unwrap();
+        assert!(
+            !hints.contains(&Hint::Path(dir_e.join("result"))),
+            "{swap:?}: named the directory the process moved to: {hints:?}"
+        );
+        assert!(
+            hints.contains(&Hint::Basename("result".into()))
+                || hints.contains(&Hint::Path(dir_d.join("result"))),
+            "{swap:?}: the new link is not named: {hints:?}"
+        );
+    }
+}

@@ -251,12 +251,16 @@ fn live_random(backend: &str) {
             let answer = index_part(&tracker.query());
             let truth = workload.truth();
             if answer != truth {
-                panic!(
+                let message = format!(
                     "backend {backend}, seed {seed}: the fenced query differs from a scan after {done} operations.\n\
                      replay: RT_SEED={seed} cargo test -p tests --test live_random -- {backend}\n\
                      query: {answer:#}\nscan: {truth:#}\ntracker log:\n{}",
                     tracker.log()
                 );
+                // Straight to the process's stderr, which the test harness does not capture:
+                // in a long soak the other backend may run for many minutes more.
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
+                panic!("{message}");
             }
         }
     }

@@ -10,10 +10,12 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use root_tracker::hint::Hint;
 use root_tracker::index::Index;
 use root_tracker::layout::StoreLayout;
+use root_tracker::mounts::MountTable;
 use root_tracker::reconcile::Reconciler;
 use root_tracker::scan::{ScanOptions, scan};
 use tests::{FakeStore, Rng};
@@ -161,7 +163,7 @@ fn run_seed(seed: u64, operations: usize) {
     let world = World::new();
     let options = trees_only();
     let mut reconciler = world.reconciler();
-    reconciler.rescan().unwrap();
+    reconciler.rescan(None).unwrap();
     let mut rng = Rng::new(seed);
     let mut done = 0;
     while done < operations {
@@ -171,7 +173,7 @@ fn run_seed(seed: u64, operations: usize) {
             hints.extend(random_op(&world, &mut rng));
         }
         done += batch;
-        reconciler.apply(&hints).unwrap();
+        reconciler.apply(&hints, None).unwrap();
         let answer = reconciler.answer(&options).unwrap();
         let truth = scan(&world.layout, &options).unwrap();
         assert_eq!(
@@ -204,15 +206,18 @@ fn lost_hints_unsettle_until_rescan() {
         root_tracker::reconcile::Settled::Settled,
         "unsettled before the bootstrap scan"
     );
-    reconciler.rescan().unwrap();
+    reconciler.rescan(None).unwrap();
     assert_eq!(
         *reconciler.settled(),
         root_tracker::reconcile::Settled::Settled
     );
     reconciler
-        .apply(&[Hint::Lost {
-            reason: "ring buffer full".to_owned(),
-        }])
+        .apply(
+            &[Hint::Lost {
+                reason: "ring buffer full".to_owned(),
+            }],
+            None,
+        )
         .unwrap();
     assert_eq!(
         *reconciler.settled(),
@@ -220,8 +225,8 @@ fn lost_hints_unsettle_until_rescan() {
             reason: "ring buffer full".to_owned()
         }
     );
-    reconciler.apply(&[Hint::MountsChanged]).unwrap();
-    reconciler.rescan().unwrap();
+    reconciler.apply(&[Hint::MountsChanged], None).unwrap();
+    reconciler.rescan(None).unwrap();
     assert_eq!(
         *reconciler.settled(),
         root_tracker::reconcile::Settled::Settled
@@ -236,7 +241,7 @@ fn verification_counts_drift_and_repairs_it() {
     fs::create_dir_all(&home).unwrap();
     symlink(store_path(&world, 0), home.join("result")).unwrap();
     symlink(home.join("result"), world.auto(0)).unwrap();
-    reconciler.rescan().unwrap();
+    reconciler.rescan(None).unwrap();
     assert_eq!(
         reconciler.verify().unwrap(),
         0,
@@ -256,5 +261,139 @@ fn verification_counts_drift_and_repairs_it() {
     assert_eq!(
         comparable(reconciler.answer(&options).unwrap().report()),
         comparable(scan(&world.layout, &options).unwrap().to_json())
+    );
+}
+
+/// A mount change re-checks the roots beneath the mount points at which the source's table
+/// changed and leaves the index settled: a tmpfs over a directory hides its indirect root (the
+/// auto link turns stale), unmounting it brings the root back, and a mount elsewhere changes
+/// nothing. Without a table to compare (the source could not read one, or none was seen at the
+/// last rescan) a mount change unsettles the index. The tables are read after each mount, as a
+/// source reads them after noticing a change.
+#[test]
+fn mount_changes_recheck_the_roots_beneath_and_stay_settled() {
+    tests::require_root();
+    let world = World::new();
+    let options = trees_only();
+    let mut reconciler = world.reconciler();
+    let (home, elsewhere) = (world.home(0), world.home(1));
+    fs::create_dir_all(&home).unwrap();
+    fs::create_dir_all(&elsewhere).unwrap();
+    symlink(store_path(&world, 0), home.join("result")).unwrap();
+    symlink(home.join("result"), world.auto(0)).unwrap();
+    let table = || Arc::new(MountTable::read().unwrap());
+    reconciler.rescan(Some(&table())).unwrap();
+    if !table().has_unique_ids() {
+        // Before Linux 6.8 tables cannot be compared (reused IDs): every change unsettles.
+        reconciler
+            .apply(&[Hint::MountsChanged], Some(&table()))
+            .unwrap();
+        assert_ne!(
+            *reconciler.settled(),
+            root_tracker::reconcile::Settled::Settled
+        );
+        return;
+    }
+
+    let check = |reconciler: &mut Reconciler, what: &str, rooted: bool| {
+        let rechecks = reconciler.stats().rechecks;
+        reconciler
+            .apply(&[Hint::MountsChanged], Some(&table()))
+            .unwrap();
+        assert_eq!(
+            *reconciler.settled(),
+            root_tracker::reconcile::Settled::Settled,
+            "{what}: a mount below the state trees must not unsettle the index"
+        );
+        let answer = comparable(reconciler.answer(&options).unwrap().report());
+        assert_eq!(
+            answer,
+            comparable(scan(&world.layout, &options).unwrap().to_json()),
+            "{what}: index differs from a scan"
+        );
+        assert_eq!(answer.contains(&store_name(0)), rooted, "{what}: {answer}");
+        reconciler.stats().rechecks - rechecks
+    };
+    assert_eq!(check(&mut reconciler, "before any mount", true), 0);
+    let mut unrelated = tests::TmpfsMount::new(&elsewhere);
+    assert_eq!(
+        check(&mut reconciler, "a mount elsewhere", true),
+        0,
+        "no indexed root is beneath it"
+    );
+    let mut over = tests::TmpfsMount::new(&home);
+    assert!(check(&mut reconciler, "a tmpfs over the root's directory", false) > 0);
+    over.unmount();
+    assert!(check(&mut reconciler, "that tmpfs unmounted", true) > 0);
+    unrelated.unmount();
+    check(&mut reconciler, "the other one unmounted", true);
+
+    reconciler.apply(&[Hint::MountsChanged], None).unwrap();
+    assert_ne!(
+        *reconciler.settled(),
+        root_tracker::reconcile::Settled::Settled,
+        "a mount change with no table to compare must unsettle the index"
+    );
+    reconciler.rescan(None).unwrap();
+    reconciler
+        .apply(&[Hint::MountsChanged], Some(&table()))
+        .unwrap();
+    assert_ne!(
+        *reconciler.settled(),
+        root_tracker::reconcile::Settled::Settled,
+        "nothing to compare with since a rescan without a table: must unsettle"
+    );
+}
+
+/// A mount made and removed between two reads of the mount table leaves no trace in their
+/// comparison, but a re-examination in between read through it: here an auto link re-read
+/// while a tmpfs hid its user link turns stale. The re-examination is told the table moved
+/// since the source read it (as the tracker asks after every read), and the next mount change
+/// reads it again, although the two tables are the same.
+#[test]
+fn a_read_through_a_short_lived_mount_is_repeated_with_the_next_mount_change() {
+    tests::require_root();
+    let world = World::new();
+    let options = trees_only();
+    let mut reconciler = world.reconciler();
+    let home = world.home(0);
+    fs::create_dir_all(&home).unwrap();
+    symlink(store_path(&world, 0), home.join("result")).unwrap();
+    let mut watch = root_tracker::mounts::MountWatch::open().unwrap();
+    if !watch.table().unwrap().has_unique_ids() {
+        eprintln!("skipped: before Linux 6.8 every mount change unsettles the index");
+        return;
+    }
+    reconciler.rescan(watch.table().as_ref()).unwrap();
+    let matches_scan = |reconciler: &mut Reconciler| {
+        comparable(reconciler.answer(&options).unwrap().report())
+            == comparable(scan(&world.layout, &options).unwrap().to_json())
+    };
+
+    let mut over = tests::TmpfsMount::new(&home);
+    // The auto link appears while the tmpfs hides its target; the source has not read the
+    // mount table since.
+    symlink(home.join("result"), world.auto(0)).unwrap();
+    reconciler
+        .apply(&[Hint::Path(world.auto(0))], watch.table().as_ref())
+        .unwrap();
+    assert!(watch.changed_since_table(), "the mount is after the table");
+    reconciler.read_while_mounts_moved();
+    over.unmount();
+    assert!(
+        !matches_scan(&mut reconciler),
+        "the index read the link while it was hidden (else this test shows nothing)"
+    );
+    watch.reread();
+    reconciler
+        .apply(&[Hint::MountsChanged], watch.table().as_ref())
+        .unwrap();
+    assert_eq!(
+        *reconciler.settled(),
+        root_tracker::reconcile::Settled::Settled
+    );
+    assert!(
+        matches_scan(&mut reconciler),
+        "the read through the short-lived mount was not repeated"
     );
 }

@@ -1,9 +1,11 @@
 //! The tracker's privilege drop (DESIGN.md invariant 6), for each backend: after start-up every
 //! thread of `root-tracker run` holds exactly the capabilities its backend needs, no_new_privs
-//! and a seccomp filter, lives in a network namespace of its own, and `status` reports Landlock
-//! on the server thread — and the tracker still answers right: runtime roots of another user's
-//! process, a new indirect root in a new directory, and one on a newly mounted tmpfs (which
-//! the fanotify backend must mark after the drop).
+//! and a seccomp filter, lives in a network namespace of its own and is confined by Landlock
+//! (which `status` reports, and which a check run on the tracker thread shows refusing a write);
+//! its /proc reader child holds CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE only, no_new_privs and a
+//! seccomp filter of its own — and the tracker still answers right: runtime roots of another
+//! user's process, a new indirect root in a new directory, and one on a newly mounted tmpfs
+//! (which the fanotify backend must mark after the drop). When the reader dies, queries fail.
 
 #![expect(
     clippy::unwrap_used,
@@ -30,12 +32,18 @@ fn mask(caps: &[u32]) -> u64 {
     caps.iter().fold(0, |mask, cap| mask | (1u64 << cap))
 }
 
-/// What each backend keeps, and why (privilege.rs says the same in `status`).
+/// What each backend keeps, and why (privilege.rs says the same in `status`). Not
+/// CAP_SYS_PTRACE: the /proc reader makes the ptrace-mode reads.
 fn expected_caps(backend: &str) -> u64 {
     match backend {
-        "fanotify" => mask(&[CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_SYS_ADMIN]),
-        _ => mask(&[CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE]),
+        "fanotify" => mask(&[CAP_DAC_READ_SEARCH, CAP_SYS_ADMIN]),
+        _ => mask(&[CAP_DAC_READ_SEARCH]),
     }
+}
+
+/// What the /proc reader keeps, whatever the backend.
+fn reader_caps() -> u64 {
+    mask(&[CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE])
 }
 
 /// `Field:\tvalue` lines of a `/proc/.../status` file.
@@ -53,15 +61,15 @@ fn hex_field(status: &str, field: &str) -> u64 {
 }
 
 /// Every thread of `pid` has exactly the expected sets, no_new_privs, a seccomp filter, and
-/// the network namespace `net`.
-fn check_threads(pid: u32, expected: u64, net: &Path) {
+/// the network namespace `net`; there are at least `min_threads`.
+fn check_threads(pid: u32, expected: u64, net: &Path, min_threads: usize) {
     let tasks: Vec<PathBuf> = fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .collect();
     assert!(
-        tasks.len() >= 2,
-        "expected the tracker and server threads, found {tasks:?}"
+        tasks.len() >= min_threads,
+        "expected at least {min_threads} threads in {pid}, found {tasks:?}"
     );
     for task in tasks {
         let status = fs::read_to_string(task.join("status")).unwrap();
@@ -134,7 +142,12 @@ fn privileges_hold(backend: &str) {
         tracker_net, own_net,
         "the tracker must not share our network namespace"
     );
-    check_threads(pid, expected_caps(backend), &tracker_net);
+    check_threads(pid, expected_caps(backend), &tracker_net, 2);
+    // Its /proc reader, its only child: the reader's two capabilities, its own filter.
+    let reader = tracker
+        .reader_pid()
+        .expect("the tracker has no /proc reader child");
+    check_threads(reader, reader_caps(), &tracker_net, 1);
     // Its namespace has no interface but the loopback.
     let interfaces: Vec<String> = fs::read_to_string(format!("/proc/{pid}/net/dev"))
         .unwrap()
@@ -156,7 +169,7 @@ fn privileges_hold(backend: &str) {
         .map(String::as_str)
         .collect();
     kept.sort_unstable();
-    let mut expected_names = vec!["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"];
+    let mut expected_names = vec!["CAP_DAC_READ_SEARCH"];
     if backend == "fanotify" {
         expected_names.push("CAP_SYS_ADMIN");
     }
@@ -190,20 +203,7 @@ fn privileges_hold(backend: &str) {
         "{}",
         tracker.log()
     );
-    let landlock = &privileges["landlock"];
-    if landlock["kernel_abi"].as_i64().unwrap() >= 6 {
-        assert_eq!(landlock["state"], "fully_enforced", "{landlock:#}");
-        assert_eq!(landlock["threads"], serde_json::json!(["server"]));
-        let writable: Vec<PathBuf> = landlock["writable"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|dir| PathBuf::from(dir.as_str().unwrap()))
-            .collect();
-        assert_eq!(writable, [tracker.dir.path()]);
-    } else {
-        println!("skipping the Landlock state check: kernel Landlock ABI {landlock}");
-    }
+    check_landlock(&status, reader, &[tracker.dir.path()]);
 
     // It still answers right after the drop.
     assert_answers_right(&tracker, &layout, "after start-up");
@@ -257,10 +257,97 @@ fn privileges_hold(backend: &str) {
     );
     assert_answers_right(&tracker, &layout, "a replaced link on the tmpfs");
 
+    // A process of another user whose working directory is in the store.
+    let in_store = store.add_dir("cwd", &[("file", b"x")]);
+    let mut holder_command = other.command(package_bin("root-holder").as_os_str());
+    holder_command.current_dir(&in_store);
+    let holder = Holder::start(holder_command);
+    let report = tracker.query();
+    assert!(
+        has_root(&report, "runtime", &in_store),
+        "the working directory of pid {} (uid {}) is missing: {report:#}",
+        holder.pid(),
+        other.uid
+    );
+    drop(holder);
+
     // The drop left every thread as it was, also the ones started since.
-    check_threads(pid, expected_caps(backend), &tracker_net);
+    check_threads(pid, expected_caps(backend), &tracker_net, 2);
+    check_threads(reader, reader_caps(), &tracker_net, 1);
+    assert_eq!(tracker.reader_pid(), Some(reader));
+    // The reader leaves with the tracker (TrackerProcess::stop waits for it).
+    let mut tracker = tracker;
+    let stopped = tracker.stop();
+    assert!(stopped.success(), "{stopped}:\n{}", tracker.log());
+    assert!(
+        tests::has_exited(reader),
+        "the /proc reader outlived the tracker"
+    );
     drop(tracker);
     mount.unmount();
+}
+
+/// What `status` says of Landlock and the reader, and what the check it runs on the tracker
+/// thread found: a write open of `/dev/null` and a ptrace-mode read of the reader's `/proc`
+/// are refused there (neither is refused by anything but a Landlock domain: the file is 0666,
+/// and the tracker's uid is the reader's).
+fn check_landlock(status: &serde_json::Value, reader: u32, writable: &[&Path]) {
+    let privileges = &status["privileges"];
+    let landlock = &privileges["landlock"];
+    let reader_status = &privileges["proc_reader"];
+    assert_eq!(reader_status["pid"], reader, "{privileges:#}");
+    let mut reader_kept: Vec<&str> = reader_status["capabilities"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    reader_kept.sort_unstable();
+    assert_eq!(reader_kept, ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]);
+    assert_eq!(reader_status["no_new_privs"], true);
+    assert_eq!(reader_status["seccomp_mode"], 2);
+    assert!(
+        reader_status["landlock"]
+            .as_str()
+            .unwrap()
+            .starts_with("none: a Landlock domain may not ptrace-access"),
+        "{reader_status:#}"
+    );
+    assert_eq!(status["proc_reader"]["state"], "running", "{status:#}");
+    if landlock["kernel_abi"].as_i64().unwrap() < 6 {
+        println!("skipping the Landlock checks: kernel Landlock ABI {landlock}");
+        return;
+    }
+    assert_eq!(landlock["state"], "fully_enforced", "{landlock:#}");
+    assert_eq!(landlock["threads"], serde_json::json!(["all"]));
+    let found: Vec<PathBuf> = landlock["writable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|dir| PathBuf::from(dir.as_str().unwrap()))
+        .collect();
+    assert_eq!(found, writable);
+    assert!(
+        landlock["unrestricted"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("the /proc reader process (pid {reader})")),
+        "{landlock:#}"
+    );
+    let check = &status["landlock_check"];
+    assert_eq!(
+        check["thread"], "main",
+        "the tracker thread runs the check: {check:#}"
+    );
+    assert_eq!(
+        check["open /dev/null for writing"], "refused (Permission denied)",
+        "{check:#}"
+    );
+    assert_eq!(
+        check[format!("readlink /proc/{reader}/exe")],
+        "refused (Permission denied)",
+        "{check:#}"
+    );
 }
 
 #[test]
@@ -468,10 +555,25 @@ fn runs_as_user(backend: &str) {
     let pid = tracker.pid();
     let (uid, gid) = (tracker_user.uid, tracker_user.gid);
 
-    // What the kernel says, for every thread.
+    // What the kernel says, for every thread, and of the reader.
     check_identity(pid, uid, gid);
     let tracker_net = fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
-    check_threads(pid, expected_caps(backend), &tracker_net);
+    check_threads(pid, expected_caps(backend), &tracker_net, 2);
+    let reader = tracker
+        .reader_pid()
+        .expect("the tracker has no /proc reader child");
+    check_identity(reader, uid, gid);
+    check_threads(reader, reader_caps(), &tracker_net, 1);
+    let mut writable = [
+        tracker.dir.path().to_owned(),
+        nix_roots_socket.parent().unwrap().to_owned(),
+    ];
+    writable.sort();
+    check_landlock(
+        &tracker.status(),
+        reader,
+        &writable.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    );
 
     // What the tracker says, as JSON and as text.
     let identity = tracker.status()["privileges"]["identity"].clone();
@@ -497,6 +599,17 @@ fn runs_as_user(backend: &str) {
     let expected_line = format!(
         "runs as: uid {uid}, gid {gid}, no supplementary groups (user {})",
         tracker_user.name
+    );
+    assert!(text.lines().any(|line| line == expected_line), "{text}");
+    let landlock = tracker.status()["privileges"]["landlock"].clone();
+    let expected_line = format!(
+        "confined: Landlock {} on threads: {}; /proc reader pid {reader} running (CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, seccomp allow-list, no Landlock)",
+        landlock["state"].as_str().unwrap(),
+        if landlock["state"] == "not_enforced" {
+            "none"
+        } else {
+            "all"
+        }
     );
     assert!(text.lines().any(|line| line == expected_line), "{text}");
 
@@ -717,4 +830,82 @@ fn run_as_user_fails_closed() {
     args.push("--keep-privileges".into());
     let (code, stderr) = run(args);
     assert_eq!(code, Some(2), "{stderr}");
+}
+
+/// The /proc reader leaves when the tracker is killed (its end of their socket closes), and a
+/// reader killed under a running tracker makes it fail closed: the next query is refused at
+/// once and says why, the index stays unsettled, `status` and the log tell what happened, and
+/// the tracker still stops cleanly.
+fn reader_death_fails_closed(backend: &str) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    require_root();
+    let store = HermeticStore::new();
+    let targets = store.register_empty_paths("dead", 1);
+    let layout = StoreLayout::new(&store.store_dir, &store.state_dir).unwrap();
+    fs::create_dir_all(layout.auto_dir()).unwrap();
+    symlink(&targets[0], layout.auto_dir().join("static")).unwrap();
+
+    let mut tracker = TrackerProcess::start(&store, backend, &[]);
+    let first_reader = tracker.reader_pid().unwrap();
+    kill(Pid::from_raw(tracker.pid() as i32), Signal::SIGKILL).unwrap();
+    assert_eq!(
+        tests::wait_until_dead(&[first_reader]),
+        Vec::<u32>::new(),
+        "the /proc reader outlived a tracker killed with SIGKILL"
+    );
+    tracker.crash_and_restart();
+
+    assert!(has_root(&tracker.query(), "static", &targets[0]));
+    let reader = tracker.reader_pid().unwrap();
+    assert_ne!(reader, first_reader);
+    kill(Pid::from_raw(reader as i32), Signal::SIGKILL).unwrap();
+    assert_eq!(tests::wait_until_dead(&[reader]), Vec::<u32>::new());
+
+    let started = std::time::Instant::now();
+    for attempt in 0..2 {
+        let response = tracker
+            .request(br#"{"request":"query","wait_ms":60000}"#)
+            .unwrap();
+        assert_eq!(
+            response["response"], "error",
+            "attempt {attempt}: {response}"
+        );
+        let message = response["message"].as_str().unwrap();
+        assert!(
+            message.contains("/proc reader is gone") && message.contains("SIGKILL"),
+            "attempt {attempt}: {message}"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the refusal waited for a rescan that cannot help"
+    );
+    let status = tracker.status();
+    assert_eq!(status["proc_reader"]["state"], "gone", "{status:#}");
+    assert_eq!(status["settled"]["state"], "unsettled", "{status:#}");
+    assert!(
+        status["settled"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("/proc reader is gone"),
+        "{status:#}"
+    );
+    let log = tracker.log();
+    assert!(
+        log.contains("the /proc reader is gone") && log.contains("killed by SIGKILL"),
+        "{log}"
+    );
+    let stopped = tracker.stop();
+    assert!(stopped.success(), "{stopped}:\n{log}");
+}
+
+#[test]
+fn fanotify_tracker_fails_closed_without_its_reader() {
+    reader_death_fails_closed("fanotify");
+}
+
+#[test]
+fn ebpf_tracker_fails_closed_without_its_reader() {
+    reader_death_fails_closed("ebpf");
 }

@@ -1,7 +1,7 @@
-//! `cargo xtask bench events`: what a running tracker costs and how fast it answers, in one run:
-//! (a) the overhead of each backend on unrelated file churn, (b) throughput and lag of relevant
-//! events up to a fenced answer, (c) fenced query time against `root-tracker scan` and
-//! `nix-store --gc --print-roots` as the store grows. Every tracker started here is killed and
+//! `cargo xtask bench overhead`: (a) what a running tracker costs, as the overhead of each
+//! backend on unrelated file churn. `cargo xtask bench events`: how fast it answers, (b)
+//! throughput and lag of relevant events up to a fenced answer, (c) fenced query time against
+//! `root-tracker scan` and `nix-store --gc --print-roots` as the store grows. Every tracker started here is killed and
 //! reaped by its guard, and every temp dir removed, also on error.
 
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ impl Sizes {
         } else {
             Self {
                 churn_files: 200_000,
-                churn_runs: 3,
+                churn_runs: 5,
                 burst_ops: 50_000,
                 lag_samples: 200,
                 query_roots: vec![10_000, 100_000, 1_000_000],
@@ -64,7 +64,6 @@ pub fn events(quick: bool) -> anyhow::Result<()> {
 
     eprintln!("bench events: building a store with {SMALL_STORE_ROOTS} indirect roots");
     let small = Fixture::with_indirect_roots(SMALL_STORE_ROOTS)?;
-    let (baseline, churn_rows) = overhead(&binary, &small, &sizes)?;
     let mut burst_rows = Vec::new();
     for backend in BACKENDS {
         let tracker = RunningTracker::start(&binary, &small, backend)?;
@@ -73,20 +72,35 @@ pub fn events(quick: bool) -> anyhow::Result<()> {
     drop(small);
 
     let query_rows = query_times(&binary, &sizes)?;
-    let table = render(
-        quick,
-        &sizes,
-        baseline,
-        &churn_rows,
-        &burst_rows,
-        &query_rows,
-    );
+    let table = render(quick, &sizes, &burst_rows, &query_rows);
+    publish(quick, "events", &table)
+}
+
+/// `cargo xtask bench overhead`: only the overhead of each backend on unrelated file churn. It
+/// is its own command because it measures the disk as much as the tracker: run it on an idle
+/// machine, not right after `bench gc` has deleted its stores (writeback would dominate).
+pub fn overhead_only(quick: bool) -> anyhow::Result<()> {
+    let env = setup_and_report()?;
+    run(cargo(&env).args(["build", "--release", "-p", "root-tracker"]))?;
+    let binary = workspace_root().join("target/release/root-tracker");
+    let sizes = Sizes::new(quick);
+
+    eprintln!("bench overhead: building a store with {SMALL_STORE_ROOTS} indirect roots");
+    let small = Fixture::with_indirect_roots(SMALL_STORE_ROOTS)?;
+    let (baseline, churn_rows) = overhead(&binary, &small, &sizes)?;
+    drop(small);
+    let table = render_overhead(quick, &sizes, baseline, &churn_rows);
+    publish(quick, "overhead", &table)
+}
+
+/// Prints a section and, unless `--quick`, writes it to BENCHMARKS.md.
+fn publish(quick: bool, section: &str, table: &str) -> anyhow::Result<()> {
     println!("{table}");
     if quick {
-        eprintln!("bench events: --quick results are not written to BENCHMARKS.md");
+        eprintln!("bench {section}: --quick results are not written to BENCHMARKS.md");
     } else {
-        write_section(&workspace_root().join("BENCHMARKS.md"), "events", &table)?;
-        eprintln!("bench events: wrote BENCHMARKS.md");
+        write_section(&workspace_root().join("BENCHMARKS.md"), section, table)?;
+        eprintln!("bench {section}: wrote BENCHMARKS.md");
     }
     Ok(())
 }
@@ -162,7 +176,7 @@ fn overhead(
     let mut totals = [(0, Duration::ZERO, 0, 0); BACKENDS.len()];
     for round in 1..=sizes.churn_runs {
         eprintln!(
-            "bench events: {} create+unlink, round {round}/{}",
+            "bench overhead: {} create+unlink, round {round}/{}",
             sizes.churn_files, sizes.churn_runs
         );
         baseline.push(churn_once(dir.path(), sizes.churn_files)?);
@@ -487,28 +501,24 @@ fn mib(kib: f64) -> String {
     format!("{:.1} MiB", kib / 1024.0)
 }
 
-fn render(
+fn render_overhead(
     quick: bool,
     sizes: &Sizes,
     baseline: Duration,
     churn_rows: &[ChurnRow],
-    burst_rows: &[BurstRow],
-    query_rows: &[QueryRow],
 ) -> String {
     let mut out = String::new();
-    out.push_str("## Live tracker: overhead, event throughput and lag, fenced queries\n\n");
+    out.push_str("## Live tracker: overhead on unrelated work\n\n");
     out.push_str(&format!(
-        "Command: `cargo xtask bench events{}`. {} (nproc {}). Trackers are the release \
-         `root-tracker run --verify-interval-secs 0`, each on a hermetic store under /tmp built \
-         with the real nix-store (N registered paths, each rooted by `home/u<h>/p<j>/result` and \
-         its `gcroots/auto` link), so fanotify marks the filesystem of /tmp.\n\n",
+        "Command: `cargo xtask bench overhead{}`. {} (nproc {}). Trackers are the release \
+         `root-tracker run --verify-interval-secs 0` on a hermetic store under /tmp built with \
+         the real nix-store, so fanotify marks the filesystem of /tmp.\n\n",
         if quick { " --quick" } else { "" },
         machine_description(),
         std::thread::available_parallelism().map_or(0, usize::from),
     ));
-
     out.push_str(&format!(
-        "### Overhead on unrelated work\n\n{} create+unlink of regular files in a temp dir \
+        "{} create+unlink of regular files in a temp dir \
          under /tmp, timed in-process, median of {} runs interleaved (each round: no tracker, then a fresh tracker of each backend), `sync` before each; trackers watch a store of \
          {SMALL_STORE_ROOTS} roots. Events and CPU are the tracker's, per run.\n\n",
         sizes.churn_files, sizes.churn_runs
@@ -535,9 +545,25 @@ fn render(
         ));
     }
 
+    out
+}
+
+fn render(quick: bool, sizes: &Sizes, burst_rows: &[BurstRow], query_rows: &[QueryRow]) -> String {
+    let mut out = String::new();
+    out.push_str("## Live tracker: event throughput and lag, fenced queries\n\n");
+    out.push_str(&format!(
+        "Command: `cargo xtask bench events{}`. {} (nproc {}). Trackers are the release \
+         `root-tracker run --verify-interval-secs 0`, each on a hermetic store under /tmp built \
+         with the real nix-store (N registered paths, each rooted by `home/u<h>/p<j>/result` and \
+         its `gcroots/auto` link), so fanotify marks the filesystem of /tmp.\n\n",
+        if quick { " --quick" } else { "" },
+        machine_description(),
+        std::thread::available_parallelism().map_or(0, usize::from),
+    ));
+
     let lag_samples = sizes.lag_samples;
     out.push_str(&format!(
-        "\n### Relevant events: throughput and lag\n\nA burst of rename-over retargets \
+        "### Relevant events: throughput and lag\n\nA burst of rename-over retargets \
          (`ln -sfn` style: `symlink` to `.result.new`, `rename` over `result`) of the \
          {SMALL_STORE_ROOTS} user links, as fast as one thread goes, then one fenced query \
          (checked: every link's new target is in the answer). Lag: {lag_samples} single \

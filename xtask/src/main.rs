@@ -85,8 +85,11 @@ enum Task {
 enum BenchArea {
     /// `root-tracker scan` against `nix-store --gc --print-roots`, 10k and 100k indirect roots.
     Scan,
-    /// Live tracker: overhead on unrelated file churn per backend, event throughput and lag,
-    /// and fenced query time against a scan at 10k, 100k and 1M roots.
+    /// Live tracker: overhead on unrelated file churn, no tracker vs each backend. Run it on
+    /// an idle machine (not right after `gc`, whose deletions leave the disk busy).
+    Overhead,
+    /// Live tracker: event throughput and lag, and fenced query time against a scan at 10k,
+    /// 100k and 1M roots.
     Events,
     /// `store-gc` against `nix-store --gc` (roots phase, dry run, real collection, memory) on
     /// synthetic stores of 20k, 100k and 1M paths.
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run => run_main_job()?,
         Task::Bench { area, quick, sizes } => match area {
             BenchArea::Scan => bench::scan(quick)?,
+            BenchArea::Overhead => bench_events::overhead_only(quick)?,
             BenchArea::Events => bench_events::events(quick)?,
             BenchArea::Gc => bench_gc::gc(quick, &sizes)?,
         },

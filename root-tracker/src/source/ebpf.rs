@@ -28,18 +28,20 @@ use aya::{
     programs::{FEntry, FExit, Lsm, ProgramError, ProgramFd, TracePoint},
 };
 use root_tracker_ebpf::{
-    AT_FDCWD, BasenameFilter, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
-    COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, FENTRY_PROGRAMS, IO_URING_CATEGORY,
-    MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_STORE_PREFIX,
-    MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent,
-    RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY,
-    StorePrefix, X86_64_PT_REGS_ORIG_AX, flags, io_uring, kind, name_hash, op,
+    AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED,
+    COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, FENTRY_PROGRAMS,
+    IO_URING_CATEGORY, MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS,
+    MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE,
+    PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN,
+    SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, X86_64_PT_REGS_ORIG_AX, flags, io_uring,
+    kernel_dev_major_minor, kind, name_hash, op,
 };
 
 use crate::{
     hint::Hint,
-    mounts::MountWatch,
-    source::{Interest, Source, SourceError, SourceStats},
+    mounts::{MountTable, MountWatch},
+    proc_reader::ThreadSyscall,
+    source::{Interest, Source, SourceError, SourceStats, kernel_layout},
 };
 
 /// The eBPF object built by `build.rs`. Empty when the build was skipped (`AYA_BUILD_SKIP=1`).
@@ -223,6 +225,27 @@ pub struct Checks {
     /// Offset of `opcode` in the io_uring tracepoint record, from its format file; `None`
     /// when unknown, in which case every io_uring submission is reported as lost hints.
     pub io_uring_opcode_offset: Option<u32>,
+    /// Whether a relative path's directory, found through `/proc` when its record is read,
+    /// is checked against the one the kernel used.
+    pub base_dir: BaseDirCheck,
+}
+
+/// How a relative path is turned into an absolute hint. User space reads the record after
+/// the syscall, possibly after the process closed the directory fd and reused its number, or
+/// changed its working directory: the directory `/proc` shows then may not be the one the
+/// path was resolved against, and a hint naming the wrong directory would let the reconciler
+/// miss a new root there.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum BaseDirCheck {
+    /// The programs record the directory's inode and device at syscall entry; the path is
+    /// named through the directory `/proc` shows only if it is that directory, else by its
+    /// basename (every indexed root with that name is re-read).
+    Verified,
+    /// The struct offsets the programs need are unknown (no kernel BTF, or a layout this
+    /// code does not recognise): relative paths are named through whatever directory `/proc`
+    /// shows when the record is read, which a fast fd reuse or `chdir` can make wrong.
+    Unverified { reason: String },
 }
 
 /// What the verifier made of one program ([`EbpfSource::verify_programs`]).
@@ -350,7 +373,73 @@ struct Enter {
 struct RawPath {
     dirfd: i32,
     bytes: Vec<u8>,
+    /// The directory the kernel resolved a relative path against, if the programs recorded
+    /// it.
+    base: Option<BaseDir>,
 }
+
+/// A directory's identity as the kernel saw it: inode number and the major and minor number
+/// of its filesystem's `super_block.s_dev` (what `/proc/self/mountinfo` shows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BaseDir {
+    ino: u64,
+    major: u32,
+    minor: u32,
+}
+
+/// What [`resolve`] checks a directory found through `/proc` against.
+struct BaseDirVerifier<'a> {
+    /// To match a mount's device where `stat` reports another one (btrfs subvolumes,
+    /// overlayfs); `None` before the first read.
+    mounts: Option<&'a MountTable>,
+}
+
+impl BaseDirVerifier<'_> {
+    /// Whether `dir` is (still) the directory `base` identifies.
+    fn is_base(&self, dir: &Path, base: BaseDir) -> bool {
+        let Ok(name) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: `statx` is plain old data, so all zeros is a valid value.
+        let mut found: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: `name` is a NUL-terminated string and `found` a writable `statx`, both
+        // alive for the call.
+        let status = unsafe {
+            libc::statx(
+                libc::AT_FDCWD,
+                name.as_ptr(),
+                0,
+                libc::STATX_INO | libc::STATX_MNT_ID | STATX_MNT_ID_UNIQUE,
+                &raw mut found,
+            )
+        };
+        if status != 0 || found.stx_mask & libc::STATX_INO == 0 || found.stx_ino != base.ino {
+            return false;
+        }
+        if (found.stx_dev_major, found.stx_dev_minor) == (base.major, base.minor) {
+            return true;
+        }
+        // `stat` may report a device other than the superblock's (btrfs gives each subvolume
+        // its own); the mount table shows the superblock's.
+        // The table is keyed by unique mount IDs where the kernel has them (Linux 6.8), and
+        // `statx` then answers with the unique ID too; else both use mountinfo's IDs.
+        self.mounts.is_some_and(|mounts| {
+            let unique = found.stx_mask & STATX_MNT_ID_UNIQUE != 0;
+            let reusable = found.stx_mask & libc::STATX_MNT_ID != 0;
+            let same_kind = if mounts.has_unique_ids() {
+                unique
+            } else {
+                reusable && !unique
+            };
+            same_kind
+                && mounts.device(found.stx_mnt_id)
+                    == Some(format!("{}:{}", base.major, base.minor).as_bytes())
+        })
+    }
+}
+
+/// `STATX_MNT_ID_UNIQUE` (Linux 6.8): `stx_mnt_id` is the unique 64-bit mount ID.
+const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
 
 /// The eBPF programs, attached. Dropping it detaches the programs and frees the maps.
 pub struct EbpfSource {
@@ -448,6 +537,7 @@ impl EbpfSource {
         config
             .set(0, config_value, 0)
             .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
+        let base_dir = set_base_dir_offsets(&mut ebpf)?;
 
         let mut store_prefix = Array::try_from(take_map(&mut ebpf, MAP_STORE_PREFIX)?)
             .map_err(|e| EbpfError::map(MAP_STORE_PREFIX, e))?;
@@ -489,6 +579,7 @@ impl EbpfSource {
                 },
                 io_uring_submit: Probe::Attached,
                 io_uring_opcode_offset,
+                base_dir,
             },
             fentry_fds: Vec::new(),
             _ebpf: ebpf,
@@ -791,10 +882,15 @@ impl EbpfSource {
         match record {
             Record::Enter(enter) => {
                 let key = pid_tgid(enter.tgid, enter.tid);
+                let mounts = self.mounts.table();
+                let verifier =
+                    (self.checks.base_dir == BaseDirCheck::Verified).then_some(BaseDirVerifier {
+                        mounts: mounts.as_deref(),
+                    });
                 let op = InFlightOp {
                     syscall_nr: enter.syscall_nr,
                     entered_by: self.records_read,
-                    hints: hints_for(&enter),
+                    hints: hints_for(&enter, verifier.as_ref()),
                 };
                 // A thread is in one syscall at a time: an older entry for it is stale (its
                 // exit was dropped, which the counters report).
@@ -845,11 +941,19 @@ impl EbpfSource {
     /// Forgets in-flight operations whose thread is provably no longer inside the syscall:
     /// their exit record was then either read already or dropped (and counted).
     fn forget_finished(&mut self, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
+        // One batch: after the privilege drop each read is a round trip to the /proc reader.
+        let threads: Vec<(u32, u32)> = self
+            .in_flight
+            .keys()
+            .map(|key| ((key >> 32) as u32, *key as u32))
+            .collect();
+        let states = crate::proc_reader::thread_syscalls(&threads);
         let finished: Vec<(u64, u64)> = self
             .in_flight
             .iter()
-            .filter(|(key, op)| !thread_in_syscall(**key, op.syscall_nr))
-            .map(|(key, op)| (*key, op.entered_by))
+            .zip(states)
+            .filter(|((_, op), state)| !may_be_in_syscall(*state, op.syscall_nr))
+            .map(|((key, op), _)| (*key, op.entered_by))
             .collect();
         if finished.is_empty() {
             return Ok(());
@@ -961,6 +1065,17 @@ impl EbpfSource {
     }
 }
 
+impl EbpfSource {
+    /// Reads the mount table after a mount change was seen (a mount syscall's record, or the
+    /// mountinfo poll). The programs see every filesystem, so there is nothing to adjust: any
+    /// table read after the change will do, and a later change is reported again.
+    fn reread_mounts_if_changed(&mut self, hints: &[Hint]) {
+        if hints.contains(&Hint::MountsChanged) {
+            self.mounts.reread();
+        }
+    }
+}
+
 impl Source for EbpfSource {
     fn name(&self) -> &'static str {
         "ebpf"
@@ -976,11 +1091,25 @@ impl Source for EbpfSource {
     }
 
     fn poll(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), SourceError> {
-        Ok(self.poll_inner(timeout, out)?)
+        let before = out.len();
+        let polled = self.poll_inner(timeout, out);
+        self.reread_mounts_if_changed(&out[before..]);
+        Ok(polled?)
     }
 
     fn fence(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), SourceError> {
-        Ok(self.fence_inner(deadline, out)?)
+        let before = out.len();
+        let fenced = self.fence_inner(deadline, out);
+        self.reread_mounts_if_changed(&out[before..]);
+        Ok(fenced?)
+    }
+
+    fn mount_table(&self) -> Option<std::sync::Arc<crate::mounts::MountTable>> {
+        self.mounts.table()
+    }
+
+    fn mounts_changed_since_table(&mut self) -> bool {
+        self.mounts.changed_since_table()
     }
 
     fn checks(&self) -> serde_json::Value {
@@ -1003,31 +1132,22 @@ fn pid_tgid(tgid: u32, tid: u32) -> u64 {
     (u64::from(tgid) << 32) | u64::from(tid)
 }
 
-/// Whether the thread `key` (`pid_tgid`) may still be inside syscall `syscall_nr`, from
-/// `/proc/<pid>/task/<tid>/syscall` ("<nr> <args…>", "-1 …" outside a syscall, or "running").
-/// Anything but a definite "elsewhere" or "gone" counts as still inside; with
-/// [`SYSCALL_NR_UNKNOWN`] only "outside any syscall" is elsewhere.
-fn thread_in_syscall(key: u64, syscall_nr: i32) -> bool {
-    let (tgid, tid) = (key >> 32, key & u64::from(u32::MAX));
-    let path = format!("/proc/{tgid}/task/{tid}/syscall");
-    match std::fs::read(&path) {
-        Ok(contents) => {
-            let first = contents
-                .split(|b| b.is_ascii_whitespace())
-                .next()
-                .unwrap_or_default();
-            match std::str::from_utf8(first).ok().map(str::parse::<i64>) {
-                Some(Ok(nr)) if syscall_nr == SYSCALL_NR_UNKNOWN => nr != -1,
-                Some(Ok(nr)) => nr == i64::from(syscall_nr),
-                _ => true,
-            }
-        }
-        Err(error) => error.kind() != io::ErrorKind::NotFound,
+/// Whether a thread in `state` (from `/proc/<pid>/task/<tid>/syscall`) may still be inside
+/// syscall `syscall_nr`: anything but a definite "elsewhere" or "gone" counts as still inside;
+/// with [`SYSCALL_NR_UNKNOWN`] (an fentry program could not read it) only "outside any
+/// syscall" (-1) is elsewhere.
+fn may_be_in_syscall(state: ThreadSyscall, syscall_nr: i32) -> bool {
+    match state {
+        ThreadSyscall::Number(nr) if syscall_nr == SYSCALL_NR_UNKNOWN => nr != -1,
+        ThreadSyscall::Number(nr) => nr == i64::from(syscall_nr),
+        ThreadSyscall::Gone => false,
+        ThreadSyscall::Unknown => true,
     }
 }
 
-/// The hints an operation yields once it succeeded.
-fn hints_for(enter: &Enter) -> Vec<Hint> {
+/// The hints an operation yields once it succeeded. With a `verifier`, a relative path is
+/// named through its directory only if that is the one the kernel used.
+fn hints_for(enter: &Enter, verifier: Option<&BaseDirVerifier<'_>>) -> Vec<Hint> {
     match enter.op {
         op::MOUNT | op::UMOUNT | op::MOVE_MOUNT => return vec![Hint::MountsChanged],
         _ => {}
@@ -1059,40 +1179,85 @@ fn hints_for(enter: &Enter) -> Vec<Hint> {
                 },
             });
         } else {
-            hints.push(resolve(enter.tgid, enter.tid, path));
+            hints.push(resolve(enter.tgid, enter.tid, path, verifier));
         }
     }
     hints
 }
 
 /// Names a path argument: absolute as is; relative against the caller's directory fd or
-/// working directory, read from `/proc`; or, if that is gone, by its last component.
-fn resolve(tgid: u32, tid: u32, path: &RawPath) -> Hint {
+/// working directory, read from `/proc`; or, if that is gone (or, with a `verifier`, is not
+/// the directory the kernel recorded at entry), by its last component.
+fn resolve(tgid: u32, tid: u32, path: &RawPath, verifier: Option<&BaseDirVerifier<'_>>) -> Hint {
     let bytes = trim_trailing_slashes(&path.bytes);
     if bytes.first() == Some(&b'/') {
         return Hint::Path(PathBuf::from(OsString::from_vec(bytes.to_vec())));
     }
-    let task = format!("/proc/{tgid}/task/{tid}");
-    let base = if path.dirfd == AT_FDCWD {
-        format!("{task}/cwd")
-    } else {
-        format!("{task}/fd/{}", path.dirfd)
-    };
-    match std::fs::read_link(&base) {
+    // `/proc/<tgid>/task/<tid>/{cwd,fd/<n>}`, through the /proc reader after the drop.
+    let fd = (path.dirfd != AT_FDCWD).then_some(path.dirfd);
+    match crate::proc_reader::task_dir(tgid, tid, fd) {
         // A removed directory reads as "<path> (deleted)", which names nothing reliably.
-        Ok(dir) if dir.is_absolute() && !dir.as_os_str().as_bytes().ends_with(b" (deleted)") => {
+        Some(dir) if dir.is_absolute() && !dir.as_os_str().as_bytes().ends_with(b" (deleted)") => {
+            if let Some(verifier) = verifier {
+                // The fd or working directory may have been reused since the call: only the
+                // directory the kernel used names the entry.
+                if !path.base.is_some_and(|base| verifier.is_base(&dir, base)) {
+                    tracing::debug!(
+                        ?dir,
+                        recorded = ?path.base,
+                        "eBPF: a relative path's directory changed since the call; naming it by basename"
+                    );
+                    return by_basename(bytes);
+                }
+            }
             if bytes.is_empty() {
                 Hint::Path(dir)
             } else {
                 Hint::Path(dir.join(Path::new(std::ffi::OsStr::from_bytes(bytes))))
             }
         }
-        _ => match last_component(bytes) {
-            Some(name) => Hint::Basename(OsString::from_vec(name.to_vec())),
-            None => Hint::Lost {
-                reason: "eBPF: relative path whose directory is gone".to_owned(),
-            },
+        _ => by_basename(bytes),
+    }
+}
+
+/// The hint for a relative path whose directory cannot be named: its last component, or lost.
+fn by_basename(path: &[u8]) -> Hint {
+    match last_component(path) {
+        Some(name) => Hint::Basename(OsString::from_vec(name.to_vec())),
+        None => Hint::Lost {
+            reason: "eBPF: relative path whose directory is gone or changed".to_owned(),
         },
+    }
+}
+
+/// Writes the kernel struct offsets the programs need to record a relative path's directory,
+/// found in the running kernel's BTF; without them the programs record nothing and the
+/// returned check says why.
+fn set_base_dir_offsets(ebpf: &mut Ebpf) -> Result<BaseDirCheck, EbpfError> {
+    // Borrowed, not taken: the map must stay open (in `ebpf`) until the programs using it
+    // are loaded.
+    let map = ebpf
+        .map_mut(MAP_BASE_DIR_OFFSETS)
+        .ok_or(EbpfError::MissingMap {
+            name: MAP_BASE_DIR_OFFSETS,
+        })?;
+    let mut map = Array::<_, BaseDirOffsets>::try_from(map)
+        .map_err(|e| EbpfError::map(MAP_BASE_DIR_OFFSETS, e))?;
+    match kernel_layout::running_kernel_base_dir_offsets() {
+        Ok(offsets) => {
+            map.set(0, offsets, 0)
+                .map_err(|e| EbpfError::map(MAP_BASE_DIR_OFFSETS, e))?;
+            tracing::debug!(?offsets, "eBPF: kernel struct offsets for relative paths");
+            Ok(BaseDirCheck::Verified)
+        }
+        Err(error) => {
+            let reason = error_chain(&error);
+            tracing::warn!(
+                %reason,
+                "eBPF: cannot check the directory of relative paths: they are named through /proc when their record is read, which an fd reuse or chdir right after the call can make wrong"
+            );
+            Ok(BaseDirCheck::Unverified { reason })
+        }
     }
 }
 
@@ -1184,9 +1349,15 @@ fn decode(record: &[u8]) -> Result<Record, EbpfError> {
                     .ok()
                     .filter(|&len| len <= PATH_BYTES)
                     .ok_or_else(|| malformed("path length exceeds its buffer"))?;
+                let (major, minor) = kernel_dev_major_minor(event.base_dev[index]);
                 *slot = Some(RawPath {
                     dirfd: event.dirfd[index],
                     bytes: event.path[index][..len].to_vec(),
+                    base: (event.base_ino[index] != 0).then_some(BaseDir {
+                        ino: event.base_ino[index],
+                        major,
+                        minor,
+                    }),
                 });
             }
             Ok(Record::Enter(Enter {
@@ -1631,6 +1802,8 @@ mod tests {
             flags: 0,
             dirfd: [AT_FDCWD; 2],
             path_len: [0; 2],
+            base_ino: [0; 2],
+            base_dev: [0; 2],
             path: [[0; PATH_BYTES]; 2],
         };
         for (index, (dirfd, path)) in paths.iter().enumerate() {
@@ -1736,27 +1909,27 @@ mod tests {
             op::LINK,
             &[(AT_FDCWD, b"/old"), (AT_FDCWD, b"/new/")],
         ));
-        assert_eq!(hints_for(&link), vec![Hint::Path("/new".into())]);
+        assert_eq!(hints_for(&link, None), vec![Hint::Path("/new".into())]);
         // A relative path of a process that is gone is named by its basename.
         let mut gone = decoded(&enter(op::UNLINKAT, &[(5, b"dir/name")]));
         gone.tgid = u32::MAX;
         gone.tid = u32::MAX;
-        assert_eq!(hints_for(&gone), vec![Hint::Basename("name".into())]);
+        assert_eq!(hints_for(&gone, None), vec![Hint::Basename("name".into())]);
         // A cut path is named by its last component; an unreadable one is lost.
         let mut long = enter(op::UNLINK, &[(AT_FDCWD, b"ong/component/result")]);
         long.flags = flags::path_truncated(0);
         assert_eq!(
-            hints_for(&decoded(&long)),
+            hints_for(&decoded(&long), None),
             vec![Hint::Basename("result".into())]
         );
         let mut unreadable = enter(op::UNLINK, &[]);
         unreadable.flags = flags::path_unreadable(0);
         assert!(matches!(
-            hints_for(&decoded(&unreadable))[..],
+            hints_for(&decoded(&unreadable), None)[..],
             [Hint::Lost { .. }]
         ));
         let mount = decoded(&enter(op::UMOUNT, &[]));
-        assert_eq!(hints_for(&mount), vec![Hint::MountsChanged]);
+        assert_eq!(hints_for(&mount, None), vec![Hint::MountsChanged]);
     }
 
     #[test]
@@ -1771,12 +1944,120 @@ mod tests {
                 Some(RawPath {
                     dirfd: AT_FDCWD,
                     bytes: b"sub/na\nme".to_vec(),
+                    base: None,
                 }),
                 None,
             ],
         };
         let cwd = std::env::current_dir().unwrap();
-        assert_eq!(hints_for(&enter), vec![Hint::Path(cwd.join("sub/na\nme"))]);
+        assert_eq!(
+            hints_for(&enter, None),
+            vec![Hint::Path(cwd.join("sub/na\nme"))]
+        );
+    }
+
+    #[test]
+    fn relative_paths_name_their_directory_only_if_it_is_the_recorded_one() {
+        use std::os::unix::fs::MetadataExt as _;
+        let cwd = std::env::current_dir().unwrap();
+        let meta = std::fs::metadata(&cwd).unwrap();
+        let ours = BaseDir {
+            ino: meta.ino(),
+            major: libc::major(meta.dev()),
+            minor: libc::minor(meta.dev()),
+        };
+        let enter_with = |base| Enter {
+            op: op::UNLINK,
+            tgid: std::process::id(),
+            tid: std::process::id(),
+            syscall_nr: 0,
+            flags: 0,
+            paths: [
+                Some(RawPath {
+                    dirfd: AT_FDCWD,
+                    bytes: b"sub/result".to_vec(),
+                    base,
+                }),
+                None,
+            ],
+        };
+        let verifier = BaseDirVerifier { mounts: None };
+        let hints = |base| hints_for(&enter_with(base), Some(&verifier));
+        assert_eq!(hints(Some(ours)), vec![Hint::Path(cwd.join("sub/result"))]);
+        let basename = vec![Hint::Basename("result".into())];
+        // Another inode, another device, or nothing recorded: the directory cannot be trusted.
+        let other_ino = BaseDir {
+            ino: ours.ino ^ 1,
+            ..ours
+        };
+        assert_eq!(hints(Some(other_ino)), basename);
+        let other_dev = BaseDir {
+            minor: ours.minor ^ 1,
+            ..ours
+        };
+        assert_eq!(hints(Some(other_dev)), basename);
+        assert_eq!(hints(None), basename);
+        // A superblock device that `stat` does not report (btrfs subvolumes) matches when the
+        // mount table names it for the directory's mount.
+        let name = std::ffi::CString::new(cwd.as_os_str().as_bytes()).unwrap();
+        // SAFETY: as in `BaseDirVerifier::is_base`.
+        let mut found: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: as in `BaseDirVerifier::is_base`.
+        let status = unsafe {
+            libc::statx(
+                libc::AT_FDCWD,
+                name.as_ptr(),
+                0,
+                libc::STATX_MNT_ID | STATX_MNT_ID_UNIQUE,
+                &raw mut found,
+            )
+        };
+        assert_eq!(status, 0);
+        let table =
+            MountTable::parse(format!("{} 1 99:7 / / rw\n", found.stx_mnt_id).as_bytes()).unwrap();
+        // Keyed as the kernel answers `statx`: by unique mount IDs where it has them.
+        let table = if found.stx_mask & STATX_MNT_ID_UNIQUE != 0 {
+            table.with_unique_ids()
+        } else {
+            table
+        };
+        let superblock = BaseDir {
+            major: 99,
+            minor: 7,
+            ..ours
+        };
+        assert_eq!(hints(Some(superblock)), basename);
+        let verifier = BaseDirVerifier {
+            mounts: Some(&table),
+        };
+        assert_eq!(
+            hints_for(&enter_with(Some(superblock)), Some(&verifier)),
+            vec![Hint::Path(cwd.join("sub/result"))]
+        );
+    }
+
+    #[test]
+    fn decode_keeps_the_recorded_directory() {
+        let mut event = enter(op::UNLINKAT, &[(4, b"result")]);
+        event.base_ino[0] = 1234;
+        event.base_dev[0] = (254 << 20) | 3;
+        let Record::Enter(decoded) = decode(&as_bytes(&event)).unwrap() else {
+            panic!("not an enter record");
+        };
+        let base = decoded.paths[0].as_ref().unwrap().base;
+        assert_eq!(
+            base,
+            Some(BaseDir {
+                ino: 1234,
+                major: 254,
+                minor: 3,
+            })
+        );
+        event.base_ino[0] = 0;
+        let Record::Enter(decoded) = decode(&as_bytes(&event)).unwrap() else {
+            panic!("not an enter record");
+        };
+        assert_eq!(decoded.paths[0].as_ref().unwrap().base, None);
     }
 
     #[test]
@@ -1870,16 +2151,20 @@ mod tests {
 
     #[test]
     fn unknown_syscall_number_is_inside_until_seen_outside() {
-        // This thread reads its own file from inside read(2): a known number that differs
-        // (`unlink` on x86-64) is elsewhere; an unknown one counts as inside.
-        let me = pid_tgid(std::process::id(), nix::unistd::gettid().as_raw() as u32);
-        assert!(thread_in_syscall(me, SYSCALL_NR_UNKNOWN));
-        assert!(!thread_in_syscall(me, 87));
-        // A thread that does not exist is not inside anything.
-        assert!(!thread_in_syscall(
-            pid_tgid(u32::MAX, u32::MAX),
+        // Known: only that number is inside. Unknown (fentry without the registers' offset):
+        // any syscall may be it, only -1 (outside any syscall) is elsewhere.
+        assert!(may_be_in_syscall(ThreadSyscall::Number(87), 87));
+        assert!(!may_be_in_syscall(ThreadSyscall::Number(0), 87));
+        assert!(may_be_in_syscall(
+            ThreadSyscall::Number(0),
             SYSCALL_NR_UNKNOWN
         ));
+        assert!(!may_be_in_syscall(
+            ThreadSyscall::Number(-1),
+            SYSCALL_NR_UNKNOWN
+        ));
+        assert!(!may_be_in_syscall(ThreadSyscall::Gone, SYSCALL_NR_UNKNOWN));
+        assert!(may_be_in_syscall(ThreadSyscall::Unknown, 87));
     }
 
     #[test]

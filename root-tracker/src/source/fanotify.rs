@@ -8,7 +8,7 @@
 //! the queue until it is empty is a fence.
 
 use std::{
-    collections::{BTreeMap, HashMap, btree_map::Entry},
+    collections::{BTreeMap, HashMap},
     ffi::{CString, OsStr},
     io,
     mem::{offset_of, size_of},
@@ -203,7 +203,15 @@ impl FanotifySource {
 
     /// Marks the filesystems the interest needs and unmarks those it no longer needs.
     /// Marks every filesystem it can before returning the first failure.
-    fn update_marks(&mut self) -> Result<(), FanotifyError> {
+    ///
+    /// `remark` marks every wanted filesystem again, also those already marked under the same
+    /// `st_dev`: after a mount change the number may name another filesystem (the kernel reuses
+    /// anonymous device numbers: a tmpfs unmounted and another mounted in its place often get
+    /// the same one, and the old mark died with the old superblock). Marking is idempotent for
+    /// a superblock that already has our mark, so a mount change costs one syscall per
+    /// filesystem. (Seen: live_random fanotify seed 241 missed a link made in a tmpfs mounted
+    /// over the place of another.)
+    fn update_marks(&mut self, remark: bool) -> Result<(), FanotifyError> {
         let wanted = wanted_filesystems(&self.interest)?;
         let unneeded: Vec<u64> = self
             .marked
@@ -218,14 +226,17 @@ impl FanotifySource {
         }
         let mut first_error = None;
         for (dev, dir) in wanted {
-            if let Entry::Vacant(slot) = self.marked.entry(dev) {
-                match mark(&self.group, &mut self.renames, &dir) {
-                    Ok(fsid) => {
-                        slot.insert(MarkedFs { fsid, via: dir });
-                    }
-                    Err(error) => {
-                        first_error.get_or_insert(error);
-                    }
+            if !remark && self.marked.contains_key(&dev) {
+                continue;
+            }
+            match mark(&self.group, &mut self.renames, &dir) {
+                Ok(fsid) => {
+                    self.marked.insert(dev, MarkedFs { fsid, via: dir });
+                }
+                Err(error) => {
+                    // Whatever was marked under this number before may be gone.
+                    self.marked.remove(&dev);
+                    first_error.get_or_insert(error);
                 }
             }
         }
@@ -275,9 +286,12 @@ impl FanotifySource {
         // The kernel answers POLLERR|POLLPRI once per mount-table change, and `poll` itself
         // consumes it (`mounts_poll` records the event it reported), so nothing is read.
         if MountWatch::reported(&fds[1]) {
+            // The table first, then the marks (the order `mounts` relies on): a mount made
+            // after this read is reported by the next poll.
+            self.mountinfo.reread();
             out.push(Hint::MountsChanged);
             // A mount may have put a watched path on another filesystem.
-            self.update_marks()?;
+            self.update_marks(true)?;
         }
         Ok(())
     }
@@ -412,7 +426,7 @@ impl Source for FanotifySource {
     fn set_interest(&mut self, interest: &Interest) -> Result<(), SourceError> {
         self.interest = interest.clone();
         self.store_prefix = store_prefix(&interest.store_dir);
-        self.update_marks()?;
+        self.update_marks(false)?;
         Ok(())
     }
 
@@ -448,6 +462,14 @@ impl Source for FanotifySource {
 
     fn stats(&self) -> SourceStats {
         self.stats.clone()
+    }
+
+    fn mount_table(&self) -> Option<std::sync::Arc<crate::mounts::MountTable>> {
+        self.mountinfo.table()
+    }
+
+    fn mounts_changed_since_table(&mut self) -> bool {
+        self.mountinfo.changed_since_table()
     }
 
     fn checks(&self) -> serde_json::Value {

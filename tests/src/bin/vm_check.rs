@@ -1,12 +1,13 @@
 //! What `cargo xtask vm` runs inside a qemu guest booted with the BPF LSM enabled: the verifier
 //! must accept every program (fentry/fexit ones too), the eBPF source's probes must find fexit
 //! and LSM programs loadable there (they are refused on the CI host), the tracepoint path
-//! (forced) must still report a symlink into the store and an io_uring unlinkat, the fentry
-//! path must report every kind of path operation (io_uring's too) with no syscall tracepoint
-//! program loaded, and a tracker (`tracker-cli run --backend ebpf`, in either mode) must answer
-//! a fenced query with a root that only the kernel source can have seen. Prints `RT-VM-…`
-//! marker lines for the xtask to read (one `RT-VM-PASS`/`RT-VM-FAIL` per step) and exits
-//! non-zero if a step failed.
+//! (forced) must still report a symlink into the store and an io_uring unlinkat, a relative
+//! path must be checked against the directory the kernel used (struct offsets from this
+//! kernel's BTF), the fentry path must report every kind of path operation (io_uring's too)
+//! with no syscall tracepoint program loaded, and a tracker (`tracker-cli run --backend ebpf`,
+//! in either mode) must answer fenced queries with roots that only the kernel source can have
+//! seen. Prints `RT-VM-…` marker lines for the xtask to read (one `RT-VM-PASS`/`RT-VM-FAIL` per
+//! step) and exits non-zero if a step failed.
 
 #![expect(
     clippy::unwrap_used,
@@ -29,7 +30,9 @@ use root_tracker::{
     hint::Hint,
     source::{
         Interest, Source as _,
-        ebpf::{AttachMode, EbpfOptions, EbpfSource, HookChoice, Probe, Verification},
+        ebpf::{
+            AttachMode, BaseDirCheck, EbpfOptions, EbpfSource, HookChoice, Probe, Verification,
+        },
     },
 };
 use tests::{FakeStore, Rng, index_part, package_bin};
@@ -54,10 +57,11 @@ fn main() -> std::process::ExitCode {
     println!("RT-VM-PREEMPT: {}", preempt.trim());
     // A step runs even when an earlier one failed (each says something on its own), except
     // the tracker after a failed attach.
-    let steps: [(&str, Step); 9] = [
+    let steps: [(&str, Step); 10] = [
         ("verifier", every_program_verifies),
         ("probes", fexit_and_lsm_probes),
         ("tracepoints", source_sees_symlink),
+        ("relative", relative_paths_checked_against_kernel_dir),
         ("fentry", fentry_source_sees_every_operation),
         ("fallback", preemptible_kernel_falls_back_to_tracepoints),
         ("tracker", || tracker_fenced_query(None, "fentry")),
@@ -82,7 +86,9 @@ fn main() -> std::process::ExitCode {
         }
         // The source and the tracker load the same programs: where the verifier refused one,
         // they would only fail again, after another minute of emulated verifier time.
-        if ["tracepoints", "fentry", "fallback"].contains(&name) && failed.contains(&"verifier") {
+        if matches!(name, "tracepoints" | "relative" | "fentry" | "fallback")
+            && failed.contains(&"verifier")
+        {
             println!("RT-VM-FAIL: {name}: not run, the verifier refuses a program here");
             failed.push(name);
             continue;
@@ -532,6 +538,69 @@ fn expect_hint(source: &mut EbpfSource, what: &str, wanted: &Path) -> Result<(),
         ));
     }
     Ok(())
+}
+
+/// The kernel struct offsets found in this kernel's BTF lead the programs to the directory a
+/// relative path was resolved against: a `symlinkat` through a directory fd is named through
+/// that directory, and once the fd's number is reused for another directory before the record
+/// is read, by its basename instead of through the other directory.
+fn relative_paths_checked_against_kernel_dir() -> Result<String, String> {
+    let store = FakeStore::new(&[]);
+    let home = std::fs::canonicalize(store.root.join("home")).map_err(|e| e.to_string())?;
+    let interest = Interest {
+        store_dir: store.layout.store_dir().to_owned(),
+        basenames: [b"result".to_vec()].into_iter().collect(),
+        paths: vec![home.clone()],
+    };
+    let mut source = EbpfSource::attach(&interest).map_err(|e| brief(&e))?;
+    if source.checks().base_dir != BaseDirCheck::Verified {
+        return Err(format!(
+            "base_dir not verified: {:?}",
+            source.checks().base_dir
+        ));
+    }
+    let (dir_d, dir_e) = (home.join("d"), home.join("e"));
+    for dir in [&dir_d, &dir_e] {
+        std::fs::create_dir(dir).map_err(|e| e.to_string())?;
+    }
+    let target = store.layout.store_dir().join(STORE_NAME);
+    let fence = |source: &mut EbpfSource| {
+        let mut hints = Vec::new();
+        source
+            .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
+            .map(|()| hints)
+            .map_err(|e| brief(&e))
+    };
+    fence(&mut source)?;
+    let open_dir = |dir: &Path| {
+        nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| e.to_string())
+    };
+    let mut fd_d = open_dir(&dir_d)?;
+    let fd_e = open_dir(&dir_e)?;
+    nix::unistd::symlinkat(&target, &fd_d, "result").map_err(|e| e.to_string())?;
+    let hints = fence(&mut source)?;
+    if !hints.contains(&Hint::Path(dir_d.join("result"))) {
+        return Err(format!(
+            "symlinkat through a dirfd not named by its directory: {hints:?}"
+        ));
+    }
+    std::fs::remove_file(dir_d.join("result")).map_err(|e| e.to_string())?;
+    fence(&mut source)?;
+    // The record is read at the next fence, after the fd's number names E.
+    nix::unistd::symlinkat(&target, &fd_d, "result").map_err(|e| e.to_string())?;
+    nix::unistd::dup2(&fd_e, &mut fd_d).map_err(|e| e.to_string())?;
+    let hints = fence(&mut source)?;
+    if hints.contains(&Hint::Path(dir_e.join("result")))
+        || !hints.contains(&Hint::Basename("result".into()))
+    {
+        return Err(format!("a reused dirfd was trusted: {hints:?}"));
+    }
+    Ok("a dirfd-relative symlinkat is named through the kernel's directory, and by basename once the fd is reused".to_owned())
 }
 
 /// Removes `path` with an io_uring `unlinkat`, which no syscall tracepoint sees.
