@@ -67,6 +67,57 @@ pub const SYSCALL_PROGRAMS: [(&str, &str); 13] = [
 ];
 /// Tracepoint category of [`SYSCALL_PROGRAMS`].
 pub const SYSCALLS_CATEGORY: &str = "syscalls";
+
+/// A kernel function hooked by an fentry program (the entry) and an fexit program (the exit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FentryHook {
+    /// The kernel function (in the kernel's BTF).
+    pub function: &'static str,
+    /// Program run on entry: judges the call and sends `ENTER`, like a `sys_enter_*` program.
+    pub entry: &'static str,
+    /// Program run on return: sends `EXIT`, like a `sys_exit_*` program.
+    pub exit: &'static str,
+}
+
+/// The path workers that the path syscalls and io_uring's path operations all call (Linux 6.1
+/// to 6.18 at least). Where every one of these attaches, it replaces [`SYSCALL_PROGRAMS`] and
+/// the io_uring programs; user space attaches every exit before any entry, as for those.
+/// Mount operations are left to user space's poll of its mount table.
+pub const FENTRY_PROGRAMS: [FentryHook; 5] = [
+    FentryHook {
+        function: "do_unlinkat",
+        entry: "fentry_do_unlinkat",
+        exit: "fexit_do_unlinkat",
+    },
+    FentryHook {
+        function: "do_rmdir",
+        entry: "fentry_do_rmdir",
+        exit: "fexit_do_rmdir",
+    },
+    FentryHook {
+        function: "do_renameat2",
+        entry: "fentry_do_renameat2",
+        exit: "fexit_do_renameat2",
+    },
+    FentryHook {
+        function: "do_symlinkat",
+        entry: "fentry_do_symlinkat",
+        exit: "fexit_do_symlinkat",
+    },
+    FentryHook {
+        function: "do_linkat",
+        entry: "fentry_do_linkat",
+        exit: "fexit_do_linkat",
+    },
+];
+
+/// [`PathEvent::syscall_nr`] of an fentry program that could not learn the syscall number:
+/// user space then takes the thread as inside the call until it is seen outside any syscall.
+pub const SYSCALL_NR_UNKNOWN: i32 = i32::MIN;
+
+/// Offset of the syscall number (`orig_ax`) in the kernel's `struct pt_regs` on x86-64; user
+/// space configures it as [`Config::syscall_nr_regs_offset`] (0 elsewhere: unknown).
+pub const X86_64_PT_REGS_ORIG_AX: u32 = 15 * 8;
 /// Program attached to `io_uring/io_uring_submit_req`.
 pub const PROG_IO_URING_SUBMIT_REQ: &str = "io_uring_submit_req";
 /// Program attached to `io_uring/io_uring_complete`.
@@ -102,7 +153,7 @@ pub const AT_FDCWD: i32 = -100;
 
 /// Values of [`EventHeader::kind`].
 pub mod kind {
-    /// A [`crate::PathEvent`]: a relevant syscall was entered.
+    /// A [`crate::PathEvent`]: a relevant syscall (or path worker, for fentry) was entered.
     pub const ENTER: u32 = 1;
     /// An [`crate::ExitEvent`]: a syscall whose `ENTER` was sent returned.
     pub const EXIT: u32 = 2;
@@ -182,7 +233,8 @@ pub struct EventHeader {
 #[derive(Clone, Copy)]
 pub struct PathEvent {
     pub header: EventHeader,
-    /// The syscall number (`__syscall_nr` of the tracepoint), to recognise the thread in
+    /// The syscall number (`__syscall_nr` of the tracepoint, or the saved registers' for
+    /// fentry; [`SYSCALL_NR_UNKNOWN`]), to recognise the thread in
     /// `/proc/<pid>/task/<tid>/syscall` while it is still inside the call.
     pub syscall_nr: i32,
     /// Bits from [`flags`].
@@ -276,8 +328,9 @@ pub struct Config {
     pub io_uring_submit_req_offset: u32,
     /// Offset of the `void *req` field in `io_uring/io_uring_complete` records; 0: unknown.
     pub io_uring_complete_req_offset: u32,
-    /// Explicit padding.
-    pub reserved: u32,
+    /// Offset of the syscall number in `struct pt_regs`, which fentry programs read to fill
+    /// [`PathEvent::syscall_nr`]; 0: unknown ([`SYSCALL_NR_UNKNOWN`]).
+    pub syscall_nr_regs_offset: u32,
 }
 
 /// The store dir prefix the kernel-side filter matches targets against: the store dir followed

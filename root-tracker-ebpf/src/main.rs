@@ -9,6 +9,13 @@
 //! sees. Invariant: every relevant operation is sent, or counted (dropped, unreadable,
 //! untracked), so lost hints are always visible.
 //!
+//! Where the kernel accepts them, `fentry_do_*`/`fexit_do_*` programs on the kernel's path
+//! workers (`do_unlinkat`, `do_rmdir`, `do_renameat2`, `do_symlinkat`, `do_linkat`, which the
+//! syscalls and io_uring both call) replace the syscall and io_uring tracepoints: the same
+//! judgement at entry, read from the kernel's copy of each name (`struct filename`), and the
+//! same `ENTER`/`EXIT` records, without putting every syscall on the kernel's slow path as an
+//! attached syscall tracepoint does.
+//!
 //! The per-byte loops (basename hash, store prefix compare) are `bpf_loop` callbacks (Linux
 //! 5.17 or later): the verifier checks a loop body once, where unrolled loops cost it up to
 //! 340k instructions per program and, with two paths, passed the 1M limit on Linux 6.1.
@@ -25,18 +32,20 @@ mod kernel {
 
     use aya_ebpf::{
         helpers::{
-            bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_loop,
-            bpf_probe_read_kernel, bpf_probe_read_user_buf, bpf_probe_read_user_str_bytes,
+            bpf_get_current_pid_tgid, bpf_get_current_task, bpf_get_current_task_btf,
+            bpf_ktime_get_ns, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_kernel_buf,
+            bpf_probe_read_kernel_str_bytes, bpf_probe_read_user_buf,
+            bpf_probe_read_user_str_bytes, bpf_task_pt_regs,
         },
-        macros::{fexit, lsm, map, tracepoint},
+        macros::{fentry, fexit, lsm, map, tracepoint},
         maps::{Array, HashMap, PerCpuArray, RingBuf},
-        programs::{FExitContext, LsmContext, TracePointContext},
+        programs::{FEntryContext, FExitContext, LsmContext, TracePointContext},
     };
     use root_tracker_ebpf::{
         AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT,
         COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent,
         IN_FLIGHT_MAX, IO_URING_IN_FLIGHT_MAX, InFlight, LONG_PATH_BYTES, NAME_HASH_START,
-        PATH_BYTES, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, StorePrefix,
+        PATH_BYTES, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, StorePrefix,
         WATCHED_BASENAMES_MAX, flags, io_uring, kind, name_hash_step, op,
     };
 
@@ -138,17 +147,18 @@ mod kernel {
     }
     const RET: usize = 16;
 
-    /// One path argument: where its pointer is, and its directory fd if the syscall has one.
+    /// One path argument: where its name is, and its directory fd if the call has one. A
+    /// "slot" is a byte offset in a tracepoint record, or an argument index for fentry.
     #[derive(Clone, Copy)]
     struct PathArg {
         dirfd: Option<usize>,
         name: usize,
     }
 
-    /// What a `sys_enter_*` program reads.
+    /// What an entry program reads.
     struct Spec {
         op: u32,
-        /// Offset of the symlink target pointer (symlink calls only).
+        /// Slot of the symlink target (symlink calls only).
         target: Option<usize>,
         paths: [Option<PathArg>; 2],
         /// Mount operations: relevant whatever their arguments.
@@ -181,6 +191,143 @@ mod kernel {
         }
     }
 
+    /// A string argument, as an entry program finds it.
+    #[derive(Clone, Copy)]
+    enum Str {
+        /// A user-space pointer, as the process passed it (syscall tracepoints): reading it
+        /// may fault, which a tracepoint cannot serve.
+        User(*const u8),
+        /// The kernel's own copy (`struct filename::name`, fentry): always resident.
+        Kernel(*const u8),
+        /// No name (a null `struct filename *`, which newer kernels may pass for an empty
+        /// path with `AT_EMPTY_PATH`): read as the empty string, as the syscall would see it.
+        Empty,
+        /// The call fails before it changes anything (`getname` failed: the worker got an
+        /// error pointer), so it is irrelevant.
+        Fails,
+        /// The argument itself could not be read.
+        Unreadable,
+    }
+
+    impl Str {
+        /// Reads the NUL-terminated string into `buffer`; its length without the NUL.
+        #[inline(always)]
+        fn read(self, buffer: &mut [u8]) -> Option<usize> {
+            // SAFETY: both helpers read at most `buffer.len()` bytes and fault safely.
+            let read = match self {
+                Self::User(pointer) => unsafe { bpf_probe_read_user_str_bytes(pointer, buffer) },
+                Self::Kernel(pointer) => unsafe {
+                    bpf_probe_read_kernel_str_bytes(pointer, buffer)
+                },
+                Self::Empty => return Some(0),
+                Self::Fails | Self::Unreadable => return None,
+            };
+            read.ok().map(<[u8]>::len)
+        }
+
+        /// Reads `buffer.len()` bytes from `offset` bytes into the string.
+        #[inline(always)]
+        fn read_at(self, offset: usize, buffer: &mut [u8]) -> Option<()> {
+            // SAFETY: both helpers read exactly `buffer.len()` bytes and fault safely.
+            let read = match self {
+                Self::User(pointer) => unsafe {
+                    bpf_probe_read_user_buf(pointer.wrapping_add(offset), buffer)
+                },
+                Self::Kernel(pointer) => unsafe {
+                    bpf_probe_read_kernel_buf(pointer.wrapping_add(offset), buffer)
+                },
+                Self::Empty | Self::Fails | Self::Unreadable => return None,
+            };
+            read.ok()
+        }
+    }
+
+    /// The arguments of a hooked call, however the program type exposes them.
+    trait Call {
+        /// The `int` argument in `slot` (a directory fd).
+        fn int(&self, slot: usize) -> Option<i32>;
+        /// The string argument in `slot`.
+        fn string(&self, slot: usize) -> Str;
+        /// The number of the syscall the thread is in, for `/proc/<pid>/task/<tid>/syscall`.
+        fn syscall_nr(&self) -> i32;
+    }
+
+    impl Call for TracePointContext {
+        #[inline(always)]
+        fn int(&self, slot: usize) -> Option<i32> {
+            // The slot holds a sign-extended `int`; truncating keeps its value.
+            // SAFETY: `slot` is the offset of an 8-byte argument slot in the record.
+            unsafe { self.read_at::<u64>(slot) }
+                .ok()
+                .map(|fd| fd as i32)
+        }
+
+        #[inline(always)]
+        fn string(&self, slot: usize) -> Str {
+            // SAFETY: `slot` is the offset of a pointer-sized argument slot in the record.
+            match unsafe { self.read_at::<u64>(slot) } {
+                Ok(pointer) => Str::User(pointer as *const u8),
+                Err(_) => Str::Unreadable,
+            }
+        }
+
+        #[inline(always)]
+        fn syscall_nr(&self) -> i32 {
+            // SAFETY: `SYSCALL_NR` is the offset of the `int __syscall_nr` field in the record.
+            unsafe { self.read_at::<i32>(SYSCALL_NR) }.unwrap_or(-1)
+        }
+    }
+
+    /// Kernel error pointers (`IS_ERR_VALUE`): the top 4095 addresses.
+    const MAX_ERRNO: u64 = 4095;
+
+    impl Call for FEntryContext {
+        #[inline(always)]
+        fn int(&self, slot: usize) -> Option<i32> {
+            Some(self.arg::<u64>(slot) as i32)
+        }
+
+        /// `slot` holds a `struct filename *`, whose first member (Linux 6.1 to 6.18, checked
+        /// against both kernels' BTF) is `const char *name`, the kernel's copy of the string.
+        #[inline(always)]
+        fn string(&self, slot: usize) -> Str {
+            let filename = self.arg::<u64>(slot);
+            if filename == 0 {
+                return Str::Empty;
+            }
+            if filename > u64::MAX - MAX_ERRNO {
+                return Str::Fails;
+            }
+            // SAFETY: a probe read of kernel memory, which faults safely.
+            match unsafe { bpf_probe_read_kernel(filename as *const u64) } {
+                Ok(name) if name != 0 => Str::Kernel(name as *const u8),
+                _ => Str::Unreadable,
+            }
+        }
+
+        /// The syscall number the thread's saved registers hold (`orig_ax` on x86-64, at the
+        /// offset user space configured). io_uring workers run with a copy of the registers of
+        /// the thread that made them, which `/proc` shows too, so the two agree.
+        #[inline(always)]
+        fn syscall_nr(&self) -> i32 {
+            let offset = CONFIG
+                .get(0)
+                .map_or(0, |config| config.syscall_nr_regs_offset);
+            if offset == 0 {
+                return SYSCALL_NR_UNKNOWN;
+            }
+            // SAFETY: `bpf_get_current_task_btf` returns the running task, which the helper
+            // `bpf_task_pt_regs` accepts; it returns that task's saved user registers.
+            let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+            if regs == 0 {
+                return SYSCALL_NR_UNKNOWN;
+            }
+            // SAFETY: a probe read of kernel memory inside `struct pt_regs`.
+            unsafe { bpf_probe_read_kernel((regs + u64::from(offset)) as *const i64) }
+                .map_or(SYSCALL_NR_UNKNOWN, |nr| nr as i32)
+        }
+    }
+
     macro_rules! programs {
         ($($enter:ident, $exit:ident => $spec:expr;)*) => {$(
             #[tracepoint]
@@ -191,7 +338,10 @@ mod kernel {
 
             #[tracepoint]
             pub fn $exit(ctx: TracePointContext) -> u32 {
-                report_exit(&ctx);
+                // SAFETY: `RET` is the offset of the `long ret` field of `sys_exit_*` records.
+                // Unreadable (never seen) is reported as a failure code that user space cannot
+                // take for success.
+                report_exit(unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(i64::MIN));
                 0
             }
         )*};
@@ -223,6 +373,48 @@ mod kernel {
         sys_enter_move_mount, sys_exit_move_mount => mount_spec(op::MOVE_MOUNT);
     }
 
+    /// fentry/fexit pairs on the path workers; `$args` is the worker's argument count (its
+    /// return value follows the arguments in an fexit context). Signatures as in Linux 6.1
+    /// and 6.18 (`fs/internal.h`): the ops are those of the `*at` syscalls, whose records
+    /// user space already reads (`do_rmdir` takes a dirfd too).
+    macro_rules! fentry_programs {
+        ($($function:literal: $enter:ident, $exit:ident, $args:literal => $spec:expr;)*) => {$(
+            #[fentry(function = $function)]
+            pub fn $enter(ctx: FEntryContext) -> u32 {
+                let _ = report_enter(&ctx, &$spec);
+                0
+            }
+
+            #[fexit(function = $function)]
+            pub fn $exit(ctx: FExitContext) -> u32 {
+                // The workers return `int`; the slot holds the whole register.
+                report_exit(i64::from(ctx.arg::<u64>($args) as i32));
+                0
+            }
+        )*};
+    }
+
+    fentry_programs! {
+        // int do_unlinkat(int dfd, struct filename *name)
+        "do_unlinkat": fentry_do_unlinkat, fexit_do_unlinkat, 2 =>
+            spec(op::UNLINKAT, [at(0, 1), None]);
+        // int do_rmdir(int dfd, struct filename *name)
+        "do_rmdir": fentry_do_rmdir, fexit_do_rmdir, 2 => spec(op::RMDIR, [at(0, 1), None]);
+        // int do_renameat2(int olddfd, struct filename *from, int newdfd,
+        //                  struct filename *to, unsigned int flags)
+        "do_renameat2": fentry_do_renameat2, fexit_do_renameat2, 5 =>
+            spec(op::RENAMEAT2, [at(0, 1), at(2, 3)]);
+        // int do_symlinkat(struct filename *from, int newdfd, struct filename *to)
+        "do_symlinkat": fentry_do_symlinkat, fexit_do_symlinkat, 3 => Spec {
+            target: Some(0),
+            ..spec(op::SYMLINKAT, [at(1, 2), None])
+        };
+        // int do_linkat(int olddfd, struct filename *old, int newdfd, struct filename *new,
+        //               int flags)
+        "do_linkat": fentry_do_linkat, fexit_do_linkat, 5 =>
+            spec(op::LINKAT, [at(0, 1), at(2, 3)]);
+    }
+
     /// How a path argument bears on relevance.
     #[derive(Clone, Copy, PartialEq, Eq)]
     enum Verdict {
@@ -230,15 +422,19 @@ mod kernel {
         Watched,
         /// Could not be read or its last component is cut: must be reported.
         Unknown,
+        /// The call fails before changing anything: nothing to report.
+        Fails,
     }
 
-    /// Judges a syscall at entry and, if relevant, records the thread and sends `ENTER`.
+    /// Judges a call at entry and, if relevant, records the thread and sends `ENTER`.
     #[inline(always)]
-    fn report_enter(ctx: &TracePointContext, spec: &Spec) -> Result<(), i64> {
+    fn report_enter<C: Call>(ctx: &C, spec: &Spec) -> Result<(), i64> {
         let scratch_ptr = SCRATCH.get_ptr_mut(0).ok_or(0)?;
         // SAFETY: the map lookup returned a non-null pointer to this CPU's slot, which lives as
-        // long as the map; the program runs to completion on this CPU (syscall tracepoints do
-        // not nest: the kernel's `bpf_prog_active` guard), so nothing else aliases the slot.
+        // long as the map; the program runs to completion on this CPU without another of our
+        // programs in between (syscall tracepoints do not nest: the kernel's `bpf_prog_active`
+        // guard; fentry programs run with migration disabled, and user space attaches them
+        // only where the kernel does not preempt kernel code), so nothing aliases the slot.
         let scratch = unsafe { &mut *scratch_ptr };
         let event = &mut scratch.event;
         event.flags = 0;
@@ -246,10 +442,9 @@ mod kernel {
         event.path_len = [0; 2];
 
         let mut relevant = spec.always;
-        if let Some(offset) = spec.target {
+        if let Some(slot) = spec.target {
             match target_in_store(
-                ctx,
-                offset,
+                ctx.string(slot),
                 &mut scratch.target,
                 &mut scratch.prefix_mismatch,
             ) {
@@ -259,21 +454,22 @@ mod kernel {
                     count(COUNTER_UNREADABLE);
                     relevant = true;
                 }
+                Verdict::Fails => return Ok(()),
                 Verdict::Unwatched => {}
             }
         }
         if let Some(arg) = spec.paths[0] {
-            let verdict =
-                read_path::<0>(ctx, arg, event, &mut scratch.long_path, &mut scratch.walk);
-            if verdict != Verdict::Unwatched {
-                relevant = true;
+            match read_path::<0, C>(ctx, arg, event, &mut scratch.long_path, &mut scratch.walk) {
+                Verdict::Unwatched => {}
+                Verdict::Fails => return Ok(()),
+                Verdict::Watched | Verdict::Unknown => relevant = true,
             }
         }
         if let Some(arg) = spec.paths[1] {
-            let verdict =
-                read_path::<1>(ctx, arg, event, &mut scratch.long_path, &mut scratch.walk);
-            if verdict != Verdict::Unwatched {
-                relevant = true;
+            match read_path::<1, C>(ctx, arg, event, &mut scratch.long_path, &mut scratch.walk) {
+                Verdict::Unwatched => {}
+                Verdict::Fails => return Ok(()),
+                Verdict::Watched | Verdict::Unknown => relevant = true,
             }
         }
         if !relevant {
@@ -292,8 +488,7 @@ mod kernel {
             // SAFETY: a helper without arguments, callable from every program type.
             ktime_ns: unsafe { bpf_ktime_get_ns() },
         };
-        // SAFETY: `SYSCALL_NR` is the offset of the `int __syscall_nr` field in the record.
-        event.syscall_nr = unsafe { ctx.read_at::<i32>(SYSCALL_NR) }.unwrap_or(-1);
+        event.syscall_nr = ctx.syscall_nr();
 
         let in_flight = InFlight {
             op: spec.op,
@@ -316,9 +511,9 @@ mod kernel {
         Ok(())
     }
 
-    /// Sends `EXIT` for a thread whose entry was relevant.
+    /// Sends `EXIT` with the call's return value `ret` for a thread whose entry was relevant.
     #[inline(always)]
-    fn report_exit(ctx: &TracePointContext) {
+    fn report_exit(ret: i64) {
         let pid_tgid = bpf_get_current_pid_tgid();
         // SAFETY: the value is copied out at once; a concurrent delete of this key can only
         // come from this thread, which is here.
@@ -335,14 +530,10 @@ mod kernel {
                 // SAFETY: a helper without arguments, callable from every program type.
                 ktime_ns: unsafe { bpf_ktime_get_ns() },
             },
-            // SAFETY: `RET` is the offset of the `long ret` field of `sys_exit_*` records.
-            // Unreadable (never seen) is reported as a failure code that user space cannot
-            // take for success.
-            ret: unsafe { ctx.read_at::<i64>(RET) }.unwrap_or(i64::MIN),
+            ret,
         };
         send(&event);
     }
-
     #[tracepoint]
     pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
         let offset = CONFIG
@@ -448,45 +639,35 @@ mod kernel {
 
     /// Reads path argument `INDEX` into the event and judges its last component.
     #[inline(always)]
-    fn read_path<const INDEX: usize>(
-        ctx: &TracePointContext,
+    fn read_path<const INDEX: usize, C: Call>(
+        ctx: &C,
         arg: PathArg,
         event: &mut PathEvent,
         long_path: &mut [u8; LONG_PATH_BYTES],
         walk: &mut NameWalk,
     ) -> Verdict {
-        if let Some(offset) = arg.dirfd {
-            // The slot holds a sign-extended `int`; truncating keeps its value.
-            // SAFETY: `offset` is the offset of an 8-byte argument slot in the record.
-            event.dirfd[INDEX] =
-                unsafe { ctx.read_at::<u64>(offset) }.map_or(AT_FDCWD, |fd| fd as i32);
+        if let Some(slot) = arg.dirfd {
+            event.dirfd[INDEX] = ctx.int(slot).unwrap_or(AT_FDCWD);
         }
-        // SAFETY: `arg.name` is the offset of a pointer-sized argument slot in the record.
-        let Ok(pointer) = (unsafe { ctx.read_at::<u64>(arg.name) }) else {
-            return unknown::<INDEX>(event);
+        let name = match ctx.string(arg.name) {
+            Str::Fails => return Verdict::Fails,
+            Str::Unreadable => return unknown::<INDEX>(event),
+            name => name,
         };
-        let pointer = pointer as *const u8;
         let buffer = &mut event.path[INDEX];
-        // SAFETY: the helper reads at most `PATH_BYTES` bytes of user memory, faulting safely.
-        let mut len = match unsafe { bpf_probe_read_user_str_bytes(pointer, buffer) } {
-            Ok(path) => path.len(),
-            Err(_) => return unknown::<INDEX>(event),
+        let Some(mut len) = name.read(buffer) else {
+            return unknown::<INDEX>(event);
         };
         let mut truncated = false;
         if len >= PATH_BYTES - 1 {
             // Possibly longer: learn the whole length, then keep the tail, which holds the
             // last component.
-            // SAFETY: bounded read of user memory that may fault, as above.
-            let full = match unsafe { bpf_probe_read_user_str_bytes(pointer, long_path) } {
-                Ok(path) => path.len(),
-                Err(_) => return unknown::<INDEX>(event),
+            let Some(full) = name.read(long_path) else {
+                return unknown::<INDEX>(event);
             };
             if full > PATH_BYTES - 1 {
-                let start = full - PATH_BYTES;
-                // SAFETY: `pointer + start .. pointer + full` lies inside the string just
-                // read; the helper faults safely anyway.
-                if unsafe { bpf_probe_read_user_buf(pointer.wrapping_add(start), buffer) }.is_err()
-                {
+                // `start .. full` lies inside the string just read.
+                if name.read_at(full - PATH_BYTES, buffer).is_none() {
                     return unknown::<INDEX>(event);
                 }
                 len = PATH_BYTES;
@@ -676,24 +857,21 @@ mod kernel {
     }
 
     /// Reads the symlink target and tells whether it starts with the store prefix
-    /// (`Watched`), does not (`Unwatched`), or could not be read (`Unknown`).
+    /// (`Watched`), does not (`Unwatched`), could not be read (`Unknown`), or makes the call
+    /// fail (`Fails`).
     #[inline(always)]
     fn target_in_store(
-        ctx: &TracePointContext,
-        offset: usize,
+        target_arg: Str,
         target: &mut [u8; TARGET_BYTES],
         mismatch: &mut u64,
     ) -> Verdict {
-        // SAFETY: `offset` is the offset of a pointer-sized argument slot in the record.
-        let Ok(pointer) = (unsafe { ctx.read_at::<u64>(offset) }) else {
-            return Verdict::Unknown;
-        };
-        // SAFETY: bounded read of user memory that may fault.
-        let len = match unsafe { bpf_probe_read_user_str_bytes(pointer as *const u8, target) } {
-            Ok(bytes) => bytes.len(),
-            Err(_) => return Verdict::Unknown,
-        };
-        in_store(target, len, mismatch)
+        if matches!(target_arg, Str::Fails) {
+            return Verdict::Fails;
+        }
+        match target_arg.read(target) {
+            Some(len) => in_store(target, len, mismatch),
+            None => Verdict::Unknown,
+        }
     }
 
     /// Whether the first `target_len` bytes of `target` start with the configured store prefix
@@ -755,8 +933,8 @@ mod kernel {
     fn count(index: u32) {
         if let Some(counter) = COUNTERS.get_ptr_mut(index) {
             // SAFETY: the pointer is this CPU's 8-byte slot of the map value, valid for the
-            // map's lifetime. It has one writer at a time: the slot is per CPU and tracepoint
-            // programs do not nest on a CPU (the kernel's `bpf_prog_active` guard). The BPF
+            // map's lifetime. It has one writer at a time: the slot is per CPU and our
+            // programs do not nest or interleave on a CPU (see `report_enter`). The BPF
             // target has no atomic read-modify-write in `core`, hence the plain add.
             unsafe { *counter += 1 };
         }

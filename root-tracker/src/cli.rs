@@ -63,6 +63,17 @@ enum Backend {
     Fanotify,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum EbpfHooks {
+    /// fentry/fexit on the kernel's path workers where all of them load and attach (no
+    /// syscall tracepoint: cheaper for every other syscall), else the syscall tracepoints.
+    Auto,
+    /// The syscall and io_uring tracepoints.
+    Tracepoints,
+    /// fentry/fexit, or fail.
+    Fentry,
+}
+
 #[derive(Args, Debug)]
 struct SocketArg {
     /// The tracker's socket.
@@ -136,6 +147,9 @@ struct RunArgs {
     /// Size of the eBPF ring buffer in bytes (a power of two, a multiple of the page size).
     #[arg(long, default_value_t = root_tracker_ebpf::RING_BUF_BYTES)]
     ebpf_ring_buffer_bytes: u32,
+    /// Which kernel hooks the eBPF backend attaches; `status` shows which it did and why.
+    #[arg(long, value_enum, default_value_t = EbpfHooks::Auto)]
+    ebpf_hooks: EbpfHooks,
     /// Run as this user (a name, or a numeric uid in the password database) after attaching,
     /// with its primary group and no supplementary groups; recommended: a dedicated system user.
     /// The tracker gives it the directories it creates for --db and the sockets, and the index
@@ -365,6 +379,11 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         &interest,
         &crate::source::ebpf::EbpfOptions {
             ring_buf_bytes: args.ebpf_ring_buffer_bytes,
+            hooks: match args.ebpf_hooks {
+                EbpfHooks::Auto => crate::source::ebpf::HookChoice::Auto,
+                EbpfHooks::Tracepoints => crate::source::ebpf::HookChoice::Tracepoints,
+                EbpfHooks::Fentry => crate::source::ebpf::HookChoice::Fentry,
+            },
         },
     )
     .context("cannot attach a kernel source")?;

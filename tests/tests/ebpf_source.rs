@@ -3,6 +3,10 @@
 //! `MountsChanged`, io_uring and a full ring buffer yield `Hint::Lost`. Needs root (CI runs as
 //! root).
 //!
+//! These tests attach the tracepoint set (`HookChoice::Tracepoints`) whatever the kernel
+//! accepts: the fentry/fexit set, which this machine kind refuses, is checked under Linux 6.1
+//! by `cargo xtask vm`; here only its refusal and the fallback are.
+//!
 //! Every test has its own home and store dir and its own attached programs. The programs see
 //! the whole machine, so tests running in parallel may see each other's mounts and io_uring
 //! submissions; assertions therefore look only at hints naming the test's own home.
@@ -33,7 +37,7 @@ use root_tracker::{
     hint::Hint,
     source::{
         Interest, Source as _,
-        ebpf::{EbpfOptions, EbpfSource, Probe},
+        ebpf::{AttachMode, EbpfError, EbpfOptions, EbpfSource, HookChoice, Probe},
     },
 };
 use tempfile::TempDir;
@@ -53,7 +57,7 @@ struct Fixture {
 
 impl Fixture {
     fn new(watched: &[&[u8]]) -> Self {
-        Self::with_options(watched, &EbpfOptions::default())
+        Self::with_options(watched, &tracepoints())
     }
 
     fn with_options(watched: &[&[u8]], options: &EbpfOptions) -> Self {
@@ -417,6 +421,7 @@ fn full_ring_buffer_is_reported_as_lost() {
         &[],
         &EbpfOptions {
             ring_buf_bytes: page,
+            ..tracepoints()
         },
     );
     let target = fixture.store_path();
@@ -457,6 +462,7 @@ fn ring_buffer_size_must_be_a_power_of_two_pages() {
         &interest,
         &EbpfOptions {
             ring_buf_bytes: 3 * 4096,
+            ..tracepoints()
         },
     );
     assert!(result.is_err());
@@ -494,10 +500,59 @@ fn fexit_and_lsm_are_probed_and_reported() {
                 assert!(!reason.contains("not probed"), "{name}: {reason}");
                 assert!(!reason.is_empty());
             }
-            Probe::Attached => panic!("{name} probe must never be attached"),
+            Probe::Attached | Probe::Unneeded { .. } => {
+                panic!("{name} must not be attached with forced tracepoints: {probe:?}")
+            }
         }
     }
     eprintln!("fexit: {:?}\nlsm: {:?}", checks.fexit, checks.lsm);
+}
+
+/// The default choice takes fentry/fexit only where they attach, and otherwise says why it
+/// took the tracepoints; where fexit is refused (this machine kind) the reason names that
+/// refusal, every tracepoint program is in place (io_uring's too), and asking for fentry
+/// alone fails with the same reason instead of attaching a part.
+#[test]
+fn attach_mode_is_reported_with_its_reason() {
+    let auto = Fixture::with_options(&[], &EbpfOptions::default());
+    let checks = auto.source.checks().clone();
+    eprintln!("auto: {checks:?}");
+    match &checks.attach_mode {
+        AttachMode::Fentry => {
+            assert_eq!(checks.fexit, Probe::Attached);
+            assert!(matches!(checks.io_uring_submit, Probe::Unneeded { .. }));
+            eprintln!("skipped: this kernel runs the fentry set; `cargo xtask vm` checks it");
+        }
+        AttachMode::Tracepoints { reason } => {
+            assert_eq!(checks.io_uring_submit, Probe::Attached);
+            if let Probe::Absent { reason: refused } = &checks.fexit {
+                assert!(reason.contains(refused.as_str()), "{reason} / {refused}");
+            }
+            drop(auto);
+            let dir = tempfile::tempdir().unwrap();
+            let interest = Interest {
+                store_dir: dir.path().to_owned(),
+                ..Interest::default()
+            };
+            let options = EbpfOptions {
+                hooks: HookChoice::Fentry,
+                ..EbpfOptions::default()
+            };
+            match EbpfSource::attach_with(&interest, &options) {
+                Err(EbpfError::FentryUnavailable { reason: why }) => assert_eq!(&why, reason),
+                Err(other) => panic!("unexpected error: {other}"),
+                Ok(_) => panic!("fentry attached although auto chose tracepoints: {reason}"),
+            }
+        }
+    }
+}
+
+/// The tracepoint set, whatever the kernel accepts.
+fn tracepoints() -> EbpfOptions {
+    EbpfOptions {
+        hooks: HookChoice::Tracepoints,
+        ..EbpfOptions::default()
+    }
 }
 
 /// A process may close a directory fd and reuse its number for another directory, or change

@@ -61,8 +61,9 @@ enum Task {
         ops: u64,
     },
     /// Boot Debian's 6.1 cloud kernel under qemu (software emulation) with the BPF LSM enabled
-    /// and check the eBPF source there: fexit/LSM probes, tracepoints, a fenced tracker query.
-    /// Installs qemu-system-x86 and busybox-static; caches the kernel under target/vm/.
+    /// and check the eBPF source there: fexit/LSM probes, tracepoints, fentry/fexit, fenced
+    /// tracker queries. Installs qemu-system-x86 and busybox-static; caches the kernel under
+    /// target/vm/.
     Vm {
         /// Kill qemu and fail after this many seconds (boot included).
         #[arg(long, default_value_t = vm::DEFAULT_TIMEOUT.as_secs())]
@@ -73,6 +74,10 @@ enum Task {
         /// Show every console line, not only the test's markers.
         #[arg(long)]
         verbose: bool,
+        /// Run these vm-check steps instead of the default set, e.g. `--steps overhead`
+        /// (unrelated file churn with no source, the tracepoint set and the fentry set).
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<String>,
     },
 }
 
@@ -113,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             timeout_secs,
             kernel_package,
             verbose,
+            steps,
         } => {
             let env = setup_and_report()?;
             let summary = vm::vm(
@@ -121,6 +127,7 @@ fn main() -> anyhow::Result<()> {
                     timeout: std::time::Duration::from_secs(timeout_secs),
                     kernel_package,
                     verbose,
+                    steps,
                 },
             )?;
             println!("{summary}");

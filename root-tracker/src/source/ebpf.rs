@@ -1,10 +1,12 @@
-//! eBPF source: loads the `root-tracker-ebpf` programs, attaches them to the syscall and
-//! io_uring tracepoints, and turns their ring-buffer records into [`Hint`]s.
+//! eBPF source: loads the `root-tracker-ebpf` programs, attaches them — fentry/fexit on the
+//! kernel's path workers where every one of those loads and attaches, else the syscall and
+//! io_uring tracepoints, never a mixture — and turns their ring-buffer records into [`Hint`]s.
 //!
 //! Invariant: every relevant operation is either delivered (an `ENTER` record, then an `EXIT`
-//! record once the syscall returned) or counted in [`DeliveryCounters`]; any increase of a
-//! loss counter becomes a [`Hint::Lost`]. Hints are emitted at `EXIT`, when the change is done,
-//! and [`Source::fence`] waits for every operation seen entering to exit.
+//! record once the syscall or path worker returned) or counted in [`DeliveryCounters`] (the
+//! programs' counters, and the kernel's count of fentry/fexit runs it skipped); any increase
+//! of a loss counter becomes a [`Hint::Lost`]. Hints are emitted at `EXIT`, when the change is
+//! done, and [`Source::fence`] waits for every operation seen entering to exit.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -23,15 +25,16 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{FExit, Lsm, ProgramError, TracePoint},
+    programs::{FEntry, FExit, Lsm, ProgramError, ProgramFd, TracePoint},
 };
 use root_tracker_ebpf::{
     AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED,
-    COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IO_URING_CATEGORY,
-    MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS,
-    MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE,
-    PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_PROGRAMS,
-    SYSCALLS_CATEGORY, StorePrefix, flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
+    COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, FENTRY_PROGRAMS,
+    IO_URING_CATEGORY, MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS,
+    MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE,
+    PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN,
+    SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, X86_64_PT_REGS_ORIG_AX, flags, io_uring,
+    kernel_dev_major_minor, kind, name_hash, op,
 };
 
 use crate::{
@@ -115,6 +118,16 @@ pub enum EbpfError {
         #[source]
         source: Box<ProgramError>,
     },
+    /// `--ebpf-hooks fentry` was asked for, but the fentry/fexit programs cannot be used here.
+    #[error("the fentry/fexit programs cannot be used on this kernel: {reason}")]
+    FentryUnavailable { reason: String },
+    /// The kernel's statistics of an attached program could not be read.
+    #[error("cannot read the fdinfo of eBPF program {name}")]
+    ProgramInfo {
+        name: &'static str,
+        #[source]
+        source: io::Error,
+    },
     /// The mount table could not be opened or polled.
     #[error(
         "cannot open or poll {} to watch for mount changes",
@@ -144,14 +157,40 @@ pub struct EbpfOptions {
     /// Size of the ring buffer in bytes: a power of two multiple of the page size. An `ENTER`
     /// record of a path operation takes about 1 KiB.
     pub ring_buf_bytes: u32,
+    /// Which programs to attach.
+    pub hooks: HookChoice,
 }
 
 impl Default for EbpfOptions {
     fn default() -> Self {
         Self {
             ring_buf_bytes: RING_BUF_BYTES,
+            hooks: HookChoice::Auto,
         }
     }
+}
+
+/// Which set of programs the source attaches ([`EbpfOptions::hooks`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HookChoice {
+    /// fentry/fexit where every one of them loads and attaches, else the tracepoints.
+    #[default]
+    Auto,
+    /// The syscall and io_uring tracepoints, whatever the kernel accepts.
+    Tracepoints,
+    /// fentry/fexit, or fail ([`EbpfError::FentryUnavailable`]).
+    Fentry,
+}
+
+/// Which set of programs is attached, and why; shown by `root-tracker status`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum AttachMode {
+    /// fentry/fexit on the path workers ([`FENTRY_PROGRAMS`]); no syscall or io_uring
+    /// tracepoint is attached, and mount changes come from the mount table's poll alone.
+    Fentry,
+    /// Every syscall tracepoint and the io_uring ones.
+    Tracepoints { reason: String },
 }
 
 /// Whether an optional hook is in place, and why not.
@@ -166,12 +205,17 @@ pub enum Probe {
     /// `io_uring/io_uring_submit_req` or `io_uring_submit_sqe` tracepoint: a kernel without
     /// io_uring).
     Absent { reason: String },
+    /// Not attached: other attached programs see what it would.
+    Unneeded { reason: String },
 }
 
 /// What the kernel supports, as found at attach time; shown by `root-tracker status`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Checks {
-    /// Whether an fexit program loads (`vfs_symlink`): refused with EPERM on some hosts.
+    /// fentry/fexit or tracepoints, and why.
+    pub attach_mode: AttachMode,
+    /// Whether an fexit program loads (`vfs_symlink`): refused with EPERM on some hosts;
+    /// `attached` when the fentry/fexit programs are in use.
     pub fexit: Probe,
     /// Whether a BPF LSM program loads (`path_symlink`) and `bpf` is an active LSM.
     pub lsm: Probe,
@@ -240,12 +284,15 @@ pub struct DeliveryCounters {
     pub truncated: u64,
     /// Relevant operations not tracked because the in-flight map was full.
     pub untracked: u64,
+    /// Runs of the fentry/fexit programs the kernel skipped (their `recursion_misses`): each
+    /// may be an operation unseen, or its exit.
+    pub missed: u64,
 }
 
 impl DeliveryCounters {
     /// Whether any hint may have been lost since attaching (the index must be rescanned).
     pub fn lost_hints(&self) -> bool {
-        self.dropped != 0 || self.unreadable != 0 || self.untracked != 0
+        self.dropped != 0 || self.unreadable != 0 || self.untracked != 0 || self.missed != 0
     }
 
     /// A [`Hint::Lost`] for every loss counter that grew from `earlier` to `self`.
@@ -269,6 +316,11 @@ impl DeliveryCounters {
             self.untracked,
             earlier.untracked,
             "operations untracked (in-flight map full)",
+        ));
+        out.extend(grew(
+            self.missed,
+            earlier.missed,
+            "fentry/fexit runs skipped by the kernel",
         ));
     }
 }
@@ -413,6 +465,9 @@ pub struct EbpfSource {
     /// [`Source::take_earliest_completion`] returned (`CLOCK_MONOTONIC` ns).
     earliest_completion: Option<u64>,
     checks: Checks,
+    /// The attached fentry/fexit programs (none in tracepoint mode), whose `recursion_misses`
+    /// count runs the kernel skipped.
+    fentry_fds: Vec<(&'static str, ProgramFd)>,
     /// Owns the programs and their tracepoint links; aya detaches the links when it drops.
     _ebpf: Ebpf,
 }
@@ -424,8 +479,9 @@ impl EbpfSource {
     }
 
     /// Loads the programs, fills the filters from `interest` and attaches every exit program,
-    /// then every entry program (so that each entry recorded has its exit seen), then the
-    /// io_uring program.
+    /// then every entry program (so that each entry recorded has its exit seen): the
+    /// fentry/fexit set where [`EbpfOptions::hooks`] allows it and it attaches whole, else
+    /// the syscall tracepoints and then the io_uring programs.
     ///
     /// Needs root (`CAP_BPF` + `CAP_PERFMON`, or `CAP_SYS_ADMIN`; `CAP_SYS_PTRACE` to resolve
     /// relative paths through `/proc`). Where no tracefs is mounted, mounts one in a private
@@ -443,13 +499,14 @@ impl EbpfSource {
             return Err(EbpfError::RingBufSize { bytes });
         }
         let prefix = store_prefix(&interest.store_dir)?;
-        with_tracefs(|| Self::load_and_attach(interest, prefix, bytes))
+        with_tracefs(|| Self::load_and_attach(interest, prefix, bytes, options.hooks))
     }
 
     fn load_and_attach(
         interest: &Interest,
         prefix: StorePrefix,
         ring_buf_bytes: u32,
+        hooks: HookChoice,
     ) -> Result<Self, EbpfError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, ring_buf_bytes)
@@ -471,7 +528,11 @@ impl EbpfSource {
             io_uring_submit_req_offset: submit_field("req", 8).unwrap_or(0),
             io_uring_complete_req_offset: io_uring_req_offset(IO_URING_COMPLETE_FORMAT)
                 .unwrap_or(0),
-            reserved: 0,
+            syscall_nr_regs_offset: if cfg!(target_arch = "x86_64") {
+                X86_64_PT_REGS_ORIG_AX
+            } else {
+                0
+            },
         };
         config
             .set(0, config_value, 0)
@@ -507,6 +568,9 @@ impl EbpfSource {
             records_read: 0,
             earliest_completion: None,
             checks: Checks {
+                attach_mode: AttachMode::Tracepoints {
+                    reason: "not attached yet".to_owned(),
+                },
                 fexit: Probe::Absent {
                     reason: "not probed".to_owned(),
                 },
@@ -517,37 +581,136 @@ impl EbpfSource {
                 io_uring_opcode_offset,
                 base_dir,
             },
+            fentry_fds: Vec::new(),
             _ebpf: ebpf,
         };
         source.set_basenames(&interest.basenames)?;
         (source.checks.fexit, source.checks.lsm) = probe_fexit_and_lsm(&mut source._ebpf);
 
+        let reason = match hooks {
+            HookChoice::Tracepoints => "requested (--ebpf-hooks tracepoints)".to_owned(),
+            HookChoice::Auto | HookChoice::Fentry => match source.attach_fentry() {
+                Ok(()) => {
+                    tracing::info!(
+                        programs = 2 * FENTRY_PROGRAMS.len(),
+                        "eBPF source: fentry/fexit programs attached; no syscall tracepoint"
+                    );
+                    return Ok(source);
+                }
+                Err(reason) => reason,
+            },
+        };
+        if hooks == HookChoice::Fentry {
+            return Err(EbpfError::FentryUnavailable { reason });
+        }
+        tracing::info!(%reason, "eBPF source: attaching the syscall and io_uring tracepoints");
+        source.checks.attach_mode = AttachMode::Tracepoints { reason };
+        source.attach_tracepoints(io_uring_submit)?;
+        Ok(source)
+    }
+
+    /// Attaches every fentry/fexit program, exits first; on any failure detaches and unloads
+    /// all of them again and says why, so the caller attaches the complete tracepoint set
+    /// instead: a mixture could miss an operation that only the missing program sees.
+    fn attach_fentry(&mut self) -> Result<(), String> {
+        match &self.checks.fexit {
+            Probe::Loadable => {}
+            Probe::Absent { reason } => {
+                return Err(format!("fexit programs do not load here: {reason}"));
+            }
+            other => return Err(format!("fexit probe: {other:?}")),
+        }
+        preemption_off().map_err(|reason| {
+            format!(
+                "{reason}: fentry programs run preemptibly there and share per-CPU scratch \
+                 memory, which a preempting program would overwrite"
+            )
+        })?;
+        let btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+        let attached = FENTRY_PROGRAMS
+            .iter()
+            .map(|hook| (hook.exit, hook.function))
+            .chain(
+                FENTRY_PROGRAMS
+                    .iter()
+                    .map(|hook| (hook.entry, hook.function)),
+            )
+            .try_for_each(|(name, function)| {
+                attach_tracing(&mut self._ebpf, name, function, &btf)
+                    .map_err(|e| format!("{name} on {function}: {}", error_chain(&e)))
+            })
+            .and_then(|()| {
+                let names = FENTRY_PROGRAMS
+                    .iter()
+                    .flat_map(|hook| [hook.exit, hook.entry]);
+                self.fentry_fds = names
+                    .map(|name| {
+                        let fd = self
+                            ._ebpf
+                            .program(name)
+                            .ok_or_else(|| format!("{name} is missing"))?
+                            .fd()
+                            .map_err(|e| format!("{name}: no program fd: {e}"))?
+                            .try_clone()
+                            .map_err(|e| format!("{name}: cannot duplicate its fd: {e}"))?;
+                        Ok((name, fd))
+                    })
+                    .collect::<Result<_, String>>()?;
+                Ok(())
+            });
+        if let Err(reason) = attached {
+            self.fentry_fds.clear();
+            // Entries first, so that no entry recorded is left without its exit program.
+            for hook in FENTRY_PROGRAMS {
+                unload_tracing(&mut self._ebpf, hook.entry);
+            }
+            for hook in FENTRY_PROGRAMS {
+                unload_tracing(&mut self._ebpf, hook.exit);
+            }
+            tracing::warn!(%reason, "eBPF source: fentry/fexit programs not usable");
+            return Err(reason);
+        }
+        self.checks.attach_mode = AttachMode::Fentry;
+        self.checks.fexit = Probe::Attached;
+        self.checks.io_uring_submit = Probe::Unneeded {
+            reason: "io_uring's path operations call the path workers the fentry programs hook"
+                .to_owned(),
+        };
+        Ok(())
+    }
+
+    /// Attaches every syscall tracepoint program, exits first, then the io_uring programs
+    /// (`io_uring_submit`: the submission tracepoint this kernel has, if any).
+    fn attach_tracepoints(
+        &mut self,
+        io_uring_submit: Option<(&'static str, String)>,
+    ) -> Result<(), EbpfError> {
         for (_, exit) in SYSCALL_PROGRAMS {
-            attach_tracepoint(&mut source._ebpf, SYSCALLS_CATEGORY, exit)?;
+            attach_tracepoint(&mut self._ebpf, SYSCALLS_CATEGORY, exit)?;
         }
         for (enter, _) in SYSCALL_PROGRAMS {
-            attach_tracepoint(&mut source._ebpf, SYSCALLS_CATEGORY, enter)?;
+            attach_tracepoint(&mut self._ebpf, SYSCALLS_CATEGORY, enter)?;
         }
         if let Some((submit, _)) = io_uring_submit {
             // Completion first, so no tracked submission can complete unseen.
             if tracefs_file(IO_URING_COMPLETE_FORMAT).is_some() {
-                attach_tracepoint(&mut source._ebpf, IO_URING_CATEGORY, PROG_IO_URING_COMPLETE)?;
+                attach_tracepoint(&mut self._ebpf, IO_URING_CATEGORY, PROG_IO_URING_COMPLETE)?;
             }
             attach_program(
-                &mut source._ebpf,
+                &mut self._ebpf,
                 PROG_IO_URING_SUBMIT_REQ,
                 IO_URING_CATEGORY,
                 submit,
             )?;
         } else {
-            source.checks.io_uring_submit = Probe::Absent {
+            self.checks.io_uring_submit = Probe::Absent {
                 reason: format!(
                     "no tracepoint {IO_URING_CATEGORY}/{}",
                     IO_URING_SUBMIT_TRACEPOINTS.join(" or ")
                 ),
             };
         }
-        Ok(source)
+        Ok(())
     }
 
     /// Whether the kernel accepts fexit and LSM programs, found as [`Self::attach`] finds it,
@@ -563,10 +726,13 @@ impl EbpfSource {
         Ok(probe_fexit_and_lsm(&mut ebpf))
     }
 
-    /// Loads every tracepoint program on its own (nothing is attached) and reports what the
-    /// verifier made of each: how many instructions it processed to accept it, or why it
-    /// refused. For `cargo xtask vm`, which must show how close a kernel's verifier limit
-    /// (1,000,000 processed instructions) the programs come, not only whether they load.
+    /// Loads every program on its own (nothing is attached) and reports what the verifier
+    /// made of each: how many instructions it processed to accept it, or why it refused. For
+    /// `cargo xtask vm`, which must show how close a kernel's verifier limit (1,000,000
+    /// processed instructions) the programs come, not only whether they load. The
+    /// fentry/fexit programs come last; where the kernel refuses them (this host kind) they
+    /// are `Rejected` like any other, so callers that need only the tracepoint programs
+    /// judge the first `2 * SYSCALL_PROGRAMS.len() + 2` verdicts.
     pub fn verify_programs() -> Result<Vec<ProgramVerdict>, EbpfError> {
         if EBPF_OBJECT.is_empty() {
             return Err(EbpfError::NotBuilt);
@@ -574,39 +740,53 @@ impl EbpfSource {
         let mut ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
-        let names = SYSCALL_PROGRAMS
+        let tracepoints = SYSCALL_PROGRAMS
             .iter()
             .flat_map(|(enter, exit)| [*enter, *exit])
-            .chain([PROG_IO_URING_SUBMIT_REQ, PROG_IO_URING_COMPLETE]);
-        names
-            .map(|name| {
+            .chain([PROG_IO_URING_SUBMIT_REQ, PROG_IO_URING_COMPLETE])
+            .map(|name| (name, None));
+        let fentry = FENTRY_PROGRAMS.iter().flat_map(|hook| {
+            [
+                (hook.entry, Some(hook.function)),
+                (hook.exit, Some(hook.function)),
+            ]
+        });
+        let btf = aya::Btf::from_sys_fs();
+        tracepoints
+            .chain(fentry)
+            .map(|(name, function)| {
                 let program = ebpf
                     .program_mut(name)
                     .ok_or(EbpfError::MissingProgram { name })?;
-                let outcome = match <&mut TracePoint>::try_from(program) {
-                    Ok(tracepoint) => match tracepoint.load() {
-                        Ok(()) => {
-                            let verified = tracepoint
-                                .info()
-                                .ok()
-                                .and_then(|info| info.verified_instruction_count());
-                            let _ = tracepoint.unload();
-                            Verification::Accepted {
-                                verified_insns: verified,
-                            }
-                        }
+                let loaded = match function {
+                    None => <&mut TracePoint>::try_from(program).and_then(|tracepoint| {
+                        tracepoint.load()?;
+                        let verified = verified_insns(tracepoint.info());
+                        let _ = tracepoint.unload();
+                        Ok(verified)
+                    }),
+                    Some(function) => match &btf {
+                        Ok(btf) => load_tracing_alone(program, function, btf),
                         Err(error) => {
-                            let error = error_chain(&error);
-                            Verification::Rejected {
-                                processed_insns: processed_insns(&error),
-                                error: brief_verifier_error(&error),
-                            }
+                            return Ok(ProgramVerdict {
+                                program: name,
+                                outcome: Verification::Rejected {
+                                    processed_insns: None,
+                                    error: format!("no kernel BTF: {error}"),
+                                },
+                            });
                         }
                     },
-                    Err(error) => Verification::Rejected {
-                        processed_insns: None,
-                        error: error_chain(&error),
-                    },
+                };
+                let outcome = match loaded {
+                    Ok(verified_insns) => Verification::Accepted { verified_insns },
+                    Err(error) => {
+                        let error = error_chain(&error);
+                        Verification::Rejected {
+                            processed_insns: processed_insns(&error),
+                            error: brief_verifier_error(&error),
+                        }
+                    }
                 };
                 Ok(ProgramVerdict {
                     program: name,
@@ -636,6 +816,16 @@ impl EbpfSource {
             unreadable: sum(COUNTER_UNREADABLE)?,
             truncated: sum(COUNTER_TRUNCATED)?,
             untracked: sum(COUNTER_UNTRACKED)?,
+            missed: self.fentry_misses()?,
+        })
+    }
+
+    /// Runs of the fentry/fexit programs the kernel skipped, summed.
+    fn fentry_misses(&self) -> Result<u64, EbpfError> {
+        self.fentry_fds.iter().try_fold(0u64, |total, (name, fd)| {
+            let misses =
+                recursion_misses(fd).map_err(|source| EbpfError::ProgramInfo { name, source })?;
+            Ok(total.wrapping_add(misses))
         })
     }
 
@@ -841,8 +1031,11 @@ impl EbpfSource {
 
     fn fence_inner(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
         // Every operation that completed before this call has its records in the buffer now:
-        // the exit program runs before the syscall returns. A mount change, however made,
-        // moved the table's event counter before it completed.
+        // the exit program runs before the syscall returns (`sys_exit_*`), or before the path
+        // worker returns to the syscall or to io_uring, which posts the completion only then
+        // (`fexit_do_*`). A mount change, however made, moved the table's event counter before
+        // it completed: in fentry mode that poll is the only mount hook, and it suffices, since
+        // only this mount namespace's table shapes what the index can see.
         if self.mounts.changed_now().map_err(EbpfError::Mountinfo)? {
             out.push(Hint::MountsChanged);
         }
@@ -940,9 +1133,12 @@ fn pid_tgid(tgid: u32, tid: u32) -> u64 {
 }
 
 /// Whether a thread in `state` (from `/proc/<pid>/task/<tid>/syscall`) may still be inside
-/// syscall `syscall_nr`: anything but a definite "elsewhere" or "gone" counts as still inside.
+/// syscall `syscall_nr`: anything but a definite "elsewhere" or "gone" counts as still inside;
+/// with [`SYSCALL_NR_UNKNOWN`] (an fentry program could not read it) only "outside any
+/// syscall" (-1) is elsewhere.
 fn may_be_in_syscall(state: ThreadSyscall, syscall_nr: i32) -> bool {
     match state {
+        ThreadSyscall::Number(nr) if syscall_nr == SYSCALL_NR_UNKNOWN => nr != -1,
         ThreadSyscall::Number(nr) => nr == i64::from(syscall_nr),
         ThreadSyscall::Gone => false,
         ThreadSyscall::Unknown => true,
@@ -1271,6 +1467,148 @@ fn attach_program(
     program.load().map_err(error)?;
     program.attach(category, tracepoint).map_err(error)?;
     Ok(())
+}
+
+/// Loads the fentry or fexit program `name` for kernel function `function` and attaches it.
+/// The link stays owned by the program inside `ebpf`.
+fn attach_tracing(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    function: &'static str,
+    btf: &aya::Btf,
+) -> Result<(), ProgramError> {
+    let Some(program) = ebpf.program_mut(name) else {
+        return Err(ProgramError::UnexpectedProgramType);
+    };
+    if let Ok(entry) = <&mut FEntry>::try_from(&mut *program) {
+        entry.load(function, btf)?;
+        entry.attach()?;
+        return Ok(());
+    }
+    let exit: &mut FExit = program.try_into()?;
+    exit.load(function, btf)?;
+    exit.attach()?;
+    Ok(())
+}
+
+/// Loads an fentry or fexit program for `function` without attaching it, then unloads it:
+/// the instructions the verifier processed.
+fn load_tracing_alone(
+    program: &mut aya::programs::Program,
+    function: &str,
+    btf: &aya::Btf,
+) -> Result<Option<u32>, ProgramError> {
+    if let Ok(entry) = <&mut FEntry>::try_from(&mut *program) {
+        entry.load(function, btf)?;
+        let verified = verified_insns(entry.info());
+        let _ = entry.unload();
+        return Ok(verified);
+    }
+    let exit: &mut FExit = program.try_into()?;
+    exit.load(function, btf)?;
+    let verified = verified_insns(exit.info());
+    let _ = exit.unload();
+    Ok(verified)
+}
+
+/// `bpf_prog_info.verified_insns` (kernel 5.16 and later) of a loaded program.
+fn verified_insns(info: Result<aya::programs::ProgramInfo, ProgramError>) -> Option<u32> {
+    info.ok().and_then(|info| info.verified_instruction_count())
+}
+
+/// Detaches and unloads the fentry or fexit program `name`, if it is loaded.
+fn unload_tracing(ebpf: &mut Ebpf, name: &'static str) {
+    let Some(program) = ebpf.program_mut(name) else {
+        return;
+    };
+    let unloaded = match <&mut FEntry>::try_from(&mut *program) {
+        Ok(entry) => entry.unload(),
+        Err(_) => <&mut FExit>::try_from(program).and_then(FExit::unload),
+    };
+    if let Err(error) = unloaded {
+        tracing::debug!(program = name, %error, "unloading an unused program failed");
+    }
+}
+
+/// `Ok` when the running kernel does not preempt kernel code (preemption model `none` or
+/// `voluntary`), else why not or why it is unknown. fentry programs run with migration
+/// disabled but preemption enabled, unlike tracepoint programs; on a preemptible kernel two of
+/// them could interleave on one CPU and overwrite each other's per-CPU scratch (an event, a
+/// verdict), and the kernel would skip a program re-entered on the same CPU.
+fn preemption_off() -> Result<(), String> {
+    let version = std::fs::read_to_string("/proc/sys/kernel/version")
+        .map_err(|e| format!("cannot read /proc/sys/kernel/version: {e}"))?;
+    let words: Vec<&str> = version.split_whitespace().collect();
+    let dynamic_mode = || {
+        let debugfs = std::fs::read_to_string(DEBUGFS_PREEMPT).ok();
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        preempt_dynamic_mode(debugfs.as_deref(), &cmdline)
+    };
+    preemption_verdict(&words, dynamic_mode)
+}
+
+/// Where a `PREEMPT_DYNAMIC` kernel shows its preemption model (`none (voluntary) full`, the
+/// current one in parentheses).
+const DEBUGFS_PREEMPT: &str = "/sys/kernel/debug/sched/preempt";
+
+/// [`preemption_off`] on the words of `/proc/sys/kernel/version` (`#1 SMP PREEMPT_DYNAMIC …`,
+/// which names the preemption build option, as `uname -v` does) and, for a `PREEMPT_DYNAMIC`
+/// kernel, the current model.
+fn preemption_verdict(
+    version: &[&str],
+    dynamic_mode: impl FnOnce() -> Option<String>,
+) -> Result<(), String> {
+    let built = version
+        .iter()
+        .find(|word| word.starts_with("PREEMPT"))
+        .copied();
+    match built {
+        None => Ok(()),
+        Some("PREEMPT_DYNAMIC") => match dynamic_mode() {
+            Some(mode) if mode == "none" || mode == "voluntary" => Ok(()),
+            Some(mode) => Err(format!("the kernel's preemption model is {mode}")),
+            None => Err(format!(
+                "the preemption model of this PREEMPT_DYNAMIC kernel is unknown (no readable \
+                 {DEBUGFS_PREEMPT}, no preempt= on its command line)"
+            )),
+        },
+        Some(other) => Err(format!("the kernel is built {other}")),
+    }
+}
+
+/// The current model of a `PREEMPT_DYNAMIC` kernel: the parenthesised word of debugfs's
+/// `sched/preempt`, else the last `preempt=` of the kernel command line.
+fn preempt_dynamic_mode(debugfs: Option<&str>, cmdline: &str) -> Option<String> {
+    let from_debugfs = debugfs.and_then(|text| {
+        text.split_whitespace().find_map(|word| {
+            word.strip_prefix('(')
+                .and_then(|word| word.strip_suffix(')'))
+                .map(str::to_owned)
+        })
+    });
+    from_debugfs.or_else(|| {
+        cmdline
+            .split_whitespace()
+            .rev()
+            .find_map(|word| word.strip_prefix("preempt="))
+            .map(str::to_owned)
+    })
+}
+
+/// The kernel's count of runs it skipped for the program behind `fd` (`recursion_misses` in
+/// its fdinfo, Linux 5.12 and later; 0 where the field is absent).
+fn recursion_misses(fd: &ProgramFd) -> io::Result<u64> {
+    let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+    let text = std::fs::read_to_string(path)?;
+    Ok(parse_fdinfo_field(&text, "recursion_misses").unwrap_or(0))
+}
+
+/// `N` of the line `<name>:\tN` in an fdinfo file.
+fn parse_fdinfo_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == name).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// The contents of `relative` under whichever tracefs root is visible.
@@ -1750,14 +2088,83 @@ mod tests {
         let after = DeliveryCounters {
             dropped: 3,
             truncated: 9,
+            missed: 1,
             ..before
         };
         let mut out = Vec::new();
         after.losses_since(&before, &mut out);
-        assert!(matches!(&out[..], [Hint::Lost { reason }] if reason.contains("dropped")));
+        assert!(matches!(
+            &out[..],
+            [Hint::Lost { reason }, Hint::Lost { reason: missed }]
+                if reason.contains("dropped") && missed.contains("skipped")
+        ));
         out.clear();
         after.losses_since(&after, &mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn fentry_only_where_the_kernel_does_not_preempt_kernel_code() {
+        let words = |text: &'static str| text.split_whitespace().collect::<Vec<_>>();
+        let unknown = || None;
+        assert!(preemption_verdict(&words("#1 SMP Debian 5.10.209-2"), unknown).is_ok());
+        let dynamic = words("#1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-11-16)");
+        assert!(preemption_verdict(&dynamic, || Some("voluntary".to_owned())).is_ok());
+        assert!(preemption_verdict(&dynamic, || Some("none".to_owned())).is_ok());
+        let full = preemption_verdict(&dynamic, || Some("full".to_owned()));
+        assert!(full.is_err_and(|reason| reason.contains("full")));
+        assert!(preemption_verdict(&dynamic, unknown).is_err());
+        for built in [
+            "#1 SMP PREEMPT Fri",
+            "#1 SMP PREEMPT_RT Fri",
+            "#1 SMP PREEMPT_LAZY Fri",
+        ] {
+            assert!(
+                preemption_verdict(&words(built), unknown).is_err(),
+                "{built}"
+            );
+        }
+    }
+
+    #[test]
+    fn preempt_dynamic_mode_from_debugfs_else_cmdline() {
+        let debugfs = Some("none (voluntary) full\n");
+        assert_eq!(
+            preempt_dynamic_mode(debugfs, "preempt=full").as_deref(),
+            Some("voluntary")
+        );
+        assert_eq!(
+            preempt_dynamic_mode(None, "ro preempt=none quiet preempt=full").as_deref(),
+            Some("full")
+        );
+        assert_eq!(preempt_dynamic_mode(None, "ro quiet"), None);
+    }
+
+    #[test]
+    fn fdinfo_fields() {
+        let text = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_cnt:\t0\n\
+                    recursion_misses:\t3\nverified_insns:\t61\n";
+        assert_eq!(parse_fdinfo_field(text, "recursion_misses"), Some(3));
+        assert_eq!(parse_fdinfo_field(text, "verified_insns"), Some(61));
+        assert_eq!(parse_fdinfo_field(text, "missing"), None);
+    }
+
+    #[test]
+    fn unknown_syscall_number_is_inside_until_seen_outside() {
+        // Known: only that number is inside. Unknown (fentry without the registers' offset):
+        // any syscall may be it, only -1 (outside any syscall) is elsewhere.
+        assert!(may_be_in_syscall(ThreadSyscall::Number(87), 87));
+        assert!(!may_be_in_syscall(ThreadSyscall::Number(0), 87));
+        assert!(may_be_in_syscall(
+            ThreadSyscall::Number(0),
+            SYSCALL_NR_UNKNOWN
+        ));
+        assert!(!may_be_in_syscall(
+            ThreadSyscall::Number(-1),
+            SYSCALL_NR_UNKNOWN
+        ));
+        assert!(!may_be_in_syscall(ThreadSyscall::Gone, SYSCALL_NR_UNKNOWN));
+        assert!(may_be_in_syscall(ThreadSyscall::Unknown, 87));
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! What `cargo xtask vm` runs inside a qemu guest booted with the BPF LSM enabled: the verifier
-//! must accept every program, the eBPF source's probes must find fexit and LSM programs
-//! loadable there (they are refused on the CI host), the tracepoint path must still report a
-//! symlink into the store and an io_uring unlinkat, a relative path must be checked against
-//! the directory the kernel used (struct offsets from this kernel's BTF), and a tracker
-//! (`tracker-cli run --backend ebpf`) must answer a fenced query with a root that only the
-//! kernel source can have seen. Prints `RT-VM-…` marker lines for the xtask to read (one
-//! `RT-VM-PASS`/`RT-VM-FAIL` per step) and exits non-zero if a step failed.
+//! must accept every program (fentry/fexit ones too), the eBPF source's probes must find fexit
+//! and LSM programs loadable there (they are refused on the CI host), the tracepoint path
+//! (forced) must still report a symlink into the store and an io_uring unlinkat, a relative
+//! path must be checked against the directory the kernel used (struct offsets from this
+//! kernel's BTF), the fentry path must report every kind of path operation (io_uring's too)
+//! with no syscall tracepoint program loaded, and a tracker (`tracker-cli run --backend ebpf`,
+//! in either mode) must answer fenced queries with roots that only the kernel source can have
+//! seen. Prints `RT-VM-…` marker lines for the xtask to read (one `RT-VM-PASS`/`RT-VM-FAIL` per
+//! step) and exits non-zero if a step failed.
 
 #![expect(
     clippy::unwrap_used,
@@ -15,7 +17,10 @@
 use std::{
     collections::BTreeSet,
     io::{BufRead as _, BufReader, Write as _},
-    os::unix::{ffi::OsStrExt as _, fs::symlink, net::UnixStream},
+    os::{
+        fd::AsRawFd as _,
+        unix::{ffi::OsStrExt as _, fs::symlink, net::UnixStream},
+    },
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -25,10 +30,12 @@ use root_tracker::{
     hint::Hint,
     source::{
         Interest, Source as _,
-        ebpf::{BaseDirCheck, EbpfSource, Probe, Verification},
+        ebpf::{
+            AttachMode, BaseDirCheck, EbpfOptions, EbpfSource, HookChoice, Probe, Verification,
+        },
     },
 };
-use tests::{FakeStore, package_bin};
+use tests::{FakeStore, Rng, index_part, package_bin};
 
 /// A store path name registered in the fake store's database (its hash part in Nix's
 /// base-32 alphabet, which has no `e`, `o`, `u`, `t`: any other name is no store path).
@@ -46,30 +53,51 @@ fn main() -> std::process::ExitCode {
     println!("RT-VM-KERNEL: {}", kernel.trim());
     let lsms = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
     println!("RT-VM-LSMS: {}", lsms.trim());
+    let preempt = std::fs::read_to_string("/sys/kernel/debug/sched/preempt").unwrap_or_default();
+    println!("RT-VM-PREEMPT: {}", preempt.trim());
     // A step runs even when an earlier one failed (each says something on its own), except
     // the tracker after a failed attach.
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 10] = [
         ("verifier", every_program_verifies),
         ("probes", fexit_and_lsm_probes),
         ("tracepoints", source_sees_symlink),
         ("relative", relative_paths_checked_against_kernel_dir),
-        ("tracker", tracker_fenced_query),
+        ("fentry", fentry_source_sees_every_operation),
+        ("fallback", preemptible_kernel_falls_back_to_tracepoints),
+        ("tracker", || tracker_fenced_query(None, "fentry")),
+        ("tracker-tracepoints", || {
+            tracker_fenced_query(Some("tracepoints"), "tracepoints")
+        }),
+        ("random", tracker_random_workload),
+        ("overhead", churn_overhead),
     ];
-    // Steps named on the command line run alone (to try one on the host); none: all of them.
+    // Steps named on the command line run alone (to try one on the host); none: all of them
+    // but the slow measurement `overhead`, which runs only when named.
     let only: Vec<String> = std::env::args().skip(1).collect();
     let mut failed = Vec::new();
     for (name, step) in steps {
-        if !only.is_empty() && !only.iter().any(|wanted| wanted == name) {
+        let wanted = if only.is_empty() {
+            name != "overhead"
+        } else {
+            only.iter().any(|wanted| wanted == name)
+        };
+        if !wanted {
             continue;
         }
         // The source and the tracker load the same programs: where the verifier refused one,
         // they would only fail again, after another minute of emulated verifier time.
-        if matches!(name, "tracepoints" | "relative") && failed.contains(&"verifier") {
+        if matches!(name, "tracepoints" | "relative" | "fentry" | "fallback")
+            && failed.contains(&"verifier")
+        {
             println!("RT-VM-FAIL: {name}: not run, the verifier refuses a program here");
             failed.push(name);
             continue;
         }
-        if name == "tracker" && failed.contains(&"tracepoints") {
+        let needs = match name {
+            "tracker" | "random" => "fentry",
+            _ => "tracepoints",
+        };
+        if (name.starts_with("tracker") || name == "random") && failed.contains(&needs) {
             println!("RT-VM-FAIL: {name}: not run, the eBPF source does not attach here");
             continue;
         }
@@ -88,11 +116,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Every tracepoint program must pass this kernel's verifier; prints one `RT-VM-VERIFIER` line
-/// per program with the instructions the verifier processed, so a program creeping towards
-/// the 1,000,000 limit shows before it crosses it.
+/// Every program (tracepoint, fentry and fexit) must pass this kernel's verifier; prints one
+/// `RT-VM-VERIFIER` line per program with the instructions the verifier processed, so a
+/// program creeping towards the 1,000,000 limit shows before it crosses it.
 fn every_program_verifies() -> Result<String, String> {
     let verdicts = EbpfSource::verify_programs().map_err(|e| brief(&e))?;
+    // Where fexit programs do not load at all (this step run on the CI host), the fentry set
+    // is refused as a whole and the tracepoint set is what must verify.
+    let (fexit, _) = EbpfSource::probe_fexit_and_lsm().map_err(|e| brief(&e))?;
+    let fentry_names: Vec<&str> = root_tracker_ebpf::FENTRY_PROGRAMS
+        .iter()
+        .flat_map(|hook| [hook.entry, hook.exit])
+        .collect();
     let mut refused = Vec::new();
     let mut most: Option<(&str, u32)> = None;
     for verdict in &verdicts {
@@ -107,6 +142,8 @@ fn every_program_verifies() -> Result<String, String> {
                     most = Some((verdict.program, insns));
                 }
             }
+            Verification::Rejected { .. }
+                if fexit != Probe::Loadable && fentry_names.contains(&verdict.program) => {}
             Verification::Rejected { .. } => refused.push(verdict.program),
         }
     }
@@ -114,8 +151,13 @@ fn every_program_verifies() -> Result<String, String> {
         return Err(format!("refused: {}", refused.join(", ")));
     }
     let (program, insns) = most.unwrap_or(("none", 0));
+    let accepted = verdicts
+        .iter()
+        .filter(|verdict| matches!(verdict.outcome, Verification::Accepted { .. }))
+        .count();
     Ok(format!(
-        "{} programs load; most instructions processed: {insns} ({program})",
+        "{accepted} of {} programs load (fexit here: {fexit:?}); most instructions processed: \
+         {insns} ({program})",
         verdicts.len()
     ))
 }
@@ -142,7 +184,11 @@ fn source_sees_symlink() -> Result<String, String> {
         paths: vec![store.root.join("home")],
     };
     let started = Instant::now();
-    let mut source = EbpfSource::attach(&interest).map_err(|e| brief(&e))?;
+    let options = EbpfOptions {
+        hooks: HookChoice::Tracepoints,
+        ..EbpfOptions::default()
+    };
+    let mut source = EbpfSource::attach_with(&interest, &options).map_err(|e| brief(&e))?;
     let attach_ms = started.elapsed().as_millis();
     let checks = source.checks().clone();
     println!(
@@ -152,8 +198,16 @@ fn source_sees_symlink() -> Result<String, String> {
     if checks.fexit != Probe::Loadable
         || checks.lsm != Probe::Loadable
         || checks.io_uring_submit != Probe::Attached
+        || !matches!(checks.attach_mode, AttachMode::Tracepoints { .. })
     {
         return Err(format!("unexpected checks after attach: {checks:?}"));
+    }
+    let loaded = LoadedPrograms::now()?;
+    if loaded.tracepoint != SYSCALL_AND_IO_URING_PROGRAMS || loaded.tracing != 0 {
+        return Err(format!(
+            "forced tracepoints: expected {SYSCALL_AND_IO_URING_PROGRAMS} tracepoint programs \
+             and no fentry/fexit program loaded, found {loaded:?}"
+        ));
     }
     // Not a watched basename: reported only because its target is in the store.
     let link = store.root.join("home/vm-link");
@@ -185,9 +239,305 @@ fn source_sees_symlink() -> Result<String, String> {
         }
     }
     Ok(format!(
-        "attached in {attach_ms} ms; a symlink into the store and an io_uring unlinkat came \
-         through fences"
+        "forced tracepoints attached in {attach_ms} ms ({loaded:?}); a symlink into the store \
+         and an io_uring unlinkat came through fences"
     ))
+}
+
+/// Tracepoint programs the tracepoint mode loads: every syscall pair and the two io_uring ones.
+const SYSCALL_AND_IO_URING_PROGRAMS: usize = 2 * root_tracker_ebpf::SYSCALL_PROGRAMS.len() + 2;
+
+/// BPF programs loaded in the kernel, by type. Nothing else in the guest loads any, so these
+/// are the source's: a syscall tracepoint can only be attached with a loaded tracepoint
+/// program, so none loaded proves none attached (and no syscall on the slow path).
+#[derive(Debug)]
+struct LoadedPrograms {
+    tracepoint: usize,
+    tracing: usize,
+    other: usize,
+}
+
+impl LoadedPrograms {
+    fn now() -> Result<Self, String> {
+        // `bpf_prog_type` values (`include/uapi/linux/bpf.h`).
+        const TRACEPOINT: u32 = 5;
+        const TRACING: u32 = 26;
+        let mut counts = Self {
+            tracepoint: 0,
+            tracing: 0,
+            other: 0,
+        };
+        for info in aya::programs::loaded_programs() {
+            let info = info.map_err(|e| format!("cannot list loaded programs: {e}"))?;
+            match info.program_type() as u32 {
+                TRACEPOINT => counts.tracepoint += 1,
+                TRACING => counts.tracing += 1,
+                _ => counts.other += 1,
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// Attaches the source in fentry mode (it must attach there) and requires a fenced hint for
+/// each kind of path operation: a symlink into the store, unlink, rename over a watched name,
+/// rmdir, link, an unlinkat relative to a directory fd, a linkat with `AT_EMPTY_PATH`, and
+/// io_uring unlinkat and renameat
+/// (which the fentry programs see as precise paths, not as lost hints). No tracepoint program
+/// may be loaded meanwhile.
+fn fentry_source_sees_every_operation() -> Result<String, String> {
+    let store = FakeStore::new(&[]);
+    let home = store.root.join("home");
+    let interest = Interest {
+        store_dir: store.layout.store_dir().to_owned(),
+        basenames: ["result", "gone-dir", "hardlink"]
+            .iter()
+            .map(|name| name.as_bytes().to_vec())
+            .collect(),
+        paths: vec![home.clone()],
+    };
+    let options = EbpfOptions {
+        hooks: HookChoice::Fentry,
+        ..EbpfOptions::default()
+    };
+    let started = Instant::now();
+    let mut source = EbpfSource::attach_with(&interest, &options).map_err(|e| brief(&e))?;
+    let attach_ms = started.elapsed().as_millis();
+    let checks = source.checks().clone();
+    println!(
+        "RT-VM-FENTRY-CHECKS: {}",
+        serde_json::to_string(&checks).unwrap()
+    );
+    if checks.attach_mode != AttachMode::Fentry
+        || checks.fexit != Probe::Attached
+        || !matches!(checks.io_uring_submit, Probe::Unneeded { .. })
+    {
+        return Err(format!("unexpected checks after attach: {checks:?}"));
+    }
+    let loaded = LoadedPrograms::now()?;
+    let fentry_programs = 2 * root_tracker_ebpf::FENTRY_PROGRAMS.len();
+    if loaded.tracepoint != 0 || loaded.tracing != fentry_programs {
+        return Err(format!(
+            "fentry mode: expected no tracepoint program and {fentry_programs} fentry/fexit \
+             programs loaded, found {loaded:?}"
+        ));
+    }
+
+    let target = store.layout.store_dir().join(STORE_NAME);
+    let result = home.join("result");
+    let io = |e: std::io::Error| e.to_string();
+    let mut seen = Vec::new();
+    let mut check = |what: &str, wanted: &Path| -> Result<(), String> {
+        expect_hint(&mut source, what, wanted)?;
+        seen.push(what.to_owned());
+        Ok(())
+    };
+    // Not a watched basename: reported only because its target is in the store.
+    symlink(&target, home.join("vm-link")).map_err(io)?;
+    check("symlink into the store", &home.join("vm-link"))?;
+    symlink(&target, &result).map_err(io)?;
+    check("symlink named result", &result)?;
+    std::fs::remove_file(&result).map_err(io)?;
+    check("unlink", &result)?;
+    symlink(&target, &result).map_err(io)?;
+    check("symlink named result again", &result)?;
+    symlink(&target, home.join("next")).map_err(io)?;
+    check("symlink to rename", &home.join("next"))?;
+    std::fs::rename(home.join("next"), &result).map_err(io)?;
+    check("rename over result", &result)?;
+    std::fs::create_dir(home.join("gone-dir")).map_err(io)?;
+    std::fs::remove_dir(home.join("gone-dir")).map_err(io)?;
+    check("rmdir", &home.join("gone-dir"))?;
+    std::fs::write(home.join("file"), b"").map_err(io)?;
+    std::fs::hard_link(home.join("file"), home.join("hardlink")).map_err(io)?;
+    check("link", &home.join("hardlink"))?;
+    // Relative to a directory fd: named through /proc/<pid>/task/<tid>/fd while it is open.
+    let dir = std::fs::File::open(&home).map_err(io)?;
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), c"hardlink".as_ptr(), 0) } != 0 {
+        return Err(format!("unlinkat: {}", std::io::Error::last_os_error()));
+    }
+    check(
+        "unlinkat relative to a directory fd",
+        &home.join("hardlink"),
+    )?;
+    // A new name for an open file: the old path is empty (AT_EMPTY_PATH).
+    let file = std::fs::File::open(home.join("file")).map_err(io)?;
+    // SAFETY: valid fds and NUL-terminated names.
+    let linked = unsafe {
+        libc::linkat(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            dir.as_raw_fd(),
+            c"hardlink".as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if linked != 0 {
+        return Err(format!(
+            "linkat AT_EMPTY_PATH: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    check(
+        "linkat of an open file (AT_EMPTY_PATH)",
+        &home.join("hardlink"),
+    )?;
+    drop((file, dir));
+    unlink_through_io_uring(&result)?;
+    check("io_uring unlinkat", &result)?;
+    rename_through_io_uring(&home.join("vm-link"), &result)?;
+    check("io_uring renameat", &result)?;
+
+    // No mount program in this mode: the mount table's poll must report mount changes.
+    let point = home.join("mnt");
+    std::fs::create_dir(&point).map_err(io)?;
+    let mounted = TmpfsMount::new(&point)?;
+    expect_mounts_changed(&mut source, "mount")?;
+    drop(mounted);
+    expect_mounts_changed(&mut source, "umount")?;
+    seen.extend(["mount".to_owned(), "umount".to_owned()]);
+
+    let counters = source.counters().map_err(|e| brief(&e))?;
+    if counters.lost_hints() {
+        return Err(format!("hints were lost: {counters:?}"));
+    }
+    Ok(format!(
+        "attached in {attach_ms} ms ({loaded:?}); fenced hints for: {}; counters {counters:?}",
+        seen.join(", ")
+    ))
+}
+
+/// Where this `PREEMPT_DYNAMIC` kernel shows and switches its preemption model.
+const PREEMPT_MODEL: &str = "/sys/kernel/debug/sched/preempt";
+
+/// Switches the kernel to full preemption, where fentry programs could interleave on a CPU:
+/// the default choice must then attach the complete tracepoint set and say why, and asking
+/// for fentry alone must fail. The model is switched back afterwards, whatever happens.
+fn preemptible_kernel_falls_back_to_tracepoints() -> Result<String, String> {
+    let before = std::fs::read_to_string(PREEMPT_MODEL)
+        .map_err(|e| format!("cannot read {PREEMPT_MODEL}: {e}"))?;
+    let current = before
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix('(')?.strip_suffix(')'))
+        .ok_or_else(|| format!("no current model in {before:?}"))?
+        .to_owned();
+    let _restore = PreemptModel::set("full", &current)?;
+    let store = FakeStore::new(&[]);
+    let interest = Interest {
+        store_dir: store.layout.store_dir().to_owned(),
+        basenames: BTreeSet::new(),
+        paths: vec![store.root.join("home")],
+    };
+    let source = EbpfSource::attach(&interest).map_err(|e| brief(&e))?;
+    let checks = source.checks().clone();
+    println!(
+        "RT-VM-FALLBACK-CHECKS: {}",
+        serde_json::to_string(&checks).unwrap()
+    );
+    let AttachMode::Tracepoints { reason } = &checks.attach_mode else {
+        return Err(format!(
+            "fentry attached on a preemptible kernel: {checks:?}"
+        ));
+    };
+    if !reason.contains("full") || checks.io_uring_submit != Probe::Attached {
+        return Err(format!("unexpected checks: {checks:?}"));
+    }
+    let loaded = LoadedPrograms::now()?;
+    if loaded.tracepoint != SYSCALL_AND_IO_URING_PROGRAMS || loaded.tracing != 0 {
+        return Err(format!(
+            "fallback: not the whole tracepoint set alone: {loaded:?}"
+        ));
+    }
+    drop(source);
+    let options = EbpfOptions {
+        hooks: HookChoice::Fentry,
+        ..EbpfOptions::default()
+    };
+    match EbpfSource::attach_with(&interest, &options) {
+        Err(root_tracker::source::ebpf::EbpfError::FentryUnavailable { .. }) => {}
+        Err(other) => {
+            return Err(format!(
+                "--ebpf-hooks fentry: unexpected error {}",
+                brief(&other)
+            ));
+        }
+        Ok(_) => return Err("--ebpf-hooks fentry attached on a preemptible kernel".to_owned()),
+    }
+    Ok(format!(
+        "with preempt=full (was {current}): auto attached the tracepoint set ({loaded:?}) \
+         because {reason:?}; fentry alone refused"
+    ))
+}
+
+/// The kernel's preemption model, set back to what it was when dropped.
+struct PreemptModel(String);
+
+impl PreemptModel {
+    fn set(model: &str, previous: &str) -> Result<Self, String> {
+        std::fs::write(PREEMPT_MODEL, model)
+            .map_err(|e| format!("cannot set {PREEMPT_MODEL} to {model}: {e}"))?;
+        Ok(Self(previous.to_owned()))
+    }
+}
+
+impl Drop for PreemptModel {
+    fn drop(&mut self) {
+        let _ = std::fs::write(PREEMPT_MODEL, &self.0);
+    }
+}
+
+/// A tmpfs mounted for a check, unmounted when dropped (also on an early return).
+struct TmpfsMount(std::path::PathBuf);
+
+impl TmpfsMount {
+    fn new(point: &Path) -> Result<Self, String> {
+        nix::mount::mount(
+            Some("tmpfs"),
+            point,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| format!("mount tmpfs on {}: {e}", point.display()))?;
+        Ok(Self(point.to_owned()))
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Fences the source and requires [`Hint::MountsChanged`].
+fn expect_mounts_changed(source: &mut EbpfSource, what: &str) -> Result<(), String> {
+    let mut hints = Vec::new();
+    source
+        .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
+        .map_err(|e| brief(&e))?;
+    if !hints.contains(&Hint::MountsChanged) {
+        return Err(format!("{what}: no MountsChanged after a fence: {hints:?}"));
+    }
+    Ok(())
+}
+
+/// Fences the source and requires a [`Hint::Path`] for `wanted` and no lost hint.
+fn expect_hint(source: &mut EbpfSource, what: &str, wanted: &Path) -> Result<(), String> {
+    let mut hints = Vec::new();
+    source
+        .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
+        .map_err(|e| brief(&e))?;
+    if hints.iter().any(|hint| matches!(hint, Hint::Lost { .. })) {
+        return Err(format!("{what}: a lost hint after a fence: {hints:?}"));
+    }
+    if !hints.contains(&Hint::Path(wanted.to_owned())) {
+        return Err(format!(
+            "{what}: no hint for {} after a fence: {hints:?}",
+            wanted.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The kernel struct offsets found in this kernel's BTF lead the programs to the directory a
@@ -255,14 +605,35 @@ fn relative_paths_checked_against_kernel_dir() -> Result<String, String> {
 
 /// Removes `path` with an io_uring `unlinkat`, which no syscall tracepoint sees.
 fn unlink_through_io_uring(path: &Path) -> Result<(), String> {
-    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let mut ring = io_uring::IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let name = c_path(path)?;
     let unlink =
-        io_uring::opcode::UnlinkAt::new(io_uring::types::Fd(libc::AT_FDCWD), name.as_ptr())
-            .build()
-            .user_data(1);
-    // SAFETY: `name` outlives the submission: its completion is awaited below.
-    unsafe { ring.submission().push(&unlink) }.map_err(|e| e.to_string())?;
+        io_uring::opcode::UnlinkAt::new(io_uring::types::Fd(libc::AT_FDCWD), name.as_ptr()).build();
+    // SAFETY: `name` outlives the submission: `submit_one` awaits its completion.
+    unsafe { submit_one(&unlink, "unlinkat") }
+}
+
+/// Renames `from` to `to` with an io_uring `renameat`.
+fn rename_through_io_uring(from: &Path, to: &Path) -> Result<(), String> {
+    let (from, to) = (c_path(from)?, c_path(to)?);
+    let cwd = io_uring::types::Fd(libc::AT_FDCWD);
+    let rename = io_uring::opcode::RenameAt::new(cwd, from.as_ptr(), cwd, to.as_ptr()).build();
+    // SAFETY: both names outlive the submission: `submit_one` awaits its completion.
+    unsafe { submit_one(&rename, "renameat") }
+}
+
+fn c_path(path: &Path) -> Result<std::ffi::CString, String> {
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())
+}
+
+/// Submits one entry on a new ring and waits for its completion, which must succeed.
+///
+/// # Safety
+/// Every buffer the entry points to must stay valid until this returns.
+unsafe fn submit_one(entry: &io_uring::squeue::Entry, what: &str) -> Result<(), String> {
+    let mut ring = io_uring::IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
+    let entry = entry.clone().user_data(1);
+    // SAFETY: the caller keeps the entry's buffers valid until the completion below.
+    unsafe { ring.submission().push(&entry) }.map_err(|e| e.to_string())?;
     ring.submit_and_wait(1)
         .map_err(|e| format!("io_uring_enter: {e}"))?;
     let completion = ring
@@ -270,45 +641,18 @@ fn unlink_through_io_uring(path: &Path) -> Result<(), String> {
         .next()
         .ok_or("io_uring gave no completion")?;
     if completion.result() != 0 {
-        return Err(format!("io_uring unlinkat failed: {}", completion.result()));
+        return Err(format!("io_uring {what} failed: {}", completion.result()));
     }
     Ok(())
 }
 
-/// Runs the tracker with the eBPF backend, creates an indirect root's user link while it runs,
-/// and requires the next (fenced) query to list it.
-fn tracker_fenced_query() -> Result<String, String> {
+/// Runs the tracker with the eBPF backend (`--ebpf-hooks hooks` if given), requires its status
+/// to show attach mode `mode`, creates an indirect root's user link while it runs, and
+/// requires the next (fenced) query to list it.
+fn tracker_fenced_query(hooks: Option<&str>, mode: &str) -> Result<String, String> {
     let store = FakeStore::new(&[STORE_NAME]);
     let run_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let socket = run_dir.path().join("socket");
-    let log = run_dir.path().join("tracker.log");
-    let mut tracker = Tracker(
-        Command::new(package_bin("tracker-cli"))
-            .args(["run", "--backend", "ebpf", "--verify-interval-secs", "0"])
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--db")
-            .arg(run_dir.path().join("index.sqlite"))
-            .arg("--store-dir")
-            .arg(store.layout.store_dir())
-            .arg("--state-dir")
-            .arg(store.layout.state_dir())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
-            .spawn()
-            .map_err(|e| format!("cannot start tracker-cli: {e}"))?,
-    );
-    let tracker_log = || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        last_lines(&text, 3)
-    };
-    let status =
-        wait_ready(&mut tracker, &socket).map_err(|e| format!("{e}: {}", tracker_log()))?;
-    if status["backend"] != "ebpf" {
-        return Err(format!("backend is not ebpf: {status}"));
-    }
+    let (_tracker, socket, status) = start_tracker(&store, run_dir.path(), hooks, mode)?;
 
     // The auto link first, so the tracker watches the basename `result`; the user link is then
     // made where only the kernel source can see it.
@@ -348,6 +692,309 @@ fn tracker_fenced_query() -> Result<String, String> {
         started.elapsed().as_millis(),
         status["source_checks"]
     ))
+}
+
+/// Starts `tracker-cli run --backend ebpf` (`--ebpf-hooks hooks` if given) on `store`, its
+/// socket, database and log in `run_dir`; waits until it answers and requires its status to
+/// show attach mode `mode`. The tracker is killed when the returned guard drops.
+fn start_tracker(
+    store: &FakeStore,
+    run_dir: &Path,
+    hooks: Option<&str>,
+    mode: &str,
+) -> Result<(Tracker, std::path::PathBuf, serde_json::Value), String> {
+    let socket = run_dir.join("socket");
+    let log = run_dir.join("tracker.log");
+    let mut tracker = Tracker(
+        Command::new(package_bin("tracker-cli"))
+            .args(["run", "--backend", "ebpf", "--verify-interval-secs", "0"])
+            .args(hooks.iter().flat_map(|hooks| ["--ebpf-hooks", hooks]))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--db")
+            .arg(run_dir.join("index.sqlite"))
+            .arg("--store-dir")
+            .arg(store.layout.store_dir())
+            .arg("--state-dir")
+            .arg(store.layout.state_dir())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("cannot start tracker-cli: {e}"))?,
+    );
+    let tracker_log = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        last_lines(&text, 3)
+    };
+    let status =
+        wait_ready(&mut tracker, &socket).map_err(|e| format!("{e}: {}", tracker_log()))?;
+    if status["backend"] != "ebpf" {
+        return Err(format!("backend is not ebpf: {status}"));
+    }
+    if status["source_checks"]["attach_mode"]["mode"] != mode {
+        return Err(format!("attach mode is not {mode}: {status}"));
+    }
+    Ok((tracker, socket, status))
+}
+
+/// Files created and removed per churn run of [`churn_overhead`].
+const CHURN_FILES: usize = 20_000;
+/// Interleaved rounds of [`churn_overhead`]; each mode's minimum and median are reported.
+const CHURN_ROUNDS: usize = 7;
+
+/// Unrelated file churn (create and unlink of regular files whose names are not watched) with
+/// no eBPF source, with the tracepoint set and with the fentry set, interleaved; prints each
+/// mode's minimum and median and their ratios to no source. Software emulation makes absolute times meaningless; the ratios
+/// show what each mode costs every other process.
+fn churn_overhead() -> Result<String, String> {
+    let store = FakeStore::new(&[]);
+    let interest = Interest {
+        store_dir: store.layout.store_dir().to_owned(),
+        basenames: BTreeSet::from([b"result".to_vec()]),
+        paths: vec![store.root.join("home")],
+    };
+    let churn_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let modes: [(&str, Option<HookChoice>); 3] = [
+        ("none", None),
+        ("tracepoints", Some(HookChoice::Tracepoints)),
+        ("fentry", Some(HookChoice::Fentry)),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); modes.len()];
+    for round in 0..CHURN_ROUNDS {
+        for (index, (mode, hooks)) in modes.iter().enumerate() {
+            let source = match hooks {
+                Some(hooks) => Some(
+                    EbpfSource::attach_with(
+                        &interest,
+                        &EbpfOptions {
+                            hooks: *hooks,
+                            ..EbpfOptions::default()
+                        },
+                    )
+                    .map_err(|e| brief(&e))?,
+                ),
+                None => None,
+            };
+            let elapsed = churn(churn_dir.path())?;
+            drop(source);
+            println!(
+                "RT-VM-OVERHEAD: round {round} {mode}: {CHURN_FILES} create+unlink in {:.3} s",
+                elapsed.as_secs_f64()
+            );
+            times[index].push(elapsed);
+        }
+    }
+    // The minimum is what a mode costs without interference from the emulating host (noise
+    // only ever adds time); the median is shown beside it.
+    let summary: Vec<(f64, f64)> = times
+        .iter_mut()
+        .map(|runs| {
+            runs.sort();
+            (runs[0].as_secs_f64(), runs[runs.len() / 2].as_secs_f64())
+        })
+        .collect();
+    let (none_min, none_median) = summary[0];
+    let described: Vec<String> = modes
+        .iter()
+        .zip(&summary)
+        .map(|((mode, _), (min, median))| {
+            format!(
+                "{mode} min {min:.3} s ({:.2}x), median {median:.3} s ({:.2}x)",
+                min / none_min,
+                median / none_median
+            )
+        })
+        .collect();
+    Ok(format!(
+        "{CHURN_ROUNDS} interleaved rounds of {CHURN_FILES} create+unlink: {}",
+        described.join("; ")
+    ))
+}
+
+/// Creates and unlinks [`CHURN_FILES`] regular files in `dir`; how long it took.
+fn churn(dir: &Path) -> Result<Duration, String> {
+    let path = dir.join("churn-file");
+    let started = Instant::now();
+    for _ in 0..CHURN_FILES {
+        std::fs::File::create(&path).map_err(|e| e.to_string())?;
+        std::fs::remove_file(&path).map_err(|e| e.to_string())?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Seeds of the `random` step, each a fresh tree, and operations per seed.
+const RANDOM_SEEDS: u64 = 4;
+const RANDOM_OPS: usize = 100;
+
+/// A seeded random workload of link, directory, mount and io_uring operations (a smaller
+/// `live_random`, whose oracle store needs Nix) against a tracker in fentry mode: after every
+/// batch the fenced query must equal a fresh scan.
+fn tracker_random_workload() -> Result<String, String> {
+    let names: Vec<String> = (0..4)
+        .map(|i| format!("0123456789abcdfghijklmnpqrsvwx{i:02}-live"))
+        .collect();
+    let store = FakeStore::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    let run_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (_tracker, socket, _) = start_tracker(&store, run_dir.path(), None, "fentry")?;
+    let mut workload = RandomWorkload::new(&store, &names)?;
+    let mut batches = 0;
+    for seed in 0..RANDOM_SEEDS {
+        workload.reset()?;
+        let mut rng = Rng::new(seed);
+        let mut done = 0;
+        while done < RANDOM_OPS {
+            let batch = 1 + rng.below(10);
+            for _ in 0..batch {
+                workload.op(&mut rng)?;
+            }
+            done += batch;
+            batches += 1;
+            let response = request(&socket, r#"{"request":"query","wait_ms":60000}"#)
+                .map_err(|e| format!("query failed: {e}"))?;
+            if response["response"] != "roots" {
+                return Err(format!("seed {seed}: query refused: {response}"));
+            }
+            let answer = index_part(&response["report"]);
+            let options = root_tracker::scan::ScanOptions {
+                runtime: false,
+                temp: false,
+                ..root_tracker::scan::ScanOptions::default()
+            };
+            let report = root_tracker::scan::scan(&store.layout, &options)
+                .map_err(|e| format!("scan: {e}"))?;
+            let truth = index_part(&report.to_json());
+            if answer != truth {
+                return Err(format!(
+                    "seed {seed}, after {done} operations: the fenced query differs from a \
+                     scan: query {answer}; scan {truth}"
+                ));
+            }
+        }
+    }
+    let status = request(&socket, r#"{"request":"status"}"#).map_err(|e| e.to_string())?;
+    let reconciler = &status["status"]["reconciler"];
+    if reconciler["drift"] != 0 {
+        return Err(format!("the reconciler found drift: {status}"));
+    }
+    Ok(format!(
+        "{RANDOM_SEEDS} seeds x {RANDOM_OPS} operations: {batches} fenced queries equal a scan; \
+         reconciler {reconciler}"
+    ))
+}
+
+/// The trees and names of the `random` step.
+struct RandomWorkload {
+    /// A tmpfs mounted over one of the directories, if any; dropped first.
+    overlay: Option<TmpfsMount>,
+    homes: [std::path::PathBuf; 2],
+    auto_dir: std::path::PathBuf,
+    /// Registered store paths, and one that is not.
+    targets: Vec<std::path::PathBuf>,
+    serial: u64,
+}
+
+impl RandomWorkload {
+    fn new(store: &FakeStore, names: &[String]) -> Result<Self, String> {
+        let homes = [store.root.join("home/live"), store.root.join("home/other")];
+        for home in &homes {
+            std::fs::create_dir_all(home).map_err(|e| e.to_string())?;
+        }
+        let mut targets: Vec<_> = names
+            .iter()
+            .map(|name| store.layout.store_dir().join(name))
+            .collect();
+        targets.push(
+            store
+                .layout
+                .store_dir()
+                .join("0123456789abcdfghijklmnpqrsvwx99-unregistered"),
+        );
+        Ok(Self {
+            overlay: None,
+            homes,
+            auto_dir: store.layout.state_dir().join("gcroots/auto"),
+            targets,
+            serial: 0,
+        })
+    }
+
+    /// Empties the user directories and the auto links between seeds.
+    fn reset(&mut self) -> Result<(), String> {
+        self.overlay = None;
+        for dir in self.homes.iter().chain([&self.auto_dir]) {
+            for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+                let path = entry.path();
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+        Ok(())
+    }
+
+    fn op(&mut self, rng: &mut Rng) -> Result<(), String> {
+        let dir = self.homes[rng.below(2)].join(format!("d{}", rng.below(4)));
+        let other = self.homes[rng.below(2)].join(format!("d{}", rng.below(4)));
+        let result = dir.join("result");
+        let target = self.targets[rng.below(self.targets.len())].clone();
+        let auto = self.auto_dir.join(format!("a{}", rng.below(6)));
+        // Failures are part of the workload (a missing directory, a busy mount point).
+        match rng.below(12) {
+            0 => drop(std::fs::create_dir_all(&dir)),
+            1 => {
+                let _ = std::fs::create_dir_all(&dir);
+                let _ = symlink(&target, &result);
+            }
+            2 => {
+                // ln -sfn: a temporary link renamed over the old one.
+                let _ = std::fs::create_dir_all(&dir);
+                self.serial += 1;
+                let temp = dir.join(format!(".tmp-{}", self.serial));
+                if symlink(&target, &temp).is_ok() {
+                    let _ = std::fs::rename(&temp, &result);
+                }
+            }
+            3 => drop(std::fs::remove_file(&result)),
+            4 | 5 => {
+                let _ = std::fs::remove_file(&auto);
+                let _ = symlink(&result, &auto);
+            }
+            6 => drop(std::fs::rename(&dir, &other)),
+            7 => drop(std::fs::remove_dir_all(&dir)),
+            8 => {
+                // A hard link to a symlink (linkat without AT_SYMLINK_FOLLOW).
+                let _ = std::fs::create_dir_all(&other);
+                let _ = nix::unistd::linkat(
+                    nix::fcntl::AT_FDCWD,
+                    &result,
+                    nix::fcntl::AT_FDCWD,
+                    &other.join("result"),
+                    nix::fcntl::AtFlags::empty(),
+                );
+            }
+            9 => match self.overlay.take() {
+                Some(overlay) => drop(overlay),
+                None if dir.is_dir() => self.overlay = TmpfsMount::new(&dir).ok(),
+                None => {}
+            },
+            10 => {
+                if let Ok(name) = c_path(&result) {
+                    let unlink = io_uring::opcode::UnlinkAt::new(
+                        io_uring::types::Fd(libc::AT_FDCWD),
+                        name.as_ptr(),
+                    )
+                    .build();
+                    // SAFETY: `name` outlives the submission, which completes inside.
+                    let _ = unsafe { submit_one(&unlink, "unlinkat") };
+                }
+            }
+            _ => {
+                let _ = std::fs::create_dir_all(&other);
+                let _ = rename_through_io_uring(&result, &other.join("result"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An error's chain on one line, without the middle of a verifier log (thousands of lines that
