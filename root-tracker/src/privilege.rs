@@ -531,16 +531,7 @@ pub fn drop_privileges(
     }
     let kept: CapsHashSet = keep.iter().map(|(cap, _)| *cap).collect();
 
-    for cap in caps::runtime::thread_all_supported() {
-        if !kept.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(caps_error("shrink the bounding set of"))?;
-        }
-    }
-    caps::clear(None, CapSet::Ambient).map_err(caps_error("clear the ambient set of"))?;
-    caps::clear(None, CapSet::Inheritable).map_err(caps_error("clear the inheritable set of"))?;
-    caps::set(None, CapSet::Effective, &kept).map_err(caps_error("lower"))?;
-    caps::set(None, CapSet::Permitted, &kept).map_err(caps_error("lower"))?;
+    keep_only(&kept)?;
 
     // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes integer arguments only.
     let set = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
@@ -838,6 +829,24 @@ fn reader_needs() -> Vec<(Capability, &'static str)> {
     ]
 }
 
+/// Lowers this thread's capabilities to `kept`: the bounding set first (which needs
+/// CAP_SETPCAP in the effective set), then ambient and inheritable cleared, effective and
+/// permitted set to `kept`. Used by the tracker's drop and by the /proc reader's.
+fn keep_only(kept: &CapsHashSet) -> Result<(), PrivilegeError> {
+    let caps_error = |step| move |source| PrivilegeError::Capabilities { step, source };
+    for cap in caps::runtime::thread_all_supported() {
+        if !kept.contains(&cap) {
+            caps::drop(None, CapSet::Bounding, cap)
+                .map_err(caps_error("shrink the bounding set of"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(caps_error("clear the ambient set of"))?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_error("clear the inheritable set of"))?;
+    caps::set(None, CapSet::Effective, kept).map_err(caps_error("lower"))?;
+    caps::set(None, CapSet::Permitted, kept).map_err(caps_error("lower"))?;
+    Ok(())
+}
+
 /// Why the reader has no Landlock domain (`proc_reader.rs` says more).
 const READER_NOT_LANDLOCKED: &str = "none: a Landlock domain may not ptrace-access processes outside it (any domain: no ABI exempts ptrace), and the reader's every read is ptrace-mode; its seccomp allow-list refuses writes instead";
 
@@ -855,16 +864,7 @@ pub(crate) fn confine_reader(
     let mut effective = kept.clone();
     effective.insert(Capability::CAP_SETPCAP);
     caps::set(None, CapSet::Effective, &effective).map_err(caps_error("lower"))?;
-    for cap in caps::runtime::thread_all_supported() {
-        if !kept.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(caps_error("shrink the bounding set of"))?;
-        }
-    }
-    caps::clear(None, CapSet::Ambient).map_err(caps_error("clear the ambient set of"))?;
-    caps::clear(None, CapSet::Inheritable).map_err(caps_error("clear the inheritable set of"))?;
-    caps::set(None, CapSet::Effective, &kept).map_err(caps_error("lower"))?;
-    caps::set(None, CapSet::Permitted, &kept).map_err(caps_error("lower"))?;
+    keep_only(&kept)?;
     let setup_error = |step| move |source| PrivilegeError::ReaderSetup { step, source };
     // SAFETY: prctl with integer arguments only.
     let set = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
