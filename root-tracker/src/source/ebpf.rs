@@ -1932,9 +1932,9 @@ mod tests {
         assert_eq!(hints_for(&mount, None), vec![Hint::MountsChanged]);
     }
 
-    #[test]
-    fn relative_paths_resolve_against_our_cwd() {
-        let enter = Enter {
+    /// An `unlink` of `path` relative to this thread's cwd, as this process made it.
+    fn cwd_unlink(path: &[u8], base: Option<BaseDir>) -> Enter {
+        Enter {
             op: op::UNLINK,
             tgid: std::process::id(),
             tid: std::process::id(),
@@ -1943,12 +1943,17 @@ mod tests {
             paths: [
                 Some(RawPath {
                     dirfd: AT_FDCWD,
-                    bytes: b"sub/na\nme".to_vec(),
-                    base: None,
+                    bytes: path.to_vec(),
+                    base,
                 }),
                 None,
             ],
-        };
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_our_cwd() {
+        let enter = cwd_unlink(b"sub/na\nme", None);
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(
             hints_for(&enter, None),
@@ -1966,21 +1971,7 @@ mod tests {
             major: libc::major(meta.dev()),
             minor: libc::minor(meta.dev()),
         };
-        let enter_with = |base| Enter {
-            op: op::UNLINK,
-            tgid: std::process::id(),
-            tid: std::process::id(),
-            syscall_nr: 0,
-            flags: 0,
-            paths: [
-                Some(RawPath {
-                    dirfd: AT_FDCWD,
-                    bytes: b"sub/result".to_vec(),
-                    base,
-                }),
-                None,
-            ],
-        };
+        let enter_with = |base| cwd_unlink(b"sub/result", base);
         let verifier = BaseDirVerifier { mounts: None };
         let hints = |base| hints_for(&enter_with(base), Some(&verifier));
         assert_eq!(hints(Some(ours)), vec![Hint::Path(cwd.join("sub/result"))]);
