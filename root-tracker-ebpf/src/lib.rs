@@ -144,8 +144,15 @@ pub const COUNTER_TRUNCATED: u32 = 3;
 /// Counter index: relevant operations that could not be tracked because `IN_FLIGHT` was
 /// full; their exit is never reported. An increase means lost hints.
 pub const COUNTER_UNTRACKED: u32 = 4;
+/// Counter index: entry judgements run again because the task left the CPU during the last
+/// run (see [`Config::task_switch_counts_offset`]). Informational: an undisturbed run decides.
+pub const COUNTER_RETRIED: u32 = 5;
+/// Counter index: entry judgements whose task left the CPU during every run, so this CPU's
+/// scratch memory may have been rewritten under them by another task's program: the operation
+/// may be misjudged or misnamed. An increase means lost hints.
+pub const COUNTER_PREEMPTED: u32 = 6;
 /// Number of counters in `COUNTERS`.
-pub const COUNTER_COUNT: u32 = 5;
+pub const COUNTER_COUNT: u32 = 7;
 
 /// `dirfd` value meaning "relative to the working directory" (Linux `AT_FDCWD`); also used for
 /// syscalls without a dirfd argument (`symlink`, `unlink`, `rename`, …).
@@ -251,6 +258,11 @@ pub struct PathEvent {
     /// That directory's device, as the kernel encodes it (`MAJOR << 20 | MINOR`, see
     /// [`kernel_dev_major_minor`]); meaningful only where `base_ino` is not 0.
     pub base_dev: [u32; 2],
+    /// The task's context-switch count (voluntary plus involuntary) when the judgement that
+    /// sent this record began; 0 when unknown (no [`Config::task_switch_counts_offset`]).
+    /// The programs compare it with the count after sending; user space's tests check it
+    /// against `/proc`, which proves the programs read the right field.
+    pub task_switches: u64,
     /// The paths as passed: the created, removed or old entry first, the new one of a rename
     /// or link second.
     pub path: [[u8; PATH_BYTES]; 2],
@@ -331,6 +343,13 @@ pub struct Config {
     /// Offset of the syscall number in `struct pt_regs`, which fentry programs read to fill
     /// [`PathEvent::syscall_nr`]; 0: unknown ([`SYSCALL_NR_UNKNOWN`]).
     pub syscall_nr_regs_offset: u32,
+    /// Offset of `task_struct.nvcsw`, followed by `nivcsw`: the current task's context-switch
+    /// counts. An entry program reads their sum before it touches this CPU's scratch memory
+    /// and again after it is done; a change means the task left the CPU in between, when
+    /// another task's program may have rewritten the scratch (kernels that run these programs
+    /// preemptibly: fentry on a preemptible kernel, syscall tracepoints on kernels whose
+    /// syscall tracepoints may fault), and the judgement is run again. 0: unknown, no check.
+    pub task_switch_counts_offset: u32,
 }
 
 /// The store dir prefix the kernel-side filter matches targets against: the store dir followed
@@ -457,11 +476,11 @@ mod tests {
     #[test]
     fn layout_has_no_padding() {
         assert_eq!(core::mem::size_of::<EventHeader>(), 24);
-        assert_eq!(core::mem::size_of::<PathEvent>(), 72 + 2 * PATH_BYTES);
+        assert_eq!(core::mem::size_of::<PathEvent>(), 80 + 2 * PATH_BYTES);
         assert_eq!(core::mem::size_of::<BaseDirOffsets>(), 48);
         assert_eq!(core::mem::size_of::<ExitEvent>(), 32);
         assert_eq!(core::mem::size_of::<InFlight>(), 8);
-        assert_eq!(core::mem::size_of::<Config>(), 16);
+        assert_eq!(core::mem::size_of::<Config>(), 20);
         assert_eq!(core::mem::size_of::<StorePrefix>(), 4 + STORE_PREFIX_MAX);
     }
 

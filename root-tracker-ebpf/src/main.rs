@@ -21,6 +21,7 @@
 //! 340k instructions per program and, with two paths, passed the 1M limit on Linux 6.1.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 /// On the host this binary has nothing to do; it exists so `cargo build --workspace` works.
 #[cfg(not(target_arch = "bpf"))]
@@ -42,11 +43,12 @@ mod kernel {
         programs::{FEntryContext, FExitContext, LsmContext, TracePointContext},
     };
     use root_tracker_ebpf::{
-        AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_COUNT, COUNTER_DROPPED, COUNTER_SENT,
-        COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent,
-        IN_FLIGHT_MAX, IO_URING_IN_FLIGHT_MAX, InFlight, LONG_PATH_BYTES, NAME_HASH_START,
-        PATH_BYTES, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, StorePrefix,
-        WATCHED_BASENAMES_MAX, flags, io_uring, kind, name_hash_step, op,
+        AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_COUNT, COUNTER_DROPPED,
+        COUNTER_PREEMPTED, COUNTER_RETRIED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
+        COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IN_FLIGHT_MAX, IO_URING_IN_FLIGHT_MAX,
+        InFlight, LONG_PATH_BYTES, NAME_HASH_START, PATH_BYTES, PathEvent, RING_BUF_BYTES,
+        STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, StorePrefix, WATCHED_BASENAMES_MAX, flags, io_uring,
+        kind, name_hash_step, op,
     };
 
     #[map]
@@ -332,7 +334,7 @@ mod kernel {
         ($($enter:ident, $exit:ident => $spec:expr;)*) => {$(
             #[tracepoint]
             pub fn $enter(ctx: TracePointContext) -> u32 {
-                let _ = report_enter(&ctx, &$spec);
+                judge_enter(&ctx, &$spec);
                 0
             }
 
@@ -381,7 +383,7 @@ mod kernel {
         ($($function:literal: $enter:ident, $exit:ident, $args:literal => $spec:expr;)*) => {$(
             #[fentry(function = $function)]
             pub fn $enter(ctx: FEntryContext) -> u32 {
-                let _ = report_enter(&ctx, &$spec);
+                judge_enter(&ctx, &$spec);
                 0
             }
 
@@ -426,20 +428,97 @@ mod kernel {
         Fails,
     }
 
-    /// Judges a call at entry and, if relevant, records the thread and sends `ENTER`.
+    /// The current task's context-switch count, as [`Config::task_switch_counts_offset`]
+    /// describes.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Switches {
+        /// No offset configured: the kernel's layout is unknown, there is no check.
+        Unknown,
+        Count(u64),
+        /// The read failed: the check cannot pass.
+        Unreadable,
+    }
+
     #[inline(always)]
-    fn report_enter<C: Call>(ctx: &C, spec: &Spec) -> Result<(), i64> {
+    fn task_switches() -> Switches {
+        let offset = CONFIG
+            .get(0)
+            .map_or(0, |config| config.task_switch_counts_offset);
+        if offset == 0 {
+            return Switches::Unknown;
+        }
+        // SAFETY: a helper without arguments; the pointer it returns is only read through
+        // `bpf_probe_read_kernel`, which faults safely.
+        let task = unsafe { bpf_get_current_task() };
+        // SAFETY: as above; `[u64; 2]` is plain data.
+        match unsafe { bpf_probe_read_kernel((task + u64::from(offset)) as *const [u64; 2]) } {
+            Ok([voluntary, involuntary]) => Switches::Count(voluntary.wrapping_add(involuntary)),
+            Err(_) => Switches::Unreadable,
+        }
+    }
+
+    /// Runs [`report_enter`] and checks that the task kept the CPU meanwhile; if it did not,
+    /// runs it again, up to three runs in all, and counts the call as lost if the task
+    /// left the CPU during every one.
+    ///
+    /// Why: the judgement works in this CPU's slot of `SCRATCH`. Migration is disabled while
+    /// a program runs, so only a program running on this CPU can touch the slot, and another
+    /// task's program runs here only while this task is off the CPU, which the kernel counts
+    /// in the task's `nvcsw`/`nivcsw`. Where the kernel runs these programs with preemption
+    /// disabled (syscall tracepoints up to Linux 6.19; fentry on a kernel that does not
+    /// preempt kernel code) the count never moves; elsewhere a preemption in the middle is
+    /// rare, and one in each of three runs rarer still (a real-time thread preempting every
+    /// 20 us on Linux 6.1 with `preempt=full` disturbed a quarter of the runs), and even then
+    /// the loss is counted, never silent. A record sent by a disturbed run may misname the
+    /// entry: an extra re-read, harmless; the next run's `ENTER` replaces it for the thread.
+    #[inline(always)]
+    fn judge_enter<C: Call>(ctx: &C, spec: &Spec) {
+        // Written out, not a loop: Linux 6.1 refuses the loop LLVM keeps for three rounds.
+        if judged_undisturbed(ctx, spec) {
+            return;
+        }
+        count(COUNTER_RETRIED);
+        if judged_undisturbed(ctx, spec) {
+            return;
+        }
+        count(COUNTER_RETRIED);
+        if !judged_undisturbed(ctx, spec) {
+            count(COUNTER_PREEMPTED);
+        }
+    }
+
+    /// One run of [`report_enter`]; whether the task kept the CPU meanwhile (also `true` when
+    /// that cannot be known: no offsets configured).
+    #[inline(always)]
+    fn judged_undisturbed<C: Call>(ctx: &C, spec: &Spec) -> bool {
+        let before = task_switches();
+        let count_at_entry = match before {
+            Switches::Count(count) => count,
+            Switches::Unknown | Switches::Unreadable => 0,
+        };
+        let _ = report_enter(ctx, spec, count_at_entry);
+        match before {
+            Switches::Unknown => true,
+            Switches::Count(_) => task_switches() == before,
+            Switches::Unreadable => false,
+        }
+    }
+
+    /// Judges a call at entry and, if relevant, records the thread and sends `ENTER`;
+    /// `task_switches` goes into the record as it is.
+    #[inline(always)]
+    fn report_enter<C: Call>(ctx: &C, spec: &Spec, task_switches: u64) -> Result<(), i64> {
         let scratch_ptr = SCRATCH.get_ptr_mut(0).ok_or(0)?;
         // SAFETY: the map lookup returned a non-null pointer to this CPU's slot, which lives as
-        // long as the map; the program runs to completion on this CPU without another of our
-        // programs in between (syscall tracepoints do not nest: the kernel's `bpf_prog_active`
-        // guard; fentry programs run with migration disabled, and user space attaches them
-        // only where the kernel does not preempt kernel code), so nothing aliases the slot.
+        // long as the map. Another program may write the slot meanwhile only if this task
+        // leaves the CPU, which `judge_enter` detects; the data is plain bytes, so such a
+        // write garbles the judgement, which is then redone, and is no memory-safety issue.
         let scratch = unsafe { &mut *scratch_ptr };
         let event = &mut scratch.event;
         event.flags = 0;
         event.dirfd = [AT_FDCWD; 2];
         event.path_len = [0; 2];
+        event.task_switches = task_switches;
 
         let mut relevant = spec.always;
         if let Some(slot) = spec.target {
@@ -932,11 +1011,21 @@ mod kernel {
     #[inline(always)]
     fn count(index: u32) {
         if let Some(counter) = COUNTERS.get_ptr_mut(index) {
-            // SAFETY: the pointer is this CPU's 8-byte slot of the map value, valid for the
-            // map's lifetime. It has one writer at a time: the slot is per CPU and our
-            // programs do not nest or interleave on a CPU (see `report_enter`). The BPF
-            // target has no atomic read-modify-write in `core`, hence the plain add.
-            unsafe { *counter += 1 };
+            // An atomic add (`BPF_ATOMIC | BPF_ADD`, the old `XADD`, in every kernel we
+            // load on): a program preempted between the load and the store of a plain add
+            // would overwrite the increment of another task's program on this CPU, and a
+            // loss counter must never lose a loss. `core` offers no read-modify-write for the
+            // BPF target (it has no compare-and-swap), hence the instruction itself.
+            // SAFETY: the pointer is this CPU's 8-byte slot of the map value, valid and
+            // aligned for the map's lifetime; the instruction touches only those 8 bytes.
+            unsafe {
+                core::arch::asm!(
+                    "lock *(u64 *)({counter} + 0) += {one}",
+                    counter = in(reg) counter,
+                    one = in(reg) 1u64,
+                    options(nostack),
+                );
+            }
         }
     }
 

@@ -384,6 +384,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
                 EbpfHooks::Tracepoints => crate::source::ebpf::HookChoice::Tracepoints,
                 EbpfHooks::Fentry => crate::source::ebpf::HookChoice::Fentry,
             },
+            ..crate::source::ebpf::EbpfOptions::default()
         },
     )
     .context("cannot attach a kernel source")?;

@@ -28,13 +28,13 @@ use aya::{
     programs::{FEntry, FExit, Lsm, ProgramError, ProgramFd, TracePoint},
 };
 use root_tracker_ebpf::{
-    AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_SENT, COUNTER_TRUNCATED,
-    COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, FENTRY_PROGRAMS,
-    IO_URING_CATEGORY, MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS,
-    MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE,
-    PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN,
-    SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, X86_64_PT_REGS_ORIG_AX, flags, io_uring,
-    kernel_dev_major_minor, kind, name_hash, op,
+    AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_PREEMPTED, COUNTER_RETRIED,
+    COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader,
+    ExitEvent, FENTRY_PROGRAMS, IO_URING_CATEGORY, MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER,
+    MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES,
+    PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX,
+    SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, X86_64_PT_REGS_ORIG_AX,
+    flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
 };
 
 use crate::{
@@ -121,6 +121,9 @@ pub enum EbpfError {
     /// `--ebpf-hooks fentry` was asked for, but the fentry/fexit programs cannot be used here.
     #[error("the fentry/fexit programs cannot be used on this kernel: {reason}")]
     FentryUnavailable { reason: String },
+    /// An attached program's fd could not be had, to read its statistics with.
+    #[error("cannot keep the fds of the attached eBPF programs: {0}")]
+    ProgramFds(String),
     /// The kernel's statistics of an attached program could not be read.
     #[error("cannot read the fdinfo of eBPF program {name}")]
     ProgramInfo {
@@ -159,6 +162,9 @@ pub struct EbpfOptions {
     pub ring_buf_bytes: u32,
     /// Which programs to attach.
     pub hooks: HookChoice,
+    /// Failures to inject, for tests of the fallbacks; none by default.
+    #[doc(hidden)]
+    pub faults: Faults,
 }
 
 impl Default for EbpfOptions {
@@ -166,8 +172,20 @@ impl Default for EbpfOptions {
         Self {
             ring_buf_bytes: RING_BUF_BYTES,
             hooks: HookChoice::Auto,
+            faults: Faults::default(),
         }
     }
+}
+
+/// Failures a test injects to reach the fallbacks this kernel would not take by itself.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// The fentry/fexit program of this name fails right after it attached, as if the
+    /// kernel had refused it: the attached ones must all go, and the tracepoints come.
+    pub fail_attach: Option<&'static str>,
+    /// Behave as if the kernel's BTF had no `task_struct.nvcsw`/`nivcsw` (no switch check).
+    pub no_switch_check: bool,
 }
 
 /// Which set of programs the source attaches ([`EbpfOptions::hooks`]).
@@ -228,6 +246,22 @@ pub struct Checks {
     /// Whether a relative path's directory, found through `/proc` when its record is read,
     /// is checked against the one the kernel used.
     pub base_dir: BaseDirCheck,
+    /// Whether the entry programs can tell that their task left the CPU while they used the
+    /// CPU's scratch memory (kernels that run them preemptibly), and then judge again.
+    pub switch_check: SwitchCheck,
+}
+
+/// The entry programs' check that nothing else wrote this CPU's scratch memory under them
+/// ([`Config::task_switch_counts_offset`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum SwitchCheck {
+    /// The programs read the task's context-switch counts before and after each judgement,
+    /// judge again once if they moved, and count a second move as lost hints.
+    Active,
+    /// The offsets are unknown: a preempted program could misjudge an operation unnoticed,
+    /// so fentry programs are used only where the kernel does not preempt kernel code.
+    Unavailable { reason: String },
 }
 
 /// How a relative path is turned into an absolute hint. User space reads the record after
@@ -284,15 +318,23 @@ pub struct DeliveryCounters {
     pub truncated: u64,
     /// Relevant operations not tracked because the in-flight map was full.
     pub untracked: u64,
-    /// Runs of the fentry/fexit programs the kernel skipped (their `recursion_misses`): each
-    /// may be an operation unseen, or its exit.
+    /// Runs of the attached programs the kernel skipped (their `recursion_misses`): each may
+    /// be an operation unseen, or its exit.
     pub missed: u64,
+    /// Entry judgements redone because the task left the CPU during the first (informational).
+    pub retried: u64,
+    /// Entry judgements disturbed in every run: the operation may be misjudged.
+    pub preempted: u64,
 }
 
 impl DeliveryCounters {
     /// Whether any hint may have been lost since attaching (the index must be rescanned).
     pub fn lost_hints(&self) -> bool {
-        self.dropped != 0 || self.unreadable != 0 || self.untracked != 0 || self.missed != 0
+        self.dropped != 0
+            || self.unreadable != 0
+            || self.untracked != 0
+            || self.missed != 0
+            || self.preempted != 0
     }
 
     /// A [`Hint::Lost`] for every loss counter that grew from `earlier` to `self`.
@@ -320,7 +362,12 @@ impl DeliveryCounters {
         out.extend(grew(
             self.missed,
             earlier.missed,
-            "fentry/fexit runs skipped by the kernel",
+            "program runs skipped by the kernel",
+        ));
+        out.extend(grew(
+            self.preempted,
+            earlier.preempted,
+            "operations judged while the task left the CPU in every run",
         ));
     }
 }
@@ -365,6 +412,8 @@ struct Enter {
     tid: u32,
     syscall_nr: i32,
     flags: u32,
+    /// The thread's context-switch count when the programs judged the call (0: unknown).
+    task_switches: u64,
     paths: [Option<RawPath>; 2],
 }
 
@@ -465,9 +514,11 @@ pub struct EbpfSource {
     /// [`Source::take_earliest_completion`] returned (`CLOCK_MONOTONIC` ns).
     earliest_completion: Option<u64>,
     checks: Checks,
-    /// The attached fentry/fexit programs (none in tracepoint mode), whose `recursion_misses`
-    /// count runs the kernel skipped.
-    fentry_fds: Vec<(&'static str, ProgramFd)>,
+    /// Every attached program, whose `recursion_misses` count runs the kernel skipped.
+    program_fds: Vec<(&'static str, ProgramFd)>,
+    /// When `last_counters.missed` was read: [`Self::poll`] reads it again only after
+    /// [`MISSES_RECHECK`], a fence always.
+    missed_at: Option<Instant>,
     /// Owns the programs and their tracepoint links; aya detaches the links when it drops.
     _ebpf: Ebpf,
 }
@@ -499,15 +550,16 @@ impl EbpfSource {
             return Err(EbpfError::RingBufSize { bytes });
         }
         let prefix = store_prefix(&interest.store_dir)?;
-        with_tracefs(|| Self::load_and_attach(interest, prefix, bytes, options.hooks))
+        with_tracefs(|| Self::load_and_attach(interest, prefix, bytes, options))
     }
 
     fn load_and_attach(
         interest: &Interest,
         prefix: StorePrefix,
         ring_buf_bytes: u32,
-        hooks: HookChoice,
+        options: &EbpfOptions,
     ) -> Result<Self, EbpfError> {
+        let hooks = options.hooks;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, ring_buf_bytes)
             .load(EBPF_OBJECT)
@@ -521,6 +573,24 @@ impl EbpfSource {
                 .and_then(|(_, format)| parse_field_offset(format, name, size))
         };
         let io_uring_opcode_offset = submit_field("opcode", 1);
+        let switch_counts_offset = if options.faults.no_switch_check {
+            Err("no switch check (injected fault)".to_owned())
+        } else {
+            kernel_layout::running_kernel_task_switch_counts_offset()
+                .map_err(|error| error_chain(&error))
+        };
+        let switch_check = match &switch_counts_offset {
+            Ok(_) => SwitchCheck::Active,
+            Err(reason) => {
+                tracing::warn!(
+                    %reason,
+                    "eBPF: cannot tell when a program's task leaves the CPU; fentry programs only where the kernel does not preempt kernel code"
+                );
+                SwitchCheck::Unavailable {
+                    reason: reason.clone(),
+                }
+            }
+        };
         let mut config = Array::<_, Config>::try_from(take_map(&mut ebpf, MAP_CONFIG)?)
             .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
         let config_value = Config {
@@ -533,6 +603,7 @@ impl EbpfSource {
             } else {
                 0
             },
+            task_switch_counts_offset: switch_counts_offset.as_ref().map_or(0, |offset| *offset),
         };
         config
             .set(0, config_value, 0)
@@ -580,8 +651,10 @@ impl EbpfSource {
                 io_uring_submit: Probe::Attached,
                 io_uring_opcode_offset,
                 base_dir,
+                switch_check,
             },
-            fentry_fds: Vec::new(),
+            program_fds: Vec::new(),
+            missed_at: None,
             _ebpf: ebpf,
         };
         source.set_basenames(&interest.basenames)?;
@@ -589,7 +662,7 @@ impl EbpfSource {
 
         let reason = match hooks {
             HookChoice::Tracepoints => "requested (--ebpf-hooks tracepoints)".to_owned(),
-            HookChoice::Auto | HookChoice::Fentry => match source.attach_fentry() {
+            HookChoice::Auto | HookChoice::Fentry => match source.attach_fentry(options.faults) {
                 Ok(()) => {
                     tracing::info!(
                         programs = 2 * FENTRY_PROGRAMS.len(),
@@ -612,7 +685,7 @@ impl EbpfSource {
     /// Attaches every fentry/fexit program, exits first; on any failure detaches and unloads
     /// all of them again and says why, so the caller attaches the complete tracepoint set
     /// instead: a mixture could miss an operation that only the missing program sees.
-    fn attach_fentry(&mut self) -> Result<(), String> {
+    fn attach_fentry(&mut self, faults: Faults) -> Result<(), String> {
         match &self.checks.fexit {
             Probe::Loadable => {}
             Probe::Absent { reason } => {
@@ -620,12 +693,15 @@ impl EbpfSource {
             }
             other => return Err(format!("fexit probe: {other:?}")),
         }
-        preemption_off().map_err(|reason| {
-            format!(
-                "{reason}: fentry programs run preemptibly there and share per-CPU scratch \
-                 memory, which a preempting program would overwrite"
-            )
-        })?;
+        if let SwitchCheck::Unavailable { reason: why } = &self.checks.switch_check {
+            preemption_off().map_err(|reason| {
+                format!(
+                    "{reason}: fentry programs run preemptibly there and share per-CPU \
+                     scratch memory, which a preempting program would overwrite unnoticed \
+                     ({why})"
+                )
+            })?;
+        }
         let btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
         let attached = FENTRY_PROGRAMS
             .iter()
@@ -637,29 +713,23 @@ impl EbpfSource {
             )
             .try_for_each(|(name, function)| {
                 attach_tracing(&mut self._ebpf, name, function, &btf)
-                    .map_err(|e| format!("{name} on {function}: {}", error_chain(&e)))
+                    .map_err(|e| format!("{name} on {function}: {}", error_chain(&e)))?;
+                if faults.fail_attach == Some(name) {
+                    return Err(format!("{name} on {function}: injected failure"));
+                }
+                Ok(())
             })
             .and_then(|()| {
                 let names = FENTRY_PROGRAMS
                     .iter()
                     .flat_map(|hook| [hook.exit, hook.entry]);
-                self.fentry_fds = names
-                    .map(|name| {
-                        let fd = self
-                            ._ebpf
-                            .program(name)
-                            .ok_or_else(|| format!("{name} is missing"))?
-                            .fd()
-                            .map_err(|e| format!("{name}: no program fd: {e}"))?
-                            .try_clone()
-                            .map_err(|e| format!("{name}: cannot duplicate its fd: {e}"))?;
-                        Ok((name, fd))
-                    })
+                self.program_fds = names
+                    .map(|name| Ok((name, program_fd(&self._ebpf, name)?)))
                     .collect::<Result<_, String>>()?;
                 Ok(())
             });
         if let Err(reason) = attached {
-            self.fentry_fds.clear();
+            self.program_fds.clear();
             // Entries first, so that no entry recorded is left without its exit program.
             for hook in FENTRY_PROGRAMS {
                 unload_tracing(&mut self._ebpf, hook.entry);
@@ -710,6 +780,20 @@ impl EbpfSource {
                 ),
             };
         }
+        let attached = SYSCALL_PROGRAMS
+            .iter()
+            .flat_map(|(enter, exit)| [*exit, *enter])
+            .chain([PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ])
+            .filter(|name| {
+                self._ebpf
+                    .program(name)
+                    .and_then(|program| program.fd().ok())
+                    .is_some()
+            });
+        self.program_fds = attached
+            .map(|name| Ok((name, program_fd(&self._ebpf, name)?)))
+            .collect::<Result<_, String>>()
+            .map_err(EbpfError::ProgramFds)?;
         Ok(())
     }
 
@@ -801,8 +885,16 @@ impl EbpfSource {
         &self.checks
     }
 
-    /// Sums the per-CPU counters over CPUs.
+    /// Sums the per-CPU counters over CPUs, and the programs' skipped runs.
     pub fn counters(&self) -> Result<DeliveryCounters, EbpfError> {
+        Ok(DeliveryCounters {
+            missed: self.program_misses()?,
+            ..self.map_counters()?
+        })
+    }
+
+    /// The per-CPU counters summed over CPUs (`missed` left 0).
+    fn map_counters(&self) -> Result<DeliveryCounters, EbpfError> {
         let sum = |index: u32| -> Result<u64, EbpfError> {
             let per_cpu = self
                 .counters
@@ -816,13 +908,18 @@ impl EbpfSource {
             unreadable: sum(COUNTER_UNREADABLE)?,
             truncated: sum(COUNTER_TRUNCATED)?,
             untracked: sum(COUNTER_UNTRACKED)?,
-            missed: self.fentry_misses()?,
+            missed: 0,
+            retried: sum(COUNTER_RETRIED)?,
+            preempted: sum(COUNTER_PREEMPTED)?,
         })
     }
 
-    /// Runs of the fentry/fexit programs the kernel skipped, summed.
-    fn fentry_misses(&self) -> Result<u64, EbpfError> {
-        self.fentry_fds.iter().try_fold(0u64, |total, (name, fd)| {
+    /// Runs of the attached programs the kernel skipped, summed. The kernel counts a run it
+    /// skips because a BPF program, or a `bpf(2)` map operation, was already under way on the
+    /// CPU (since Linux 6.7 for tracepoint programs; fentry earlier), e.g. one preempted on a
+    /// preemptible kernel.
+    fn program_misses(&self) -> Result<u64, EbpfError> {
+        self.program_fds.iter().try_fold(0u64, |total, (name, fd)| {
             let misses =
                 recursion_misses(fd).map_err(|source| EbpfError::ProgramInfo { name, source })?;
             Ok(total.wrapping_add(misses))
@@ -930,9 +1027,23 @@ impl EbpfSource {
         }
     }
 
-    /// Reports lost hints if a loss counter grew since the last check.
-    fn check_counters(&mut self, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
-        let now = self.counters()?;
+    /// Reports lost hints if a loss counter grew since the last check. The programs' skipped
+    /// runs cost a read of an fdinfo file per program, so `Misses::IfDue` reads them only every
+    /// [`MISSES_RECHECK`]; a fence reads them always.
+    fn check_counters(&mut self, misses: Misses, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
+        let due = match (misses, self.missed_at) {
+            (Misses::Now, _) | (Misses::IfDue, None) => true,
+            (Misses::IfDue, Some(at)) => at.elapsed() >= MISSES_RECHECK,
+        };
+        let now = if due {
+            self.missed_at = Some(Instant::now());
+            self.counters()?
+        } else {
+            DeliveryCounters {
+                missed: self.last_counters.missed,
+                ..self.map_counters()?
+            }
+        };
         now.losses_since(&self.last_counters, out);
         self.last_counters = now;
         Ok(())
@@ -1026,7 +1137,7 @@ impl EbpfSource {
                 break;
             }
         }
-        self.check_counters(out)
+        self.check_counters(Misses::IfDue, out)
     }
 
     fn fence_inner(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
@@ -1061,7 +1172,7 @@ impl EbpfSource {
                 self.forget_finished(out)?;
             }
         }
-        self.check_counters(out)
+        self.check_counters(Misses::Now, out)
     }
 }
 
@@ -1366,6 +1477,7 @@ fn decode(record: &[u8]) -> Result<Record, EbpfError> {
                 tid: header.tid,
                 syscall_nr: event.syscall_nr,
                 flags: event.flags,
+                task_switches: event.task_switches,
                 paths,
             }))
         }
@@ -1595,6 +1707,26 @@ fn preempt_dynamic_mode(debugfs: Option<&str>, cmdline: &str) -> Option<String> 
     })
 }
 
+/// How often [`EbpfSource::poll`] reads the programs' skipped runs (a fence always does).
+const MISSES_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether [`EbpfSource::check_counters`] reads the programs' skipped runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Misses {
+    Now,
+    IfDue,
+}
+
+/// A duplicate of program `name`'s fd, to read its statistics with.
+fn program_fd(ebpf: &Ebpf, name: &str) -> Result<ProgramFd, String> {
+    ebpf.program(name)
+        .ok_or_else(|| format!("{name} is missing"))?
+        .fd()
+        .map_err(|e| format!("{name}: no program fd: {e}"))?
+        .try_clone()
+        .map_err(|e| format!("{name}: cannot duplicate its fd: {e}"))
+}
+
 /// The kernel's count of runs it skipped for the program behind `fd` (`recursion_misses` in
 /// its fdinfo, Linux 5.12 and later; 0 where the field is absent).
 fn recursion_misses(fd: &ProgramFd) -> io::Result<u64> {
@@ -1804,6 +1936,7 @@ mod tests {
             path_len: [0; 2],
             base_ino: [0; 2],
             base_dev: [0; 2],
+            task_switches: 41,
             path: [[0; PATH_BYTES]; 2],
         };
         for (index, (dirfd, path)) in paths.iter().enumerate() {
@@ -1825,6 +1958,67 @@ mod tests {
         assert_eq!(brief_verifier_error("a\nb\n\nc\nd\ne"), "a [...] c | d | e");
     }
 
+    /// This thread's voluntary plus involuntary context switches, as `/proc` shows them.
+    fn own_context_switches() -> u64 {
+        let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+        ["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"]
+            .iter()
+            .map(|field| {
+                let line = status.lines().find(|line| line.starts_with(field)).unwrap();
+                line[field.len()..].trim().parse::<u64>().unwrap()
+            })
+            .sum()
+    }
+
+    /// The programs' preemption check is only as good as the field it reads: the count an
+    /// `ENTER` record carries must be this thread's switch count at the call, between the
+    /// counts `/proc` shows before and after it (a wrong offset reads another field of the
+    /// task: 0, a constant, or a pointer).
+    #[test]
+    fn entry_records_carry_the_threads_context_switch_count() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test loads BPF programs and must run as root (CI does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let name = "rt-switch-count-probe";
+        let interest = Interest {
+            store_dir: store,
+            basenames: [name.as_bytes().to_vec()].into(),
+            paths: vec![dir.path().to_owned()],
+        };
+        let mut source = EbpfSource::attach_with(&interest, &EbpfOptions::default()).unwrap();
+        assert_eq!(source.checks().switch_check, SwitchCheck::Active);
+        let doomed = dir.path().join(name);
+        std::fs::write(&doomed, b"").unwrap();
+        // A thread of its own, which has surely been switched out once (the sleep).
+        let (tid, before, after) = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1));
+            let before = own_context_switches();
+            std::fs::remove_file(&doomed).unwrap();
+            let after = own_context_switches();
+            (nix::unistd::gettid().as_raw() as u32, before, after)
+        })
+        .join()
+        .unwrap();
+        assert!(before > 0, "the thread slept, so it was switched out");
+        let mut seen = Vec::new();
+        while let Some(item) = source.events.next() {
+            if let Record::Enter(enter) = decode(&item).unwrap() {
+                if enter.tid == tid {
+                    seen.push(enter.task_switches);
+                }
+            }
+        }
+        assert!(
+            !seen.is_empty() && seen.iter().all(|&count| (before..=after).contains(&count)),
+            "the unlink's ENTER record should carry a switch count in {before}..={after}, \
+             got {seen:?}"
+        );
+    }
+
     #[test]
     fn decodes_unaligned_enter_with_raw_bytes() {
         let old = b"/a/li\nnk\xff";
@@ -1840,7 +2034,7 @@ mod tests {
             (decoded.tgid, decoded.tid, decoded.op),
             (7, 8, op::RENAMEAT2)
         );
-        assert_eq!(decoded.syscall_nr, 82);
+        assert_eq!((decoded.syscall_nr, decoded.task_switches), (82, 41));
         let paths: Vec<_> = decoded.paths.iter().flatten().collect();
         assert_eq!(paths[0].bytes, old);
         assert_eq!((paths[1].dirfd, &paths[1].bytes[..]), (3, &b"new"[..]));
@@ -1940,6 +2134,7 @@ mod tests {
             tid: std::process::id(),
             syscall_nr: 0,
             flags: 0,
+            task_switches: 0,
             paths: [
                 Some(RawPath {
                     dirfd: AT_FDCWD,
@@ -2080,15 +2275,27 @@ mod tests {
             dropped: 3,
             truncated: 9,
             missed: 1,
+            retried: 4,
+            preempted: 2,
             ..before
         };
         let mut out = Vec::new();
         after.losses_since(&before, &mut out);
+        // Truncated paths and redone judgements are no loss; the rest are.
         assert!(matches!(
             &out[..],
-            [Hint::Lost { reason }, Hint::Lost { reason: missed }]
+            [Hint::Lost { reason }, Hint::Lost { reason: missed }, Hint::Lost { reason: twice }]
                 if reason.contains("dropped") && missed.contains("skipped")
+                    && twice.contains("left the CPU in every run")
         ));
+        let retried_only = DeliveryCounters {
+            retried: 1,
+            ..before
+        };
+        assert!(!retried_only.lost_hints());
+        out.clear();
+        retried_only.losses_since(&before, &mut out);
+        assert!(out.is_empty());
         out.clear();
         after.losses_since(&after, &mut out);
         assert!(out.is_empty());

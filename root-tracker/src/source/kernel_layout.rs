@@ -298,6 +298,25 @@ impl Btf {
     }
 }
 
+impl Btf {
+    /// Offset of `task_struct.nvcsw`, which `nivcsw` must follow at once (both `unsigned
+    /// long`): the task's voluntary and involuntary context-switch counts, which the programs
+    /// read as one 16-byte pair to learn whether their task left the CPU while it used the
+    /// CPU's scratch memory.
+    pub fn task_switch_counts_offset(&self) -> Result<u32, LayoutError> {
+        let voluntary = self.offset_of("task_struct", "nvcsw", Expect::Int { bytes: 8 })?;
+        let involuntary = self.offset_of("task_struct", "nivcsw", Expect::Int { bytes: 8 })?;
+        if voluntary.checked_add(8) != Some(involuntary) {
+            return Err(LayoutError::UnexpectedType {
+                strukt: "task_struct".to_owned(),
+                member: "nivcsw".to_owned(),
+                expected: "right after nvcsw",
+            });
+        }
+        Ok(voluntary)
+    }
+}
+
 /// What a member must be for the programs to read it as they do.
 #[derive(Clone, Copy, Debug)]
 enum Expect {
@@ -374,6 +393,11 @@ fn parse_types(section: &[u8]) -> Result<Vec<TypeEntry>, LayoutError> {
 /// The offsets for the running kernel, from [`VMLINUX_BTF`].
 pub fn running_kernel_base_dir_offsets() -> Result<BaseDirOffsets, LayoutError> {
     Btf::from_file(Path::new(VMLINUX_BTF))?.base_dir_offsets()
+}
+
+/// [`Btf::task_switch_counts_offset`] of the running kernel, from [`VMLINUX_BTF`].
+pub fn running_kernel_task_switch_counts_offset() -> Result<u32, LayoutError> {
+    Btf::from_file(Path::new(VMLINUX_BTF))?.task_switch_counts_offset()
 }
 
 #[cfg(test)]
@@ -546,6 +570,8 @@ mod tests {
             9000,
             &[
                 ("state", u32_, 0),
+                ("nvcsw", ulong, 8 * 2000),
+                ("nivcsw", ulong, 8 * 2008),
                 ("fs", fs_ptr, 8 * 3000),
                 ("files", const_files_ptr, 8 * 3008),
             ],
@@ -574,6 +600,29 @@ mod tests {
                 super_block_dev: 16,
             }
         );
+    }
+
+    #[test]
+    fn switch_counts_are_a_pair_of_adjacent_longs() {
+        let btf = Btf::parse(&kernel().build()).unwrap();
+        assert_eq!(btf.task_switch_counts_offset().unwrap(), 2000);
+        // Apart, or one of them 4 bytes: the programs' 16-byte read would be wrong.
+        for (nivcsw_bits, nivcsw_bytes) in [(8 * 2016, 8), (8 * 2008, 4)] {
+            let mut b = Builder::new();
+            let ulong = b.int("long unsigned int", 8);
+            let other = b.int("unsigned int", nivcsw_bytes);
+            b.strukt(
+                btf_kind::STRUCT,
+                "task_struct",
+                4096,
+                &[("nvcsw", ulong, 8 * 2000), ("nivcsw", other, nivcsw_bits)],
+            );
+            let btf = Btf::parse(&b.build()).unwrap();
+            assert!(matches!(
+                btf.task_switch_counts_offset(),
+                Err(LayoutError::UnexpectedType { .. })
+            ));
+        }
     }
 
     #[test]
@@ -618,5 +667,6 @@ mod tests {
         assert_eq!(offsets.valid, 1);
         // `pwd` follows `root` in `fs_struct` on every kernel since 2.6.
         assert!(offsets.fs_pwd_dentry > 0 && offsets.inode_sb > 0);
+        assert!(running_kernel_task_switch_counts_offset().unwrap() > 0);
     }
 }

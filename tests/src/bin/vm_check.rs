@@ -31,7 +31,8 @@ use root_tracker::{
     source::{
         Interest, Source as _,
         ebpf::{
-            AttachMode, BaseDirCheck, EbpfOptions, EbpfSource, HookChoice, Probe, Verification,
+            AttachMode, BaseDirCheck, EbpfOptions, EbpfSource, Faults, HookChoice, Probe,
+            SwitchCheck, Verification,
         },
     },
 };
@@ -57,13 +58,14 @@ fn main() -> std::process::ExitCode {
     println!("RT-VM-PREEMPT: {}", preempt.trim());
     // A step runs even when an earlier one failed (each says something on its own), except
     // the tracker after a failed attach.
-    let steps: [(&str, Step); 10] = [
+    let steps: [(&str, Step); 11] = [
         ("verifier", every_program_verifies),
         ("probes", fexit_and_lsm_probes),
         ("tracepoints", source_sees_symlink),
         ("relative", relative_paths_checked_against_kernel_dir),
         ("fentry", fentry_source_sees_every_operation),
-        ("fallback", preemptible_kernel_falls_back_to_tracepoints),
+        ("preempt", preempted_programs_judge_again),
+        ("fallback", fentry_falls_back_to_tracepoints),
         ("tracker", || tracker_fenced_query(None, "fentry")),
         ("tracker-tracepoints", || {
             tracker_fenced_query(Some("tracepoints"), "tracepoints")
@@ -86,8 +88,10 @@ fn main() -> std::process::ExitCode {
         }
         // The source and the tracker load the same programs: where the verifier refused one,
         // they would only fail again, after another minute of emulated verifier time.
-        if matches!(name, "tracepoints" | "relative" | "fentry" | "fallback")
-            && failed.contains(&"verifier")
+        if matches!(
+            name,
+            "tracepoints" | "relative" | "fentry" | "preempt" | "fallback"
+        ) && failed.contains(&"verifier")
         {
             println!("RT-VM-FAIL: {name}: not run, the verifier refuses a program here");
             failed.push(name);
@@ -411,50 +415,230 @@ fn fentry_source_sees_every_operation() -> Result<String, String> {
 /// Where this `PREEMPT_DYNAMIC` kernel shows and switches its preemption model.
 const PREEMPT_MODEL: &str = "/sys/kernel/debug/sched/preempt";
 
-/// Switches the kernel to full preemption, where fentry programs could interleave on a CPU:
-/// the default choice must then attach the complete tracepoint set and say why, and asking
-/// for fentry alone must fail. The model is switched back afterwards, whatever happens.
-fn preemptible_kernel_falls_back_to_tracepoints() -> Result<String, String> {
-    let before = std::fs::read_to_string(PREEMPT_MODEL)
+/// The current preemption model of this `PREEMPT_DYNAMIC` kernel (`none`, `voluntary`, `full`).
+fn current_preempt_model() -> Result<String, String> {
+    let models = std::fs::read_to_string(PREEMPT_MODEL)
         .map_err(|e| format!("cannot read {PREEMPT_MODEL}: {e}"))?;
-    let current = before
+    models
         .split_whitespace()
         .find_map(|word| word.strip_prefix('(')?.strip_suffix(')'))
-        .ok_or_else(|| format!("no current model in {before:?}"))?
-        .to_owned();
+        .map(str::to_owned)
+        .ok_or_else(|| format!("no current model in {models:?}"))
+}
+
+/// Operations of [`preempted_programs_judge_again`]'s worker, in batches.
+const PREEMPT_ROUNDS: u32 = 20_000;
+const PREEMPT_BATCHES: u32 = 200;
+/// Period of the preempting real-time thread: a fentry program runs for about a microsecond,
+/// so one in some tens of runs is interrupted.
+const PREEMPT_PERIOD: Duration = Duration::from_micros(20);
+
+/// On a fully preemptible kernel the fentry programs run preemptibly (migration disabled, but
+/// not preemption): another task's program may then rewrite the CPU's scratch memory under
+/// them. They are used anyway, because each judgement checks the task's context-switch count
+/// and is redone when the task left the CPU. Here a real-time thread pinned to the worker's
+/// CPU wakes every [`PREEMPT_PERIOD`] while the worker unlinks a watched name over and over:
+/// the redone judgements must show in the counters (the check sees real preemptions), and the
+/// fence must still name the entry, or report lost hints — never stay silent.
+fn preempted_programs_judge_again() -> Result<String, String> {
+    let current = current_preempt_model()?;
     let _restore = PreemptModel::set("full", &current)?;
     let store = FakeStore::new(&[]);
+    let dir = store.root.join("home");
+    let victim = dir.join("victim");
+    let interest = Interest {
+        store_dir: store.layout.store_dir().to_owned(),
+        basenames: [b"victim".to_vec()].into_iter().collect(),
+        paths: vec![dir.clone()],
+    };
+    let mut source = EbpfSource::attach(&interest).map_err(|e| brief(&e))?;
+    let checks = source.checks().clone();
+    println!(
+        "RT-VM-PREEMPT-CHECKS: {}",
+        serde_json::to_string(&checks).unwrap()
+    );
+    if checks.attach_mode != AttachMode::Fentry || checks.switch_check != SwitchCheck::Active {
+        return Err(format!(
+            "expected fentry with the switch check on a preemptible kernel: {checks:?}"
+        ));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Stops the real-time thread on every return, early ones too.
+    let _stop_on_return = StopOnDrop(std::sync::Arc::clone(&stop));
+    let preempter = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || -> Result<(), String> {
+            pin_to_cpu(0)?;
+            let param = libc::sched_param { sched_priority: 50 };
+            // SAFETY: `param` is a valid `sched_param` for the call; 0 is this thread.
+            if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+                return Err(format!("SCHED_FIFO: {}", std::io::Error::last_os_error()));
+            }
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(PREEMPT_PERIOD);
+            }
+            Ok(())
+        })
+    };
+    // Batches, each drained by a fence, so the ring buffer never overflows: every loss the
+    // fences report is then the switch check's.
+    let mut took = Duration::ZERO;
+    let mut named = 0;
+    let mut lost = 0;
+    let mut last = source.counters().map_err(|e| brief(&e))?;
+    for _ in 0..PREEMPT_BATCHES {
+        let worker = {
+            let victim = victim.clone();
+            std::thread::spawn(move || -> Result<Duration, String> {
+                pin_to_cpu(0)?;
+                let started = Instant::now();
+                for _ in 0..PREEMPT_ROUNDS / PREEMPT_BATCHES {
+                    std::fs::write(&victim, b"").map_err(|e| format!("create: {e}"))?;
+                    std::fs::remove_file(&victim).map_err(|e| format!("unlink: {e}"))?;
+                }
+                Ok(started.elapsed())
+            })
+        };
+        took += worker
+            .join()
+            .map_err(|_| "the worker panicked".to_owned())??;
+        let mut hints = Vec::new();
+        source
+            .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
+            .map_err(|e| brief(&e))?;
+        let now = source.counters().map_err(|e| brief(&e))?;
+        let batch_lost = hints.iter().any(|hint| matches!(hint, Hint::Lost { .. }));
+        if now.dropped != last.dropped || now.untracked != last.untracked {
+            return Err(format!(
+                "the batch overflowed the kernel's buffers: {now:?}"
+            ));
+        }
+        if (now.preempted > last.preempted) != batch_lost {
+            return Err(format!(
+                "a fence's loss report does not match the disturbed judgements: {last:?} -> \
+                 {now:?}, hints {hints:?}"
+            ));
+        }
+        if !batch_lost && !hints.contains(&Hint::Path(victim.clone())) {
+            return Err(format!(
+                "no hint for {} and no loss after a fence: {hints:?}",
+                victim.display()
+            ));
+        }
+        named += usize::from(!batch_lost);
+        lost += usize::from(batch_lost);
+        last = now;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    preempter
+        .join()
+        .map_err(|_| "the preempter panicked".to_owned())??;
+    let counters = last;
+    if counters.retried == 0 {
+        return Err(format!(
+            "no judgement was redone in {PREEMPT_ROUNDS} unlinks under a preempting thread: \
+             the switch check sees nothing ({counters:?})"
+        ));
+    }
+    Ok(format!(
+        "preempt=full (was {current}): fentry attached; {PREEMPT_ROUNDS} create+unlink in \
+         {} ms under a SCHED_FIFO thread waking every {} us on the same CPU: {} judgements \
+         redone, {} disturbed in every run (lost), {} records sent; of {PREEMPT_BATCHES} \
+         fenced batches {named} named the entry, {lost} reported the loss",
+        took.as_millis(),
+        PREEMPT_PERIOD.as_micros(),
+        counters.retried,
+        counters.preempted,
+        counters.sent
+    ))
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn pin_to_cpu(cpu: usize) -> Result<(), String> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(|e| format!("cpu set: {e}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("pin to CPU {cpu}: {e}"))
+}
+
+/// Where fentry/fexit cannot be used whole, the source attaches the tracepoint set and
+/// nothing else: (1) one fentry program failing after others attached (injected: this kernel
+/// accepts them all) leaves no tracing program loaded, and the tracepoints report a symlink
+/// into the store; (2) without the switch check (injected: no `nvcsw` offsets), a fully
+/// preemptible kernel gets the tracepoints, and `--ebpf-hooks fentry` is refused.
+fn fentry_falls_back_to_tracepoints() -> Result<String, String> {
+    let store = FakeStore::new(&[]);
+    let home = store.root.join("home");
     let interest = Interest {
         store_dir: store.layout.store_dir().to_owned(),
         basenames: BTreeSet::new(),
-        paths: vec![store.root.join("home")],
+        paths: vec![home.clone()],
     };
-    let source = EbpfSource::attach(&interest).map_err(|e| brief(&e))?;
+    // The last program attached: nine are in place when it fails.
+    let last =
+        root_tracker_ebpf::FENTRY_PROGRAMS[root_tracker_ebpf::FENTRY_PROGRAMS.len() - 1].entry;
+    let options = EbpfOptions {
+        faults: Faults {
+            fail_attach: Some(last),
+            no_switch_check: false,
+        },
+        ..EbpfOptions::default()
+    };
+    let mut source = EbpfSource::attach_with(&interest, &options).map_err(|e| brief(&e))?;
     let checks = source.checks().clone();
-    println!(
-        "RT-VM-FALLBACK-CHECKS: {}",
-        serde_json::to_string(&checks).unwrap()
-    );
     let AttachMode::Tracepoints { reason } = &checks.attach_mode else {
-        return Err(format!(
-            "fentry attached on a preemptible kernel: {checks:?}"
-        ));
+        return Err(format!("fentry kept after {last} failed: {checks:?}"));
     };
-    if !reason.contains("full") || checks.io_uring_submit != Probe::Attached {
-        return Err(format!("unexpected checks: {checks:?}"));
+    if !reason.contains(last) {
+        return Err(format!("the reason does not name {last}: {reason:?}"));
     }
     let loaded = LoadedPrograms::now()?;
     if loaded.tracepoint != SYSCALL_AND_IO_URING_PROGRAMS || loaded.tracing != 0 {
         return Err(format!(
-            "fallback: not the whole tracepoint set alone: {loaded:?}"
+            "after a partial fentry attach: not the whole tracepoint set alone: {loaded:?}"
         ));
     }
+    let link = home.join("partial-result");
+    symlink(store.layout.store_dir().join(STORE_NAME), &link).map_err(|e| e.to_string())?;
+    expect_hint(&mut source, "symlink after a partial fentry attach", &link)?;
     drop(source);
-    let options = EbpfOptions {
-        hooks: HookChoice::Fentry,
+
+    let current = current_preempt_model()?;
+    let _restore = PreemptModel::set("full", &current)?;
+    let unchecked = EbpfOptions {
+        faults: Faults {
+            fail_attach: None,
+            no_switch_check: true,
+        },
         ..EbpfOptions::default()
     };
-    match EbpfSource::attach_with(&interest, &options) {
+    let source = EbpfSource::attach_with(&interest, &unchecked).map_err(|e| brief(&e))?;
+    let checks = source.checks().clone();
+    let AttachMode::Tracepoints {
+        reason: preempt_reason,
+    } = &checks.attach_mode
+    else {
+        return Err(format!(
+            "fentry attached on a preemptible kernel without the switch check: {checks:?}"
+        ));
+    };
+    if !preempt_reason.contains("full") || checks.io_uring_submit != Probe::Attached {
+        return Err(format!("unexpected checks: {checks:?}"));
+    }
+    drop(source);
+    let fentry_only = EbpfOptions {
+        hooks: HookChoice::Fentry,
+        ..unchecked
+    };
+    match EbpfSource::attach_with(&interest, &fentry_only) {
         Err(root_tracker::source::ebpf::EbpfError::FentryUnavailable { .. }) => {}
         Err(other) => {
             return Err(format!(
@@ -462,11 +646,17 @@ fn preemptible_kernel_falls_back_to_tracepoints() -> Result<String, String> {
                 brief(&other)
             ));
         }
-        Ok(_) => return Err("--ebpf-hooks fentry attached on a preemptible kernel".to_owned()),
+        Ok(_) => {
+            return Err(
+                "--ebpf-hooks fentry attached on a preemptible kernel without the switch check"
+                    .to_owned(),
+            );
+        }
     }
     Ok(format!(
-        "with preempt=full (was {current}): auto attached the tracepoint set ({loaded:?}) \
-         because {reason:?}; fentry alone refused"
+        "{last} failing after nine attached: tracepoint set alone ({loaded:?}), a symlink came \
+         through; without the switch check on preempt=full (was {current}): tracepoints \
+         because {preempt_reason:?}, fentry alone refused"
     ))
 }
 
