@@ -36,7 +36,7 @@ use root_tracker::{
         },
     },
 };
-use tests::{FakeStore, Rng, index_part, package_bin};
+use tests::{FakeStore, Rng, index_part, package_bin, workload::Workload};
 
 /// A store path name registered in the fake store's database (its hash part in Nix's
 /// base-32 alphabet, which has no `e`, `o`, `u`, `t`: any other name is no store path).
@@ -1018,9 +1018,9 @@ fn churn(dir: &Path) -> Result<Duration, String> {
 const RANDOM_SEEDS: u64 = 4;
 const RANDOM_OPS: usize = 100;
 
-/// A seeded random workload of link, directory, mount and io_uring operations (a smaller
-/// `live_random`, whose oracle store needs Nix) against a tracker in fentry mode: after every
-/// batch the fenced query must equal a fresh scan.
+/// `live_random`'s seeded workload ([`Workload`]: link, directory, mount, cross-filesystem and
+/// io_uring operations), smaller and on a store without Nix, against a tracker in fentry
+/// mode: after every batch the fenced query must equal a fresh scan.
 fn tracker_random_workload() -> Result<String, String> {
     let names: Vec<String> = (0..4)
         .map(|i| format!("0123456789abcdfghijklmnpqrsvwx{i:02}-live"))
@@ -1028,16 +1028,30 @@ fn tracker_random_workload() -> Result<String, String> {
     let store = FakeStore::new(&names.iter().map(String::as_str).collect::<Vec<_>>());
     let run_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (_tracker, socket, _) = start_tracker(&store, run_dir.path(), None, "fentry")?;
-    let mut workload = RandomWorkload::new(&store, &names)?;
+    let mut targets: Vec<_> = names
+        .iter()
+        .map(|name| store.layout.store_dir().join(name))
+        .collect();
+    targets.push(
+        store
+            .layout
+            .store_dir()
+            .join("0123456789abcdfghijklmnpqrsvwx99-unregistered"),
+    );
+    // User links on two filesystems, as in `live_random`; the tmpfs goes after the workload.
+    let homes = [store.root.join("home/live"), store.root.join("home/other")];
+    std::fs::create_dir_all(&homes[0]).map_err(|e| e.to_string())?;
+    let _second_fs = tests::TmpfsMount::new(&homes[1]);
+    let mut workload = Workload::new(store.layout.clone(), targets, homes);
     let mut batches = 0;
     for seed in 0..RANDOM_SEEDS {
-        workload.reset()?;
+        workload.reset();
         let mut rng = Rng::new(seed);
         let mut done = 0;
         while done < RANDOM_OPS {
             let batch = 1 + rng.below(10);
             for _ in 0..batch {
-                workload.op(&mut rng)?;
+                workload.op(&mut rng);
             }
             done += batch;
             batches += 1;
@@ -1047,14 +1061,7 @@ fn tracker_random_workload() -> Result<String, String> {
                 return Err(format!("seed {seed}: query refused: {response}"));
             }
             let answer = index_part(&response["report"]);
-            let options = root_tracker::scan::ScanOptions {
-                runtime: false,
-                temp: false,
-                ..root_tracker::scan::ScanOptions::default()
-            };
-            let report = root_tracker::scan::scan(&store.layout, &options)
-                .map_err(|e| format!("scan: {e}"))?;
-            let truth = index_part(&report.to_json());
+            let truth = workload.truth();
             if answer != truth {
                 return Err(format!(
                     "seed {seed}, after {done} operations: the fenced query differs from a \
@@ -1072,119 +1079,6 @@ fn tracker_random_workload() -> Result<String, String> {
         "{RANDOM_SEEDS} seeds x {RANDOM_OPS} operations: {batches} fenced queries equal a scan; \
          reconciler {reconciler}"
     ))
-}
-
-/// The trees and names of the `random` step.
-struct RandomWorkload {
-    /// A tmpfs mounted over one of the directories, if any; dropped first.
-    overlay: Option<TmpfsMount>,
-    homes: [std::path::PathBuf; 2],
-    auto_dir: std::path::PathBuf,
-    /// Registered store paths, and one that is not.
-    targets: Vec<std::path::PathBuf>,
-    serial: u64,
-}
-
-impl RandomWorkload {
-    fn new(store: &FakeStore, names: &[String]) -> Result<Self, String> {
-        let homes = [store.root.join("home/live"), store.root.join("home/other")];
-        for home in &homes {
-            std::fs::create_dir_all(home).map_err(|e| e.to_string())?;
-        }
-        let mut targets: Vec<_> = names
-            .iter()
-            .map(|name| store.layout.store_dir().join(name))
-            .collect();
-        targets.push(
-            store
-                .layout
-                .store_dir()
-                .join("0123456789abcdfghijklmnpqrsvwx99-unregistered"),
-        );
-        Ok(Self {
-            overlay: None,
-            homes,
-            auto_dir: store.layout.state_dir().join("gcroots/auto"),
-            targets,
-            serial: 0,
-        })
-    }
-
-    /// Empties the user directories and the auto links between seeds.
-    fn reset(&mut self) -> Result<(), String> {
-        self.overlay = None;
-        for dir in self.homes.iter().chain([&self.auto_dir]) {
-            for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
-                let path = entry.path();
-                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
-            }
-        }
-        Ok(())
-    }
-
-    fn op(&mut self, rng: &mut Rng) -> Result<(), String> {
-        let dir = self.homes[rng.below(2)].join(format!("d{}", rng.below(4)));
-        let other = self.homes[rng.below(2)].join(format!("d{}", rng.below(4)));
-        let result = dir.join("result");
-        let target = self.targets[rng.below(self.targets.len())].clone();
-        let auto = self.auto_dir.join(format!("a{}", rng.below(6)));
-        // Failures are part of the workload (a missing directory, a busy mount point).
-        match rng.below(12) {
-            0 => drop(std::fs::create_dir_all(&dir)),
-            1 => {
-                let _ = std::fs::create_dir_all(&dir);
-                let _ = symlink(&target, &result);
-            }
-            2 => {
-                // ln -sfn: a temporary link renamed over the old one.
-                let _ = std::fs::create_dir_all(&dir);
-                self.serial += 1;
-                let temp = dir.join(format!(".tmp-{}", self.serial));
-                if symlink(&target, &temp).is_ok() {
-                    let _ = std::fs::rename(&temp, &result);
-                }
-            }
-            3 => drop(std::fs::remove_file(&result)),
-            4 | 5 => {
-                let _ = std::fs::remove_file(&auto);
-                let _ = symlink(&result, &auto);
-            }
-            6 => drop(std::fs::rename(&dir, &other)),
-            7 => drop(std::fs::remove_dir_all(&dir)),
-            8 => {
-                // A hard link to a symlink (linkat without AT_SYMLINK_FOLLOW).
-                let _ = std::fs::create_dir_all(&other);
-                let _ = nix::unistd::linkat(
-                    nix::fcntl::AT_FDCWD,
-                    &result,
-                    nix::fcntl::AT_FDCWD,
-                    &other.join("result"),
-                    nix::fcntl::AtFlags::empty(),
-                );
-            }
-            9 => match self.overlay.take() {
-                Some(overlay) => drop(overlay),
-                None if dir.is_dir() => self.overlay = TmpfsMount::new(&dir).ok(),
-                None => {}
-            },
-            10 => {
-                if let Ok(name) = c_path(&result) {
-                    let unlink = io_uring::opcode::UnlinkAt::new(
-                        io_uring::types::Fd(libc::AT_FDCWD),
-                        name.as_ptr(),
-                    )
-                    .build();
-                    // SAFETY: `name` outlives the submission, which completes inside.
-                    let _ = unsafe { submit_one(&unlink, "unlinkat") };
-                }
-            }
-            _ => {
-                let _ = std::fs::create_dir_all(&other);
-                let _ = rename_through_io_uring(&result, &other.join("result"));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// An error's chain on one line, without the middle of a verifier log (thousands of lines that
