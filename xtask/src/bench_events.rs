@@ -64,6 +64,14 @@ pub fn events(quick: bool) -> anyhow::Result<()> {
 
     eprintln!("bench events: building a store with {SMALL_STORE_ROOTS} indirect roots");
     let small = Fixture::with_indirect_roots(SMALL_STORE_ROOTS)?;
+    // First, while the disk is quiet (before the big stores are built): the overhead on
+    // unrelated churn, which `bench overhead` also runs alone.
+    let (baseline, churn_rows) = overhead(&binary, &small, &sizes)?;
+    publish(
+        quick,
+        "overhead",
+        &render_overhead(quick, &sizes, baseline, &churn_rows),
+    )?;
     let mut burst_rows = Vec::new();
     for backend in BACKENDS {
         let tracker = RunningTracker::start(&binary, &small, backend)?;
@@ -510,7 +518,8 @@ fn render_overhead(
     let mut out = String::new();
     out.push_str("## Live tracker: overhead on unrelated work\n\n");
     out.push_str(&format!(
-        "Command: `cargo xtask bench overhead{}`. {} (nproc {}). Trackers are the release \
+        "Command: `cargo xtask bench overhead{}` (also the first part of `bench events`). {} \
+         (nproc {}). Trackers are the release \
          `root-tracker run --verify-interval-secs 0` on a hermetic store under /tmp built with \
          the real nix-store, so fanotify marks the filesystem of /tmp.\n\n",
         if quick { " --quick" } else { "" },

@@ -88,8 +88,8 @@ enum BenchArea {
     /// Live tracker: overhead on unrelated file churn, no tracker vs each backend. Run it on
     /// an idle machine (not right after `gc`, whose deletions leave the disk busy).
     Overhead,
-    /// Live tracker: event throughput and lag, and fenced query time against a scan at 10k,
-    /// 100k and 1M roots.
+    /// Live tracker: the overhead (as `overhead`, first, while the disk is quiet), event
+    /// throughput and lag, and fenced query time against a scan at 10k, 100k and 1M roots.
     Events,
     /// `store-gc` against `nix-store --gc` (roots phase, dry run, real collection, memory) on
     /// synthetic stores of 20k, 100k and 1M paths.
