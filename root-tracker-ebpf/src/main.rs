@@ -19,6 +19,12 @@
 //! The per-byte loops (basename hash, store prefix compare) are `bpf_loop` callbacks (Linux
 //! 5.17 or later): the verifier checks a loop body once, where unrolled loops cost it up to
 //! 340k instructions per program and, with two paths, passed the 1M limit on Linux 6.1.
+//!
+//! A judgement works in per-CPU scratch memory (an event is larger than the BPF stack). Where
+//! the kernel may preempt a running program (fentry on a preemptible kernel; syscall
+//! tracepoints on kernels after 6.19), another task's program could rewrite that memory
+//! mid-judgement: `judge_enter` notices from the task's context-switch count and judges again,
+//! and counts the call as lost if that keeps happening. Counters are added atomically.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
@@ -911,7 +917,8 @@ mod kernel {
     /// and stops at the `/` before the last component.
     extern "C" fn walk_byte(index: u64, context: *mut c_void) -> i64 {
         // SAFETY: `bpf_loop` passes the `WalkContext` that `last_component_hash` built; its
-        // pointers are to this CPU's scratch slot, which nothing else touches meanwhile.
+        // pointers are to this CPU's scratch slot, valid for the call (another program may
+        // rewrite its bytes only while this task is off the CPU, which `judge_enter` detects).
         let (path, walk, len) = unsafe {
             let context = &*context.cast::<WalkContext>();
             (&*context.path, &mut *context.walk, context.len)
