@@ -527,6 +527,11 @@ fn boot(
     let mut command = Command::new("qemu-system-x86_64");
     command
         .args(["-nographic", "-no-reboot", "-m", "1024", "-smp", "2"])
+        // One host thread runs both vCPUs: with a thread per vCPU (qemu's default), a guest
+        // run once hung both CPUs at a jump label in syscall_trace_enter while the kernel
+        // patched it (soft lockups for 260 s, under host load), which looks like
+        // multi-threaded TCG's handling of code one vCPU rewrites under the other.
+        .args(["-accel", "tcg,thread=single"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
