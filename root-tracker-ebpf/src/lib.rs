@@ -46,6 +46,8 @@ pub const MAP_BASENAME_FILTER: &str = "BASENAME_FILTER";
 pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
 /// Name of the one-entry array map holding the [`BaseDirOffsets`].
 pub const MAP_BASE_DIR_OFFSETS: &str = "BASE_DIR_OFFSETS";
+/// Name of the one-entry array map holding the [`IoUringOffsets`].
+pub const MAP_IO_URING_OFFSETS: &str = "IO_URING_OFFSETS";
 
 /// The syscall tracepoints (category `syscalls`) as (entry, exit) pairs; each program is named
 /// after its tracepoint. User space attaches every exit before any entry, so that every
@@ -122,7 +124,8 @@ pub const X86_64_PT_REGS_ORIG_AX: u32 = 15 * 8;
 pub const PROG_IO_URING_SUBMIT_REQ: &str = "io_uring_submit_req";
 /// Program attached to `io_uring/io_uring_complete`.
 pub const PROG_IO_URING_COMPLETE: &str = "io_uring_complete";
-/// Hash map of io_uring requests (`req` pointer → opcode) submitted but not yet completed.
+/// Hash map of io_uring requests (`req` pointer → opcode) submitted but not yet completed:
+/// those reported by [`kind::IO_URING`] or [`kind::IO_URING_ENTER`].
 pub const MAP_IO_URING_IN_FLIGHT: &str = "IO_URING_IN_FLIGHT";
 /// Capacity of [`MAP_IO_URING_IN_FLIGHT`]; a full map counts as untracked (lost hints).
 pub const IO_URING_IN_FLIGHT_MAX: u32 = 4096;
@@ -165,12 +168,17 @@ pub mod kind {
     /// An [`crate::ExitEvent`]: a syscall whose `ENTER` was sent returned.
     pub const EXIT: u32 = 2;
     /// An [`crate::EventHeader`] alone, `op` holding an io_uring opcode from [`crate::io_uring`]:
-    /// a path operation was submitted to io_uring, which the syscall tracepoints never see.
+    /// a path operation was submitted to io_uring, and the program could not read its names
+    /// (no [`crate::IoUringOffsets`] for this kernel), so it cannot tell what changes.
     pub const IO_URING: u32 = 3;
-    /// An [`crate::EventHeader`] alone: an io_uring path operation reported by `IO_URING`
-    /// completed (its request was seen submitted and now completing). Until then the change
-    /// may not be on disk, so user space waits for these in a fence.
+    /// An [`crate::IoUringDoneEvent`]: an io_uring path operation reported by `IO_URING` or
+    /// `IO_URING_ENTER` completed (its request was seen submitted and now completing). Until
+    /// then the change may not be on disk, so user space waits for these in a fence.
     pub const IO_URING_DONE: u32 = 4;
+    /// A [`crate::PathEvent`] for a relevant io_uring path operation, judged at submission
+    /// from the kernel's copies of its names, `op` one of the [`crate::op`] `*AT` constants
+    /// and [`crate::PathEvent::request`] the request that its `IO_URING_DONE` names.
+    pub const IO_URING_ENTER: u32 = 5;
 }
 
 /// Values of [`EventHeader::op`] for `ENTER` and `EXIT` records.
@@ -263,6 +271,9 @@ pub struct PathEvent {
     /// The programs compare it with the count after sending; user space's tests check it
     /// against `/proc`, which proves the programs read the right field.
     pub task_switches: u64,
+    /// The io_uring request (`struct io_kiocb *`) of an [`kind::IO_URING_ENTER`] record, which
+    /// its [`IoUringDoneEvent`] names again; 0 in other records.
+    pub request: u64,
     /// The paths as passed: the created, removed or old entry first, the new one of a rename
     /// or link second.
     pub path: [[u8; PATH_BYTES]; 2],
@@ -275,6 +286,20 @@ pub struct ExitEvent {
     pub header: EventHeader,
     /// The syscall's return value: 0 on success, `-errno` on failure.
     pub ret: i64,
+}
+
+/// An io_uring request reported at submission completed ([`kind::IO_URING_DONE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoUringDoneEvent {
+    /// `op` is the request's io_uring opcode (0 if it was unknown at submission).
+    pub header: EventHeader,
+    /// The request, as [`PathEvent::request`] named it.
+    pub request: u64,
+    /// The operation's result (`res` of the completion): 0 on success, `-errno` on failure;
+    /// 0 when [`Config::io_uring_complete_res_offset`] is unknown (taken as success, so its
+    /// hints are applied: an extra re-read, never a lost one).
+    pub res: i64,
 }
 
 /// What the kernel side remembers about a thread between syscall entry and exit.
@@ -322,6 +347,30 @@ pub struct BaseDirOffsets {
     pub super_block_dev: u32,
 }
 
+/// Byte offsets of the kernel struct members the io_uring submission program reads to judge a
+/// path operation by name, as [`BaseDirOffsets`] are for directories. At the submission
+/// tracepoint the request is prepared: the opcode's prep function copied each name into a
+/// `struct filename` (`getname`), kept in the op's command struct inside the request
+/// (`io_kiocb.cmd`: `struct io_unlink`, `io_rename`, or `io_link` for `LINKAT` and
+/// `SYMLINKAT`). Each field below is the offset from the start of `struct io_kiocb` (the
+/// `cmd` member plus the command struct's member). `valid == 0`: unknown, every io_uring path
+/// operation is reported as [`kind::IO_URING`] (lost hints), as before names were read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoUringOffsets {
+    /// Non-zero when every offset below was found.
+    pub valid: u32,
+    /// `filename.name` (`const char *`): the kernel's copy of the string.
+    pub filename_name: u32,
+    /// `io_unlink.dfd` (`int`) and `io_unlink.filename` (`struct filename *`).
+    pub unlink: [u32; 2],
+    /// `io_rename.{old_dfd, oldpath, new_dfd, newpath}`.
+    pub rename: [u32; 4],
+    /// `io_link.{old_dfd, oldpath, new_dfd, newpath}`; for `SYMLINKAT`, `oldpath` is the
+    /// symlink's target and `old_dfd` unused.
+    pub link: [u32; 4],
+}
+
 /// Major and minor number of a kernel-internal `dev_t` (`MAJOR << 20 | MINOR`, `MINORBITS` 20
 /// in `linux/kdev_t.h`), which differs from the `st_dev` encoding user space sees.
 pub const fn kernel_dev_major_minor(dev: u32) -> (u32, u32) {
@@ -340,6 +389,9 @@ pub struct Config {
     pub io_uring_submit_req_offset: u32,
     /// Offset of the `void *req` field in `io_uring/io_uring_complete` records; 0: unknown.
     pub io_uring_complete_req_offset: u32,
+    /// Offset of the `int res` field in `io_uring/io_uring_complete` records; 0: unknown
+    /// ([`IoUringDoneEvent::res`] is then 0).
+    pub io_uring_complete_res_offset: u32,
     /// Offset of the syscall number in `struct pt_regs`, which fentry programs read to fill
     /// [`PathEvent::syscall_nr`]; 0: unknown ([`SYSCALL_NR_UNKNOWN`]).
     pub syscall_nr_regs_offset: u32,
@@ -467,6 +519,8 @@ mod user {
     unsafe impl aya::Pod for super::BasenameFilter {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::BaseDirOffsets {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::IoUringOffsets {}
 }
 
 #[cfg(test)]
@@ -476,11 +530,13 @@ mod tests {
     #[test]
     fn layout_has_no_padding() {
         assert_eq!(core::mem::size_of::<EventHeader>(), 24);
-        assert_eq!(core::mem::size_of::<PathEvent>(), 80 + 2 * PATH_BYTES);
+        assert_eq!(core::mem::size_of::<PathEvent>(), 88 + 2 * PATH_BYTES);
         assert_eq!(core::mem::size_of::<BaseDirOffsets>(), 48);
+        assert_eq!(core::mem::size_of::<IoUringOffsets>(), 48);
         assert_eq!(core::mem::size_of::<ExitEvent>(), 32);
+        assert_eq!(core::mem::size_of::<IoUringDoneEvent>(), 40);
         assert_eq!(core::mem::size_of::<InFlight>(), 8);
-        assert_eq!(core::mem::size_of::<Config>(), 20);
+        assert_eq!(core::mem::size_of::<Config>(), 24);
         assert_eq!(core::mem::size_of::<StorePrefix>(), 4 + STORE_PREFIX_MAX);
     }
 

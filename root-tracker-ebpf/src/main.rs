@@ -5,8 +5,10 @@
 //! watched basename (`WATCHED_BASENAMES`); mount operations always are. A relevant entry is
 //! recorded per thread in `IN_FLIGHT` and sent as an `ENTER` record; the matching `sys_exit_*`
 //! program sends an `EXIT` record with the return value, so user space knows when the change is
-//! done. `io_uring_submit_req` reports io_uring path operations, which no syscall tracepoint
-//! sees. Invariant: every relevant operation is sent, or counted (dropped, unreadable,
+//! done. `io_uring_submit_req` judges io_uring path operations, which no syscall tracepoint
+//! sees, the same way from the kernel's copies of their names (where the kernel's BTF gave
+//! their layout; else it reports every one as lost hints), keyed by request in
+//! `IO_URING_IN_FLIGHT`; `io_uring_complete` reports their completion. Invariant: every relevant operation is sent, or counted (dropped, unreadable,
 //! untracked), so lost hints are always visible.
 //!
 //! Where the kernel accepts them, `fentry_do_*`/`fexit_do_*` programs on the kernel's path
@@ -52,9 +54,9 @@ mod kernel {
         AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_COUNT, COUNTER_DROPPED,
         COUNTER_PREEMPTED, COUNTER_RETRIED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
         COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IN_FLIGHT_MAX, IO_URING_IN_FLIGHT_MAX,
-        InFlight, LONG_PATH_BYTES, NAME_HASH_START, PATH_BYTES, PathEvent, RING_BUF_BYTES,
-        STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, StorePrefix, WATCHED_BASENAMES_MAX, flags, io_uring,
-        kind, name_hash_step, op,
+        InFlight, IoUringDoneEvent, IoUringOffsets, LONG_PATH_BYTES, NAME_HASH_START, PATH_BYTES,
+        PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, StorePrefix,
+        WATCHED_BASENAMES_MAX, flags, io_uring, kind, name_hash_step, op,
     };
 
     #[map]
@@ -70,6 +72,11 @@ mod kernel {
     /// [`record_base_dir`]); all zero until user space found them in the kernel's BTF.
     #[map]
     static BASE_DIR_OFFSETS: Array<BaseDirOffsets> = Array::with_max_entries(1, 0);
+
+    /// Where to find an io_uring request's names (see [`IoUringRequest`]); all zero until user
+    /// space found them in the kernel's BTF.
+    #[map]
+    static IO_URING_OFFSETS: Array<IoUringOffsets> = Array::with_max_entries(1, 0);
 
     #[map]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -299,18 +306,7 @@ mod kernel {
         /// against both kernels' BTF) is `const char *name`, the kernel's copy of the string.
         #[inline(always)]
         fn string(&self, slot: usize) -> Str {
-            let filename = self.arg::<u64>(slot);
-            if filename == 0 {
-                return Str::Empty;
-            }
-            if filename > u64::MAX - MAX_ERRNO {
-                return Str::Fails;
-            }
-            // SAFETY: a probe read of kernel memory, which faults safely.
-            match unsafe { bpf_probe_read_kernel(filename as *const u64) } {
-                Ok(name) if name != 0 => Str::Kernel(name as *const u8),
-                _ => Str::Unreadable,
-            }
+            filename_string(self.arg::<u64>(slot), 0)
         }
 
         /// The syscall number the thread's saved registers hold (`orig_ax` on x86-64, at the
@@ -336,11 +332,107 @@ mod kernel {
         }
     }
 
+    /// The string a `struct filename *` holds: its member at `name_offset` (`name`) points to
+    /// the kernel's copy. Null is the empty path, an error pointer a call that fails.
+    #[inline(always)]
+    fn filename_string(filename: u64, name_offset: u32) -> Str {
+        if filename == 0 {
+            return Str::Empty;
+        }
+        if filename > u64::MAX - MAX_ERRNO {
+            return Str::Fails;
+        }
+        // SAFETY: a probe read of kernel memory, which faults safely.
+        match unsafe { bpf_probe_read_kernel((filename + u64::from(name_offset)) as *const u64) } {
+            Ok(name) if name != 0 => Str::Kernel(name as *const u8),
+            _ => Str::Unreadable,
+        }
+    }
+
+    /// A prepared io_uring path operation, read at its submission: the op's command struct in
+    /// the request holds the directory fds and the names its prep function copied in
+    /// (`getname`), so the names are the kernel's and always resident. A slot is one of the
+    /// `IO_URING_*` indexes into `fields`.
+    struct IoUringRequest {
+        req: u64,
+        /// Offsets from `req` of the old dfd, old name, new dfd and new name (0: none).
+        fields: [u32; 4],
+        filename_name: u32,
+    }
+
+    /// [`IoUringRequest`] slots: `io_rename`'s and `io_link`'s order; `io_unlink` has the first
+    /// two only.
+    const IO_URING_OLD_DFD: usize = 0;
+    const IO_URING_OLD_NAME: usize = 1;
+    const IO_URING_NEW_DFD: usize = 2;
+    const IO_URING_NEW_NAME: usize = 3;
+
+    impl IoUringRequest {
+        /// The request `req` of io_uring opcode `opcode`; `None` where its names cannot be read
+        /// (no offsets for this kernel, or an opcode outside io_uring's path operations).
+        /// `MKDIRAT`'s has no fields: nothing of it is read.
+        #[inline(always)]
+        fn new(req: u64, opcode: u32) -> Option<Self> {
+            let offsets = IO_URING_OFFSETS.get(0)?;
+            if offsets.valid == 0 || req == 0 {
+                return None;
+            }
+            let fields = match opcode {
+                io_uring::UNLINKAT => [offsets.unlink[0], offsets.unlink[1], 0, 0],
+                io_uring::RENAMEAT => offsets.rename,
+                io_uring::LINKAT | io_uring::SYMLINKAT => offsets.link,
+                io_uring::MKDIRAT => [0; 4],
+                _ => return None,
+            };
+            Some(Self {
+                req,
+                fields,
+                filename_name: offsets.filename_name,
+            })
+        }
+
+        #[inline(always)]
+        fn field(&self, slot: usize) -> Option<u64> {
+            match self.fields.get(slot) {
+                Some(&offset) if offset != 0 => Some(self.req + u64::from(offset)),
+                _ => None,
+            }
+        }
+    }
+
+    impl Call for IoUringRequest {
+        #[inline(always)]
+        fn int(&self, slot: usize) -> Option<i32> {
+            // SAFETY: a probe read of kernel memory inside the request, which faults safely.
+            self.field(slot)
+                .and_then(|at| unsafe { bpf_probe_read_kernel(at as *const i32) }.ok())
+        }
+
+        #[inline(always)]
+        fn string(&self, slot: usize) -> Str {
+            let Some(at) = self.field(slot) else {
+                return Str::Unreadable;
+            };
+            // SAFETY: as in `int`; the member is a `struct filename *`.
+            match unsafe { bpf_probe_read_kernel(at as *const u64) } {
+                Ok(filename) => filename_string(filename, self.filename_name),
+                Err(_) => Str::Unreadable,
+            }
+        }
+
+        /// The submitter is inside `io_uring_enter` (or is the SQPOLL thread), not in the
+        /// operation's syscall; user space waits for the request's completion instead.
+        #[inline(always)]
+        fn syscall_nr(&self) -> i32 {
+            SYSCALL_NR_UNKNOWN
+        }
+    }
+
     macro_rules! programs {
         ($($enter:ident, $exit:ident => $spec:expr;)*) => {$(
             #[tracepoint]
             pub fn $enter(ctx: TracePointContext) -> u32 {
-                judge_enter(&ctx, &$spec);
+                judge_enter(&ctx, &$spec, Track::Thread);
                 0
             }
 
@@ -389,7 +481,7 @@ mod kernel {
         ($($function:literal: $enter:ident, $exit:ident, $args:literal => $spec:expr;)*) => {$(
             #[fentry(function = $function)]
             pub fn $enter(ctx: FEntryContext) -> u32 {
-                judge_enter(&ctx, &$spec);
+                judge_enter(&ctx, &$spec, Track::Thread);
                 0
             }
 
@@ -478,17 +570,17 @@ mod kernel {
     /// the loss is counted, never silent. A record sent by a disturbed run may misname the
     /// entry: an extra re-read, harmless; the next run's `ENTER` replaces it for the thread.
     #[inline(always)]
-    fn judge_enter<C: Call>(ctx: &C, spec: &Spec) {
+    fn judge_enter<C: Call>(ctx: &C, spec: &Spec, track: Track) {
         // Written out, not a loop: Linux 6.1 refuses the loop LLVM keeps for three rounds.
-        if judged_undisturbed(ctx, spec) {
+        if judged_undisturbed(ctx, spec, track) {
             return;
         }
         count(COUNTER_RETRIED);
-        if judged_undisturbed(ctx, spec) {
+        if judged_undisturbed(ctx, spec, track) {
             return;
         }
         count(COUNTER_RETRIED);
-        if !judged_undisturbed(ctx, spec) {
+        if !judged_undisturbed(ctx, spec, track) {
             count(COUNTER_PREEMPTED);
         }
     }
@@ -496,13 +588,13 @@ mod kernel {
     /// One run of [`report_enter`]; whether the task kept the CPU meanwhile (also `true` when
     /// that cannot be known: no offsets configured).
     #[inline(always)]
-    fn judged_undisturbed<C: Call>(ctx: &C, spec: &Spec) -> bool {
+    fn judged_undisturbed<C: Call>(ctx: &C, spec: &Spec, track: Track) -> bool {
         let before = task_switches();
         let count_at_entry = match before {
             Switches::Count(count) => count,
             Switches::Unknown | Switches::Unreadable => 0,
         };
-        let _ = report_enter(ctx, spec, count_at_entry);
+        let _ = report_enter(ctx, spec, track, count_at_entry);
         match before {
             Switches::Unknown => true,
             Switches::Count(_) => task_switches() == before,
@@ -510,10 +602,66 @@ mod kernel {
         }
     }
 
-    /// Judges a call at entry and, if relevant, records the thread and sends `ENTER`;
-    /// `task_switches` goes into the record as it is.
+    /// Where a relevant operation is remembered until its end is reported, and which record
+    /// announces it.
+    #[derive(Clone, Copy)]
+    enum Track {
+        /// A syscall or path worker: `IN_FLIGHT[pid_tgid]`, ended by its exit program; `ENTER`.
+        Thread,
+        /// An io_uring request: `IO_URING_IN_FLIGHT[req]`, ended by `io_uring_complete`;
+        /// `IO_URING_ENTER`.
+        Request { req: u64, opcode: u32 },
+    }
+
+    impl Track {
+        #[inline(always)]
+        fn kind(self) -> u32 {
+            match self {
+                Self::Thread => kind::ENTER,
+                Self::Request { .. } => kind::IO_URING_ENTER,
+            }
+        }
+
+        #[inline(always)]
+        fn request(self) -> u64 {
+            match self {
+                Self::Thread => 0,
+                Self::Request { req, .. } => req,
+            }
+        }
+
+        /// Records the operation so its end is reported; `false` if the map is full.
+        #[inline(always)]
+        fn remember(self, pid_tgid: u64, op: u32) -> bool {
+            match self {
+                Self::Thread => {
+                    let in_flight = InFlight { op, reserved: 0 };
+                    IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_ok()
+                }
+                Self::Request { req, opcode } => {
+                    IO_URING_IN_FLIGHT.insert(&req, &opcode, 0).is_ok()
+                }
+            }
+        }
+
+        #[inline(always)]
+        fn forget(self, pid_tgid: u64) {
+            let _ = match self {
+                Self::Thread => IN_FLIGHT.remove(&pid_tgid),
+                Self::Request { req, .. } => IO_URING_IN_FLIGHT.remove(&req),
+            };
+        }
+    }
+
+    /// Judges a call at entry and, if relevant, remembers it as `track` says and sends its
+    /// record; `task_switches` goes into the record as it is.
     #[inline(always)]
-    fn report_enter<C: Call>(ctx: &C, spec: &Spec, task_switches: u64) -> Result<(), i64> {
+    fn report_enter<C: Call>(
+        ctx: &C,
+        spec: &Spec,
+        track: Track,
+        task_switches: u64,
+    ) -> Result<(), i64> {
         let scratch_ptr = SCRATCH.get_ptr_mut(0).ok_or(0)?;
         // SAFETY: the map lookup returned a non-null pointer to this CPU's slot, which lives as
         // long as the map. Another program may write the slot meanwhile only if this task
@@ -566,7 +714,7 @@ mod kernel {
 
         let pid_tgid = bpf_get_current_pid_tgid();
         event.header = EventHeader {
-            kind: kind::ENTER,
+            kind: track.kind(),
             op: spec.op,
             tgid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
@@ -574,13 +722,10 @@ mod kernel {
             ktime_ns: unsafe { bpf_ktime_get_ns() },
         };
         event.syscall_nr = ctx.syscall_nr();
+        event.request = track.request();
 
-        let in_flight = InFlight {
-            op: spec.op,
-            reserved: 0,
-        };
         // Recorded before sending, so the exit program finds it whatever the interleaving.
-        if IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_err() {
+        if !track.remember(pid_tgid, spec.op) {
             // Without the record no EXIT would come and user space would wait in vain:
             // count the operation as lost instead.
             count(COUNTER_UNTRACKED);
@@ -590,7 +735,7 @@ mod kernel {
             Ok(()) => count(COUNTER_SENT),
             Err(_) => {
                 count(COUNTER_DROPPED);
-                let _ = IN_FLIGHT.remove(&pid_tgid);
+                track.forget(pid_tgid);
             }
         }
         Ok(())
@@ -619,6 +764,49 @@ mod kernel {
         };
         send(&event);
     }
+
+    /// io_uring's path operations, judged as the `*at` syscalls are (slots index
+    /// [`IoUringRequest::fields`]). `IORING_OP_SYMLINKAT` uses `struct io_link`: `oldpath` is
+    /// the target, `newpath` relative to `new_dfd` the link. `UNLINKAT` with `AT_REMOVEDIR` is
+    /// an rmdir, judged the same way.
+    const IO_URING_UNLINKAT: Spec = spec(
+        op::UNLINKAT,
+        [at(IO_URING_OLD_DFD, IO_URING_OLD_NAME), None],
+    );
+    const IO_URING_RENAMEAT: Spec = spec(
+        op::RENAMEAT,
+        [
+            at(IO_URING_OLD_DFD, IO_URING_OLD_NAME),
+            at(IO_URING_NEW_DFD, IO_URING_NEW_NAME),
+        ],
+    );
+    const IO_URING_LINKAT: Spec = spec(
+        op::LINKAT,
+        [
+            at(IO_URING_OLD_DFD, IO_URING_OLD_NAME),
+            at(IO_URING_NEW_DFD, IO_URING_NEW_NAME),
+        ],
+    );
+    const IO_URING_SYMLINKAT: Spec = Spec {
+        target: Some(IO_URING_OLD_NAME),
+        ..spec(
+            op::SYMLINKAT,
+            [at(IO_URING_NEW_DFD, IO_URING_NEW_NAME), None],
+        )
+    };
+
+    /// A request submitted to io_uring, which no syscall tracepoint sees. Where this kernel's
+    /// layout is known (`IO_URING_OFFSETS`), a path operation is judged by its names like a
+    /// syscall and, if relevant, sent as `IO_URING_ENTER`; an unwatched one costs nothing
+    /// more. Otherwise every path operation is sent as `IO_URING` (lost hints).
+    ///
+    /// The tracepoint fires in the submitting task (`io_uring_enter`), or in the ring's SQPOLL
+    /// thread, which shares its creator's files and working directory (an io thread of that
+    /// process, `/proc/<tgid>/task/<its tid>` in user space): either way the `current` whose
+    /// fds and working directory `record_base_dir` reads is the task whose io-wq workers will
+    /// resolve the names. They do so later, though, so a `chdir` or fd reuse right after the
+    /// submission can make the kernel use another directory than the one recorded; user space
+    /// then names by basename, as for a syscall.
     #[tracepoint]
     pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
         let offset = CONFIG
@@ -650,6 +838,20 @@ mod kernel {
             // SAFETY: the offset of the `void *req` field, read from the format file.
             unsafe { ctx.read_at::<u64>(req_offset as usize) }.ok()
         };
+        if let (Some(opcode), Some(req)) = (opcode, req) {
+            if let Some(request) = IoUringRequest::new(req, opcode) {
+                let track = Track::Request { req, opcode };
+                match opcode {
+                    io_uring::UNLINKAT => judge_enter(&request, &IO_URING_UNLINKAT, track),
+                    io_uring::RENAMEAT => judge_enter(&request, &IO_URING_RENAMEAT, track),
+                    io_uring::LINKAT => judge_enter(&request, &IO_URING_LINKAT, track),
+                    io_uring::SYMLINKAT => judge_enter(&request, &IO_URING_SYMLINKAT, track),
+                    // `MKDIRAT`: a new empty directory neither creates nor removes a root.
+                    _ => {}
+                }
+                return 0;
+            }
+        }
         let tracked = req.is_some_and(|req| {
             IO_URING_IN_FLIGHT
                 .insert(&req, &opcode.unwrap_or(0), 0)
@@ -671,16 +873,22 @@ mod kernel {
         0
     }
 
+    /// Reports the completion of a request that `io_uring_submit_req` reported, with its
+    /// result.
     #[tracepoint]
     pub fn io_uring_complete(ctx: TracePointContext) -> u32 {
-        let offset = CONFIG
-            .get(0)
-            .map_or(0, |config| config.io_uring_complete_req_offset);
-        if offset == 0 {
+        let Some(config) = CONFIG.get(0) else {
+            return 0;
+        };
+        let (req_offset, res_offset) = (
+            config.io_uring_complete_req_offset,
+            config.io_uring_complete_res_offset,
+        );
+        if req_offset == 0 {
             return 0;
         }
         // SAFETY: the offset of the `void *req` field, read from the format file.
-        let Ok(req) = (unsafe { ctx.read_at::<u64>(offset as usize) }) else {
+        let Ok(req) = (unsafe { ctx.read_at::<u64>(req_offset as usize) }) else {
             return 0;
         };
         // SAFETY: the value is copied out before the entry is removed.
@@ -688,14 +896,25 @@ mod kernel {
             return 0;
         };
         let _ = IO_URING_IN_FLIGHT.remove(&req);
+        // Unknown or unreadable: 0, success, so the hints are applied (an extra re-read).
+        let res = if res_offset == 0 {
+            0
+        } else {
+            // SAFETY: the offset of the `int res` field, read from the format file.
+            unsafe { ctx.read_at::<i32>(res_offset as usize) }.map_or(0, i64::from)
+        };
         let pid_tgid = bpf_get_current_pid_tgid();
-        send(&EventHeader {
-            kind: kind::IO_URING_DONE,
-            op: opcode,
-            tgid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            // SAFETY: a helper without arguments, callable from every program type.
-            ktime_ns: unsafe { bpf_ktime_get_ns() },
+        send(&IoUringDoneEvent {
+            header: EventHeader {
+                kind: kind::IO_URING_DONE,
+                op: opcode,
+                tgid: (pid_tgid >> 32) as u32,
+                tid: pid_tgid as u32,
+                // SAFETY: a helper without arguments, callable from every program type.
+                ktime_ns: unsafe { bpf_ktime_get_ns() },
+            },
+            request: req,
+            res,
         });
         0
     }

@@ -6,7 +6,10 @@
 //! record once the syscall or path worker returned) or counted in [`DeliveryCounters`] (the
 //! programs' counters, and the kernel's count of fentry/fexit runs it skipped); any increase
 //! of a loss counter becomes a [`Hint::Lost`]. Hints are emitted at `EXIT`, when the change is
-//! done, and [`Source::fence`] waits for every operation seen entering to exit.
+//! done, and [`Source::fence`] waits for every operation seen entering to exit. io_uring path
+//! operations are judged at submission like syscalls (`IO_URING_ENTER`, keyed by request) and
+//! their hints emitted at their completion (`IO_URING_DONE`); where the kernel's layout is
+//! unknown, each is lost hints (`IO_URING`).
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -30,11 +33,12 @@ use aya::{
 use root_tracker_ebpf::{
     AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_PREEMPTED, COUNTER_RETRIED,
     COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader,
-    ExitEvent, FENTRY_PROGRAMS, IO_URING_CATEGORY, MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER,
-    MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES,
-    PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX,
-    SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, X86_64_PT_REGS_ORIG_AX,
-    flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
+    ExitEvent, FENTRY_PROGRAMS, IO_URING_CATEGORY, IoUringDoneEvent, IoUringOffsets,
+    MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS,
+    MAP_IO_URING_IN_FLIGHT, MAP_IO_URING_OFFSETS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES,
+    PATH_BYTES, PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES,
+    STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix,
+    X86_64_PT_REGS_ORIG_AX, flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
 };
 
 use crate::{
@@ -243,6 +247,8 @@ pub struct Checks {
     /// Offset of `opcode` in the io_uring tracepoint record, from its format file; `None`
     /// when unknown, in which case every io_uring submission is reported as lost hints.
     pub io_uring_opcode_offset: Option<u32>,
+    /// Whether io_uring path operations are judged by their names (tracepoint mode).
+    pub io_uring_names: IoUringNames,
     /// Whether a relative path's directory, found through `/proc` when its record is read,
     /// is checked against the one the kernel used.
     pub base_dir: BaseDirCheck,
@@ -280,6 +286,20 @@ pub enum BaseDirCheck {
     /// code does not recognise): relative paths are named through whatever directory `/proc`
     /// shows when the record is read, which a fast fd reuse or `chdir` can make wrong.
     Unverified { reason: String },
+}
+
+/// How the tracepoint mode learns what an io_uring path operation changes (the submission
+/// tracepoint carries no names).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum IoUringNames {
+    /// The submission program reads the prepared request's names (struct offsets from the
+    /// kernel's BTF) and judges them as the syscall programs do: an unwatched operation
+    /// sends nothing, a relevant one is named and its hints applied once it completed.
+    Read,
+    /// The layout is unknown: every io_uring path operation, of any process, is reported as
+    /// lost hints at submission and again at completion, so the index is rescanned.
+    Unread { reason: String },
 }
 
 /// What the verifier made of one program ([`EbpfSource::verify_programs`]).
@@ -396,11 +416,21 @@ enum Record {
         /// When the syscall returned (`CLOCK_MONOTONIC` ns).
         ktime_ns: u64,
     },
+    /// An io_uring path operation whose names could not be read.
     IoUring {
         opcode: u32,
     },
+    /// A relevant io_uring path operation, judged at submission.
+    IoUringEnter {
+        request: u64,
+        enter: Enter,
+    },
     IoUringDone {
         opcode: u32,
+        request: u64,
+        res: i64,
+        /// When the request completed (`CLOCK_MONOTONIC` ns).
+        ktime_ns: u64,
     },
 }
 
@@ -505,8 +535,15 @@ pub struct EbpfSource {
     watched_hashes: BTreeSet<u64>,
     /// Keyed by `pid_tgid` (tgid in the high half), as the kernel side keys its map.
     in_flight: HashMap<u64, InFlightOp>,
-    /// io_uring path operations seen submitted and not yet seen completed.
+    /// Relevant io_uring requests (`IO_URING_ENTER`) not yet seen completed, by request, with
+    /// what to report once they succeeded.
+    io_uring_requests: HashMap<u64, Vec<Hint>>,
+    /// io_uring path operations whose names could not be read (`IO_URING`) seen submitted and
+    /// not yet seen completed.
     io_uring_in_flight: u64,
+    /// The kernel's `IO_URING_IN_FLIGHT`: a request of `io_uring_requests` gone from it will
+    /// send no completion any more (it was sent already, or dropped).
+    io_uring_kernel_in_flight: BpfHashMap<MapData, u64, u32>,
     /// Counters as of the last check: an increase since is reported as lost hints.
     last_counters: DeliveryCounters,
     records_read: u64,
@@ -593,11 +630,17 @@ impl EbpfSource {
         };
         let mut config = Array::<_, Config>::try_from(take_map(&mut ebpf, MAP_CONFIG)?)
             .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
+        let complete_format = tracefs_file(IO_URING_COMPLETE_FORMAT);
+        let complete_field = |name, size| {
+            complete_format
+                .as_deref()
+                .and_then(|format| parse_field_offset(format, name, size))
+        };
         let config_value = Config {
             io_uring_opcode_offset: io_uring_opcode_offset.unwrap_or(0),
             io_uring_submit_req_offset: submit_field("req", 8).unwrap_or(0),
-            io_uring_complete_req_offset: io_uring_req_offset(IO_URING_COMPLETE_FORMAT)
-                .unwrap_or(0),
+            io_uring_complete_req_offset: complete_field("req", 8).unwrap_or(0),
+            io_uring_complete_res_offset: complete_field("res", 4).unwrap_or(0),
             syscall_nr_regs_offset: if cfg!(target_arch = "x86_64") {
                 X86_64_PT_REGS_ORIG_AX
             } else {
@@ -609,6 +652,7 @@ impl EbpfSource {
             .set(0, config_value, 0)
             .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
         let base_dir = set_base_dir_offsets(&mut ebpf)?;
+        let io_uring_names = set_io_uring_offsets(&mut ebpf)?;
 
         let mut store_prefix = Array::try_from(take_map(&mut ebpf, MAP_STORE_PREFIX)?)
             .map_err(|e| EbpfError::map(MAP_STORE_PREFIX, e))?;
@@ -623,6 +667,9 @@ impl EbpfSource {
             .map_err(|e| EbpfError::map(MAP_EVENTS, e))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, MAP_COUNTERS)?)
             .map_err(|e| EbpfError::map(MAP_COUNTERS, e))?;
+        let io_uring_kernel_in_flight =
+            BpfHashMap::try_from(take_map(&mut ebpf, MAP_IO_URING_IN_FLIGHT)?)
+                .map_err(|e| EbpfError::map(MAP_IO_URING_IN_FLIGHT, e))?;
 
         let mounts = MountWatch::open().map_err(EbpfError::Mountinfo)?;
         let mut source = Self {
@@ -634,7 +681,9 @@ impl EbpfSource {
             basename_filter,
             watched_hashes: BTreeSet::new(),
             in_flight: HashMap::new(),
+            io_uring_requests: HashMap::new(),
             io_uring_in_flight: 0,
+            io_uring_kernel_in_flight,
             last_counters: DeliveryCounters::default(),
             records_read: 0,
             earliest_completion: None,
@@ -650,6 +699,7 @@ impl EbpfSource {
                 },
                 io_uring_submit: Probe::Attached,
                 io_uring_opcode_offset,
+                io_uring_names,
                 base_dir,
                 switch_check,
             },
@@ -975,19 +1025,24 @@ impl EbpfSource {
         }
     }
 
+    /// The hints `enter` yields once it succeeded (see [`hints_for`]).
+    fn hints_for(&self, enter: &Enter) -> Vec<Hint> {
+        let mounts = self.mounts.table();
+        let verifier =
+            (self.checks.base_dir == BaseDirCheck::Verified).then_some(BaseDirVerifier {
+                mounts: mounts.as_deref(),
+            });
+        hints_for(enter, verifier.as_ref())
+    }
+
     fn handle(&mut self, record: Record, out: &mut Vec<Hint>) {
         match record {
             Record::Enter(enter) => {
                 let key = pid_tgid(enter.tgid, enter.tid);
-                let mounts = self.mounts.table();
-                let verifier =
-                    (self.checks.base_dir == BaseDirCheck::Verified).then_some(BaseDirVerifier {
-                        mounts: mounts.as_deref(),
-                    });
                 let op = InFlightOp {
                     syscall_nr: enter.syscall_nr,
                     entered_by: self.records_read,
-                    hints: hints_for(&enter, verifier.as_ref()),
+                    hints: self.hints_for(&enter),
                 };
                 // A thread is in one syscall at a time: an older entry for it is stale (its
                 // exit was dropped, which the counters report).
@@ -1000,14 +1055,25 @@ impl EbpfSource {
                 ktime_ns,
             } => {
                 if let Some(op) = self.in_flight.remove(&pid_tgid(tgid, tid)) {
-                    // A failed call changed nothing.
-                    if ret >= 0 && !op.hints.is_empty() {
-                        out.extend(op.hints);
-                        self.earliest_completion = Some(
-                            self.earliest_completion
-                                .map_or(ktime_ns, |earliest| earliest.min(ktime_ns)),
-                        );
-                    }
+                    self.completed(ret, op.hints, ktime_ns, out);
+                }
+            }
+            // Named now, like a syscall at its entry record, while the submitter most likely
+            // still has the fds and working directory it meant; the request's names were
+            // resolved by then, or will be soon, in an io-wq worker sharing both.
+            Record::IoUringEnter { request, enter } => {
+                let hints = self.hints_for(&enter);
+                // A request judged again (its task left the CPU meanwhile) replaces its hints.
+                self.io_uring_requests.insert(request, hints);
+            }
+            Record::IoUringDone {
+                request,
+                res,
+                ktime_ns,
+                ..
+            } if self.io_uring_requests.contains_key(&request) => {
+                if let Some(hints) = self.io_uring_requests.remove(&request) {
+                    self.completed(res, hints, ktime_ns, out);
                 }
             }
             Record::IoUring { opcode } => {
@@ -1018,12 +1084,24 @@ impl EbpfSource {
             }
             // The operation is done only now: a rescan prompted by its submission may have
             // read the old state, so it is reported again.
-            Record::IoUringDone { opcode } => {
+            Record::IoUringDone { opcode, .. } => {
                 self.io_uring_in_flight = self.io_uring_in_flight.saturating_sub(1);
                 out.push(Hint::Lost {
                     reason: format!("io_uring {} completed", io_uring_name(opcode)),
                 });
             }
+        }
+    }
+
+    /// Hands out `hints` of an operation that ended with `ret` at `ktime_ns`: a failed one
+    /// (`ret < 0`) changed nothing.
+    fn completed(&mut self, ret: i64, hints: Vec<Hint>, ktime_ns: u64, out: &mut Vec<Hint>) {
+        if ret >= 0 && !hints.is_empty() {
+            out.extend(hints);
+            self.earliest_completion = Some(
+                self.earliest_completion
+                    .map_or(ktime_ns, |earliest| earliest.min(ktime_ns)),
+            );
         }
     }
 
@@ -1050,8 +1128,23 @@ impl EbpfSource {
     }
 
     /// Forgets in-flight operations whose thread is provably no longer inside the syscall:
-    /// their exit record was then either read already or dropped (and counted).
+    /// their exit record was then either read already or dropped (and counted). Forgets
+    /// io_uring requests that the kernel no longer holds as in flight too, with lost hints:
+    /// their completion record was dropped, or is being sent just now (the completion program
+    /// forgets the request first), or the submission's record was sent by a judgement that
+    /// was run again and then dropped.
     fn forget_finished(&mut self, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
+        let completed: Vec<u64> = self
+            .io_uring_requests
+            .keys()
+            .copied()
+            .filter(|request| {
+                matches!(
+                    self.io_uring_kernel_in_flight.get(request, 0),
+                    Err(MapError::KeyNotFound)
+                )
+            })
+            .collect();
         // One batch: after the privilege drop each read is a round trip to the /proc reader.
         let threads: Vec<(u32, u32)> = self
             .in_flight
@@ -1066,7 +1159,7 @@ impl EbpfSource {
             .filter(|((_, op), state)| !may_be_in_syscall(*state, op.syscall_nr))
             .map(|((key, op), _)| (*key, op.entered_by))
             .collect();
-        if finished.is_empty() {
+        if finished.is_empty() && completed.is_empty() {
             return Ok(());
         }
         // The exit record, if any, was committed before the thread left the syscall.
@@ -1082,7 +1175,22 @@ impl EbpfSource {
                 self.in_flight.remove(&key);
             }
         }
+        for request in completed {
+            // Still here after the drain: its completion record is not coming, or not yet.
+            if self.io_uring_requests.remove(&request).is_some() {
+                out.push(Hint::Lost {
+                    reason: "eBPF: an io_uring request's completion was not seen".to_owned(),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// Whether an operation or io_uring request was seen starting and not yet ending.
+    fn anything_in_flight(&self) -> bool {
+        !self.in_flight.is_empty()
+            || !self.io_uring_requests.is_empty()
+            || self.io_uring_in_flight > 0
     }
 
     /// Waits until the ring buffer has data, the mount table changes (reported as
@@ -1151,16 +1259,16 @@ impl EbpfSource {
             out.push(Hint::MountsChanged);
         }
         self.drain(out)?;
-        while !self.in_flight.is_empty() || self.io_uring_in_flight > 0 {
+        while self.anything_in_flight() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 self.forget_finished(out)?;
-                if !self.in_flight.is_empty() || self.io_uring_in_flight > 0 {
+                if self.anything_in_flight() {
                     out.push(Hint::Lost {
                         reason: format!(
                             "eBPF: {} operation(s) and {} io_uring request(s) still in flight",
                             self.in_flight.len(),
-                            self.io_uring_in_flight
+                            self.io_uring_requests.len() as u64 + self.io_uring_in_flight
                         ),
                     });
                 }
@@ -1372,6 +1480,36 @@ fn set_base_dir_offsets(ebpf: &mut Ebpf) -> Result<BaseDirCheck, EbpfError> {
     }
 }
 
+/// Writes the kernel struct offsets the io_uring submission program needs to read a request's
+/// names, found in the running kernel's BTF; without them the program reports every io_uring
+/// path operation as lost hints, as the returned check says.
+fn set_io_uring_offsets(ebpf: &mut Ebpf) -> Result<IoUringNames, EbpfError> {
+    // Borrowed, not taken, as in `set_base_dir_offsets`.
+    let map = ebpf
+        .map_mut(MAP_IO_URING_OFFSETS)
+        .ok_or(EbpfError::MissingMap {
+            name: MAP_IO_URING_OFFSETS,
+        })?;
+    let mut map = Array::<_, IoUringOffsets>::try_from(map)
+        .map_err(|e| EbpfError::map(MAP_IO_URING_OFFSETS, e))?;
+    match kernel_layout::running_kernel_io_uring_offsets() {
+        Ok(offsets) => {
+            map.set(0, offsets, 0)
+                .map_err(|e| EbpfError::map(MAP_IO_URING_OFFSETS, e))?;
+            tracing::debug!(?offsets, "eBPF: kernel struct offsets for io_uring names");
+            Ok(IoUringNames::Read)
+        }
+        Err(error) => {
+            let reason = error_chain(&error);
+            tracing::warn!(
+                %reason,
+                "eBPF: cannot read io_uring requests' names: every io_uring path operation (of any process) will unsettle the index"
+            );
+            Ok(IoUringNames::Unread { reason })
+        }
+    }
+}
+
 /// `path` without trailing slashes, keeping a lone `/`.
 fn trim_trailing_slashes(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b != b'/') {
@@ -1450,7 +1588,7 @@ fn decode(record: &[u8]) -> Result<Record, EbpfError> {
     };
     let header: EventHeader = read_record(record).ok_or_else(|| malformed("no header"))?;
     match header.kind {
-        kind::ENTER => {
+        kind::ENTER | kind::IO_URING_ENTER => {
             let event: PathEvent =
                 read_record(record).ok_or_else(|| malformed("shorter than a PathEvent"))?;
             let count = path_count(header.op).ok_or_else(|| malformed("unknown operation"))?;
@@ -1471,7 +1609,7 @@ fn decode(record: &[u8]) -> Result<Record, EbpfError> {
                     }),
                 });
             }
-            Ok(Record::Enter(Enter {
+            let enter = Enter {
                 op: header.op,
                 tgid: header.tgid,
                 tid: header.tid,
@@ -1479,7 +1617,15 @@ fn decode(record: &[u8]) -> Result<Record, EbpfError> {
                 flags: event.flags,
                 task_switches: event.task_switches,
                 paths,
-            }))
+            };
+            Ok(if header.kind == kind::ENTER {
+                Record::Enter(enter)
+            } else {
+                Record::IoUringEnter {
+                    request: event.request,
+                    enter,
+                }
+            })
         }
         kind::EXIT => {
             let event: ExitEvent =
@@ -1492,7 +1638,16 @@ fn decode(record: &[u8]) -> Result<Record, EbpfError> {
             })
         }
         kind::IO_URING => Ok(Record::IoUring { opcode: header.op }),
-        kind::IO_URING_DONE => Ok(Record::IoUringDone { opcode: header.op }),
+        kind::IO_URING_DONE => {
+            let event: IoUringDoneEvent =
+                read_record(record).ok_or_else(|| malformed("shorter than an IoUringDoneEvent"))?;
+            Ok(Record::IoUringDone {
+                opcode: header.op,
+                request: event.request,
+                res: event.res,
+                ktime_ns: header.ktime_ns,
+            })
+        }
         _ => Err(malformed("unknown record kind")),
     }
 }
@@ -1509,6 +1664,8 @@ unsafe impl PlainRecord for EventHeader {}
 unsafe impl PlainRecord for PathEvent {}
 // SAFETY: `#[repr(C)]`, a header and an `i64`.
 unsafe impl PlainRecord for ExitEvent {}
+// SAFETY: `#[repr(C)]`, a header, a `u64` and an `i64`.
+unsafe impl PlainRecord for IoUringDoneEvent {}
 
 /// Copies a `T` from the start of `record` if it is long enough.
 fn read_record<T: PlainRecord>(record: &[u8]) -> Option<T> {
@@ -1827,11 +1984,6 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Offset of `void *req` in an io_uring tracepoint record.
-fn io_uring_req_offset(format: &str) -> Option<u32> {
-    parse_field_offset(&tracefs_file(format)?, "req", 8)
-}
-
 /// The io_uring submission tracepoint this kernel has, with its format file's contents: the
 /// offsets of `opcode` and `req` differ between kernel versions, so they are read from it.
 fn io_uring_submit_tracepoint() -> Option<(&'static str, String)> {
@@ -1937,6 +2089,7 @@ mod tests {
             base_ino: [0; 2],
             base_dev: [0; 2],
             task_switches: 41,
+            request: 0,
             path: [[0; PATH_BYTES]; 2],
         };
         for (index, (dirfd, path)) in paths.iter().enumerate() {
@@ -2074,6 +2227,45 @@ mod tests {
                 opcode: io_uring::UNLINKAT
             }
         );
+        let mut named = enter(op::RENAMEAT, &[(AT_FDCWD, b"/a"), (4, b"b")]);
+        named.header.kind = kind::IO_URING_ENTER;
+        named.request = 0xffff_8880_1234_5678;
+        match decode(&as_bytes(&named)).unwrap() {
+            Record::IoUringEnter { request, enter } => {
+                assert_eq!(request, 0xffff_8880_1234_5678);
+                assert_eq!(enter.op, op::RENAMEAT);
+                let [Some(old), Some(new)] = &enter.paths else {
+                    panic!("{enter:?}")
+                };
+                assert_eq!((old.dirfd, &old.bytes[..]), (AT_FDCWD, &b"/a"[..]));
+                assert_eq!((new.dirfd, &new.bytes[..]), (4, &b"b"[..]));
+            }
+            other => panic!("{other:?}"),
+        }
+        let done = IoUringDoneEvent {
+            header: EventHeader {
+                kind: kind::IO_URING_DONE,
+                op: io_uring::RENAMEAT,
+                tgid: 1,
+                tid: 3,
+                ktime_ns: 8,
+            },
+            request: 0xffff_8880_1234_5678,
+            res: -17,
+        };
+        assert_eq!(
+            decode(&as_bytes(&done)).unwrap(),
+            Record::IoUringDone {
+                opcode: io_uring::RENAMEAT,
+                request: 0xffff_8880_1234_5678,
+                res: -17,
+                ktime_ns: 8,
+            }
+        );
+        // A header alone is no longer a whole completion record.
+        let mut short = as_bytes(&done);
+        short.truncate(size_of::<EventHeader>());
+        assert!(decode(&short).is_err());
     }
 
     #[test]

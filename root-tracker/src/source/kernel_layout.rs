@@ -4,11 +4,12 @@
 //! map. aya parses BTF but keeps its type table private, hence this small reader of the format
 //! (`Documentation/bpf/btf.rst`). Invariant: an offset is reported only if every member on the
 //! chain was found with the expected kind and size; anything unexpected is an error, and the
-//! caller then records no directory identity (fail safe, never a wrong offset).
+//! caller then records no directory identity, or reads no io_uring names (fail safe, never a
+//! wrong offset).
 
 use std::{borrow::Cow, path::Path};
 
-use root_tracker_ebpf::BaseDirOffsets;
+use root_tracker_ebpf::{BaseDirOffsets, IoUringOffsets};
 
 /// Where the kernel publishes its own BTF.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -59,6 +60,13 @@ pub enum LayoutError {
         strukt: String,
         member: String,
         expected: &'static str,
+    },
+    #[error("BTF struct {strukt} ({size} bytes) does not fit in {container} ({room} bytes)")]
+    DoesNotFit {
+        strukt: String,
+        size: u32,
+        container: String,
+        room: u32,
     },
 }
 
@@ -150,6 +158,14 @@ impl Btf {
         Some(u32::from_ne_bytes(
             self.type_section.get(at..at + 4)?.try_into().ok()?,
         ))
+    }
+
+    /// Size in bytes of struct `name`.
+    fn struct_size(&self, name: &str) -> Result<u32, LayoutError> {
+        let id = self.struct_id(name)?;
+        self.entry(id)
+            .map(|entry| entry.size_or_type)
+            .ok_or(LayoutError::Malformed("struct id out of range"))
     }
 
     /// Id of the first complete struct named `name` (forward declarations have another kind).
@@ -254,6 +270,12 @@ impl Btf {
             Expect::PointerTo(target) => {
                 entry.kind == btf_kind::PTR && self.pointee_is(entry.size_or_type, target)
             }
+            Expect::PointerToInt { bytes } => {
+                entry.kind == btf_kind::PTR
+                    && self.strip(entry.size_or_type).is_some_and(|(_, inner)| {
+                        inner.kind == btf_kind::INT && inner.size_or_type == bytes
+                    })
+            }
             Expect::PointerToPointerTo(target) => {
                 entry.kind == btf_kind::PTR
                     && self.strip(entry.size_or_type).is_some_and(|(_, inner)| {
@@ -299,6 +321,59 @@ impl Btf {
 }
 
 impl Btf {
+    /// The members the io_uring submission program reads to judge a prepared path operation
+    /// by its names: the op's command struct sits in `io_kiocb.cmd` (`struct io_cmd_data`,
+    /// Linux 6.0 and later; older kernels name each op's struct in a union instead and are
+    /// refused here), and holds `int` directory fds and `struct filename *` names. Kernels that
+    /// keep names another way (a `struct delayed_filename` embedded in the command struct,
+    /// say) are refused too.
+    pub fn io_uring_offsets(&self) -> Result<IoUringOffsets, LayoutError> {
+        let cmd = self.offset_of("io_kiocb", "cmd", Expect::Struct("io_cmd_data"))?;
+        let room = self.struct_size("io_cmd_data")?;
+        let dfd = Expect::Int { bytes: 4 };
+        let name = Expect::PointerTo("filename");
+        // Offset from the request of `strukt.member`, a command struct living in `cmd`.
+        let in_cmd = |strukt: &str, member: &str, expected: Expect| -> Result<u32, LayoutError> {
+            let size = self.struct_size(strukt)?;
+            if size > room {
+                return Err(LayoutError::DoesNotFit {
+                    strukt: strukt.to_owned(),
+                    size,
+                    container: "io_cmd_data".to_owned(),
+                    room,
+                });
+            }
+            let offset = self.offset_of(strukt, member, expected)?;
+            // The program takes 0 for "no such field"; the command structs start with their
+            // `struct file *`, so no member read here can be at the request's first byte.
+            cmd.checked_add(offset)
+                .filter(|&at| at != 0)
+                .ok_or(LayoutError::UnexpectedType {
+                    strukt: strukt.to_owned(),
+                    member: member.to_owned(),
+                    expected: "past the request's first byte",
+                })
+        };
+        let pair_fields = |strukt: &str| -> Result<[u32; 4], LayoutError> {
+            Ok([
+                in_cmd(strukt, "old_dfd", dfd)?,
+                in_cmd(strukt, "oldpath", name)?,
+                in_cmd(strukt, "new_dfd", dfd)?,
+                in_cmd(strukt, "newpath", name)?,
+            ])
+        };
+        Ok(IoUringOffsets {
+            valid: 1,
+            filename_name: self.offset_of("filename", "name", Expect::PointerToInt { bytes: 1 })?,
+            unlink: [
+                in_cmd("io_unlink", "dfd", dfd)?,
+                in_cmd("io_unlink", "filename", name)?,
+            ],
+            rename: pair_fields("io_rename")?,
+            link: pair_fields("io_link")?,
+        })
+    }
+
     /// Offset of `task_struct.nvcsw`, which `nivcsw` must follow at once (both `unsigned
     /// long`): the task's voluntary and involuntary context-switch counts, which the programs
     /// read as one 16-byte pair to learn whether their task left the CPU while it used the
@@ -320,8 +395,14 @@ impl Btf {
 /// What a member must be for the programs to read it as they do.
 #[derive(Clone, Copy, Debug)]
 enum Expect {
-    Int { bytes: u32 },
+    Int {
+        bytes: u32,
+    },
     PointerTo(&'static str),
+    /// A pointer to an integer of this size (`const char *`: 1).
+    PointerToInt {
+        bytes: u32,
+    },
     PointerToPointerTo(&'static str),
     Struct(&'static str),
 }
@@ -332,6 +413,7 @@ impl Expect {
             Self::Int { bytes: 4 } => "a 4-byte integer",
             Self::Int { .. } => "an 8-byte integer",
             Self::PointerTo(_) => "a pointer to the expected struct",
+            Self::PointerToInt { .. } => "a pointer to chars",
             Self::PointerToPointerTo(_) => "a pointer to pointers to the expected struct",
             Self::Struct(_) => "the expected embedded struct",
         }
@@ -393,6 +475,11 @@ fn parse_types(section: &[u8]) -> Result<Vec<TypeEntry>, LayoutError> {
 /// The offsets for the running kernel, from [`VMLINUX_BTF`].
 pub fn running_kernel_base_dir_offsets() -> Result<BaseDirOffsets, LayoutError> {
     Btf::from_file(Path::new(VMLINUX_BTF))?.base_dir_offsets()
+}
+
+/// [`Btf::io_uring_offsets`] of the running kernel, from [`VMLINUX_BTF`].
+pub fn running_kernel_io_uring_offsets() -> Result<IoUringOffsets, LayoutError> {
+    Btf::from_file(Path::new(VMLINUX_BTF))?.io_uring_offsets()
 }
 
 /// [`Btf::task_switch_counts_offset`] of the running kernel, from [`VMLINUX_BTF`].
@@ -648,6 +735,123 @@ mod tests {
         ));
     }
 
+    /// How [`io_uring_kernel`] lays out `io_rename`.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum RenameLayout {
+        /// As in Linux 6.1 to 6.18.
+        Pointers,
+        /// Names kept in an embedded struct (a `struct delayed_filename`), not pointers.
+        EmbeddedNames,
+        /// Larger than `io_cmd_data`.
+        TooLarge,
+    }
+
+    /// io_uring's request and command structs, shaped like Linux 6.1 to 6.18's but with the
+    /// anonymous union holding `cmd` moved 8 bytes in (it is at 0 there), so a test sees that
+    /// its offset is added.
+    fn io_uring_kernel(rename: RenameLayout) -> Builder {
+        use btf_kind::{CONST, STRUCT, UNION};
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        let byte = b.int("unsigned char", 1);
+        let char_ = b.int("char", 1);
+        let const_char = b.push("", CONST, false, 0, char_);
+        let char_ptr = b.ptr(const_char);
+        let filename = b.strukt(
+            STRUCT,
+            "filename",
+            32,
+            &[("name", char_ptr, 0), ("uptr", char_ptr, 64)],
+        );
+        let filename_ptr = b.ptr(filename);
+        let file_fwd = b.fwd("file");
+        let file_ptr = b.ptr(file_fwd);
+        let cmd_data = b.strukt(STRUCT, "io_cmd_data", 64, &[("file", file_ptr, 0)]);
+        let anon = b.strukt(
+            UNION,
+            "",
+            64,
+            &[("file", file_ptr, 0), ("cmd", cmd_data, 0)],
+        );
+        b.strukt(
+            STRUCT,
+            "io_kiocb",
+            256,
+            &[("flags", int, 0), ("", anon, 64), ("opcode", byte, 8 * 72)],
+        );
+        b.strukt(
+            STRUCT,
+            "io_unlink",
+            24,
+            &[
+                ("file", file_ptr, 0),
+                ("dfd", int, 64),
+                ("flags", int, 96),
+                ("filename", filename_ptr, 128),
+            ],
+        );
+        let delayed = b.strukt(STRUCT, "delayed_filename", 16, &[("name", filename_ptr, 0)]);
+        for strukt in ["io_rename", "io_link"] {
+            let (path, size) = match rename {
+                RenameLayout::EmbeddedNames if strukt == "io_rename" => (delayed, 56),
+                RenameLayout::TooLarge if strukt == "io_rename" => (filename_ptr, 72),
+                _ => (filename_ptr, 40),
+            };
+            b.strukt(
+                STRUCT,
+                strukt,
+                size,
+                &[
+                    ("file", file_ptr, 0),
+                    ("old_dfd", int, 64),
+                    ("new_dfd", int, 96),
+                    ("oldpath", path, 128),
+                    ("newpath", path, 256),
+                    ("flags", int, 384),
+                ],
+            );
+        }
+        b
+    }
+
+    #[test]
+    fn io_uring_names_are_found_through_the_command_union() {
+        let btf = Btf::parse(&io_uring_kernel(RenameLayout::Pointers).build()).unwrap();
+        assert_eq!(
+            btf.io_uring_offsets().unwrap(),
+            IoUringOffsets {
+                valid: 1,
+                filename_name: 0,
+                unlink: [8 + 8, 8 + 16],
+                rename: [8 + 8, 8 + 16, 8 + 12, 8 + 32],
+                link: [8 + 8, 8 + 16, 8 + 12, 8 + 32],
+            }
+        );
+    }
+
+    #[test]
+    fn io_uring_layouts_the_program_cannot_read_are_refused() {
+        let embedded = Btf::parse(&io_uring_kernel(RenameLayout::EmbeddedNames).build()).unwrap();
+        assert!(matches!(
+            embedded.io_uring_offsets(),
+            Err(LayoutError::UnexpectedType { member, .. }) if member == "oldpath"
+        ));
+        let large = Btf::parse(&io_uring_kernel(RenameLayout::TooLarge).build()).unwrap();
+        assert!(matches!(
+            large.io_uring_offsets(),
+            Err(LayoutError::DoesNotFit { strukt, .. }) if strukt == "io_rename"
+        ));
+        // Before Linux 6.0 the request had no `cmd`: each op's struct was a union member.
+        let mut b = Builder::new();
+        let int = b.int("int", 4);
+        b.strukt(btf_kind::STRUCT, "io_kiocb", 8, &[("opcode", int, 0)]);
+        let old = Btf::parse(&b.build()).unwrap();
+        assert!(matches!(
+            old.io_uring_offsets(),
+            Err(LayoutError::NoMember { member, .. }) if member == "cmd"
+        ));
+    }
+
     #[test]
     fn malformed_blobs_are_errors() {
         assert!(Btf::parse(b"").is_err());
@@ -668,5 +872,11 @@ mod tests {
         // `pwd` follows `root` in `fs_struct` on every kernel since 2.6.
         assert!(offsets.fs_pwd_dentry > 0 && offsets.inode_sb > 0);
         assert!(running_kernel_task_switch_counts_offset().unwrap() > 0);
+        // Linux 6.0 to 6.18 (this host's kernel is 6.18) keep io_uring names as
+        // `struct filename *` in the request's command struct, after its `struct file *`.
+        let io_uring = running_kernel_io_uring_offsets().unwrap();
+        eprintln!("io_uring offsets on this kernel: {io_uring:?}");
+        assert_eq!(io_uring.valid, 1);
+        assert!(io_uring.unlink[0] >= 8 && io_uring.unlink[1] > io_uring.unlink[0]);
     }
 }
