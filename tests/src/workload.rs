@@ -9,9 +9,7 @@
     reason = "a test harness panics on failure, as aya's test README recommends"
 )]
 
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
 
@@ -209,30 +207,14 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
     text
 }
 
-fn c_path(path: &Path) -> CString {
-    CString::new(path.as_os_str().as_bytes()).unwrap()
-}
-
-fn io_uring_submit(entry: io_uring::squeue::Entry) {
-    let mut ring = io_uring::IoUring::new(4).unwrap();
-    // SAFETY: the entry's pointers (paths) outlive the submission, which completes below.
-    unsafe { ring.submission().push(&entry).unwrap() };
-    ring.submit_and_wait(1).unwrap();
-    let _ = ring.completion().next();
-}
-
 /// An `unlinkat` through io_uring, which no syscall tracepoint sees.
 pub fn io_uring_unlink(path: &Path) {
-    let path = c_path(path);
-    let fd = io_uring::types::Fd(libc::AT_FDCWD);
-    io_uring_submit(io_uring::opcode::UnlinkAt::new(fd, path.as_ptr()).build());
+    let _ = crate::uring::unlinkat(libc::AT_FDCWD, path, 0);
 }
 
 /// A `renameat` through io_uring.
 pub fn io_uring_rename(from: &Path, to: &Path) {
-    let (from, to) = (c_path(from), c_path(to));
-    let fd = io_uring::types::Fd(libc::AT_FDCWD);
-    io_uring_submit(io_uring::opcode::RenameAt::new(fd, from.as_ptr(), fd, to.as_ptr()).build());
+    let _ = crate::uring::renameat(libc::AT_FDCWD, from, libc::AT_FDCWD, to);
 }
 
 #[cfg(test)]

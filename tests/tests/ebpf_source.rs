@@ -1,7 +1,8 @@
 //! The eBPF source against the real kernel: every path operation on a watched basename yields
 //! its `Hint::Path` by the time a fence returns, unwatched names yield nothing, mounts yield
-//! `MountsChanged`, io_uring and a full ring buffer yield `Hint::Lost`. Needs root (CI runs as
-//! root).
+//! `MountsChanged`, io_uring operations are judged by name like syscalls (or, where the
+//! kernel's layout is unknown, yield `Hint::Lost`), and a full ring buffer yields `Hint::Lost`.
+//! Needs root (CI runs as root).
 //!
 //! These tests attach the tracepoint set (`HookChoice::Tracepoints`) whatever the kernel
 //! accepts: the fentry/fexit set, which this machine kind refuses, is checked under Linux 6.1
@@ -18,7 +19,7 @@
 
 use std::{
     collections::BTreeSet,
-    ffi::{CString, OsStr},
+    ffi::OsStr,
     os::{
         fd::{AsRawFd as _, OwnedFd},
         unix::{ffi::OsStrExt as _, fs::symlink},
@@ -28,7 +29,7 @@ use std::{
 };
 
 use nix::{
-    fcntl::{AT_FDCWD, AtFlags, OFlag, RenameFlags, open, renameat, renameat2},
+    fcntl::{AtFlags, OFlag, RenameFlags, open, renameat, renameat2},
     mount::{MntFlags, MsFlags, mount, umount2},
     sys::stat::Mode,
     unistd::{UnlinkatFlags, linkat, symlinkat, unlinkat},
@@ -37,10 +38,16 @@ use root_tracker::{
     hint::Hint,
     source::{
         Interest, Source as _,
-        ebpf::{AttachMode, EbpfError, EbpfOptions, EbpfSource, HookChoice, Probe},
+        ebpf::{
+            AttachMode, EbpfError, EbpfOptions, EbpfSource, Faults, HookChoice, IoUringNames, Probe,
+        },
     },
 };
 use tempfile::TempDir;
+use tests::uring;
+
+/// `AT_FDCWD` as the io_uring helpers take it.
+const AT: i32 = libc::AT_FDCWD;
 
 /// Generous: a fence normally returns within microseconds; this bounds a broken run.
 const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -375,37 +382,177 @@ fn mount_and_umount_report_mounts_changed() {
     assert!(fixture.fence().contains(&Hint::MountsChanged));
 }
 
+/// Lost hints an io_uring operation caused (the reasons the source gives them).
+fn io_uring_losses(hints: &[Hint]) -> Vec<&Hint> {
+    hints
+        .iter()
+        .filter(|hint| matches!(hint, Hint::Lost { reason } if reason.contains("io_uring")))
+        .collect()
+}
+
+/// On the tracepoint path the io_uring submission program reads a request's names (this
+/// kernel's BTF gives their layout) and judges them like a syscall's: operations on names no
+/// one watches send nothing, so they no longer unsettle the index.
 #[test]
-fn io_uring_unlinkat_is_lost() {
-    let mut fixture = Fixture::new(&[b"result"]);
+fn io_uring_operations_on_unwatched_names_send_nothing() {
+    let mut fixture = Fixture::new(&[b"io-uring-watched"]);
+    let checks = fixture.source.checks().clone();
     assert_eq!(
-        fixture.source.checks().io_uring_submit,
+        checks.io_uring_submit,
         Probe::Attached,
         "this kernel has io_uring; its tracepoint must be attached"
     );
-    symlink("/x", fixture.path(b"result")).unwrap();
+    assert_eq!(checks.io_uring_names, IoUringNames::Read, "{checks:?}");
+    let home = fixture.open_home();
+    let fd = home.as_raw_fd();
+    for name in [&b"plain-a"[..], b"plain-b", b"plain-c"] {
+        symlink("/x", fixture.path(name)).unwrap();
+    }
     fixture.fence();
 
-    let path = CString::new(fixture.path(b"result").as_os_str().as_bytes()).unwrap();
-    let mut ring = io_uring::IoUring::new(4).unwrap();
-    let unlink =
-        io_uring::opcode::UnlinkAt::new(io_uring::types::Fd(AT_FDCWD.as_raw_fd()), path.as_ptr())
-            .build()
-            .user_data(1);
-    // SAFETY: `path` outlives the submission: we wait for its completion below.
-    unsafe { ring.submission().push(&unlink).unwrap() };
-    ring.submit_and_wait(1).unwrap();
-    let completion = ring.completion().next().unwrap();
-    assert_eq!(completion.result(), 0, "io_uring unlinkat failed");
-    assert!(!fixture.path(b"result").exists());
+    assert_eq!(uring::unlinkat(AT, &fixture.path(b"plain-a"), 0), 0);
+    assert_eq!(
+        uring::renameat(fd, Path::new("plain-b"), fd, Path::new("plain-d")),
+        0
+    );
+    assert_eq!(
+        uring::linkat(fd, Path::new("plain-c"), fd, Path::new("plain-e")),
+        0
+    );
+    assert_eq!(
+        uring::symlinkat(Path::new("/x"), fd, Path::new("plain-f")),
+        0
+    );
+    // A new directory, even with a watched name, neither creates nor removes a root.
+    assert_eq!(uring::mkdirat(fd, Path::new("io-uring-watched")), 0);
 
     let hints = fixture.fence();
+    assert!(io_uring_losses(&hints).is_empty(), "{hints:?}");
+    let home = fixture.home.clone();
     assert!(
-        hints.iter().any(
-            |hint| matches!(hint, Hint::Lost { reason } if reason.contains("io_uring unlinkat"))
-        ),
+        !hints
+            .iter()
+            .any(|hint| matches!(hint, Hint::Path(path) if path.starts_with(&home))),
         "{hints:?}"
     );
+}
+
+/// Relevant io_uring operations come through a fence as exact paths, like syscalls: names
+/// relative to a directory fd or to the submitting thread's working directory are resolved,
+/// a symlink counts by its target, a hard link by its new name, and a failed operation
+/// (its completion's result) changes nothing.
+#[test]
+fn io_uring_operations_on_watched_names_are_named() {
+    let mut fixture = Fixture::new(&[b"result", b"copy"]);
+    let home = fixture.open_home();
+    let fd = home.as_raw_fd();
+    for name in [&b"a"[..], b"plain"] {
+        symlink("/x", fixture.path(name)).unwrap();
+    }
+    fixture.fence();
+
+    // symlinkat: into the store (an unwatched name, relative to a dirfd), a watched name
+    // (absolute); neither: nothing.
+    let target = fixture.store_path();
+    assert_eq!(uring::symlinkat(&target, fd, Path::new("into-store")), 0);
+    let result = fixture.path(b"result");
+    assert_eq!(uring::symlinkat(Path::new("/elsewhere"), AT, &result), 0);
+    assert_eq!(
+        uring::symlinkat(Path::new("/elsewhere"), fd, Path::new("other")),
+        0
+    );
+    assert_eq!(
+        fixture.fence_own(),
+        paths(&[&fixture.path(b"into-store"), &result])
+    );
+    let hints = fixture.fence();
+    assert!(io_uring_losses(&hints).is_empty(), "{hints:?}");
+
+    // renameat over a watched name (dirfd-relative), linkat to one (absolute), unlinkat
+    // (dirfd-relative), and an unlinkat that fails.
+    assert_eq!(
+        uring::renameat(fd, Path::new("a"), fd, Path::new("result")),
+        0
+    );
+    assert_eq!(
+        uring::linkat(AT, &fixture.path(b"plain"), AT, &fixture.path(b"copy")),
+        0
+    );
+    assert!(fixture.path(b"copy").is_symlink());
+    assert_eq!(uring::unlinkat(fd, Path::new("copy"), 0), 0);
+    assert_eq!(
+        uring::unlinkat(AT, &fixture.path(b"gone/result"), 0),
+        -libc::ENOENT
+    );
+    let hints = fixture.fence();
+    assert!(io_uring_losses(&hints).is_empty(), "{hints:?}");
+    let home_dir = fixture.home.clone();
+    let own: BTreeSet<Hint> = hints
+        .into_iter()
+        .filter(|hint| matches!(hint, Hint::Path(path) if path.starts_with(&home_dir)))
+        .collect();
+    assert_eq!(
+        own,
+        paths(&[&fixture.path(b"a"), &result, &fixture.path(b"copy")])
+    );
+
+    // Relative to the working directory of the thread that submitted (its own, after
+    // `unshare(CLONE_FS)`), which stays alive until the fence has read the request.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let worker_dir = fixture.home.clone();
+    let worker = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).unwrap();
+        std::env::set_current_dir(&worker_dir).unwrap();
+        done_tx
+            .send(uring::unlinkat(AT, Path::new("result"), 0))
+            .unwrap();
+        let _ = release_rx.recv();
+    });
+    assert_eq!(done_rx.recv().unwrap(), 0);
+    let from_cwd = fixture.fence_own();
+    drop(release_tx);
+    worker.join().unwrap();
+    assert_eq!(from_cwd, paths(&[&result]));
+}
+
+/// Where the kernel's layout is unknown (a fault injected here), an io_uring path operation
+/// cannot be judged: it is lost hints at submission and again at completion, whatever its
+/// names, so the index is rescanned.
+#[test]
+fn io_uring_operations_without_the_layout_are_lost() {
+    let options = EbpfOptions {
+        faults: Faults {
+            no_io_uring_names: true,
+            ..Faults::default()
+        },
+        ..tracepoints()
+    };
+    let mut fixture = Fixture::with_options(&[b"result"], &options);
+    assert!(
+        matches!(
+            fixture.source.checks().io_uring_names,
+            IoUringNames::Unread { .. }
+        ),
+        "{:?}",
+        fixture.source.checks()
+    );
+    symlink("/x", fixture.path(b"plain")).unwrap();
+    fixture.fence();
+
+    // An unwatched name: still lost, since nothing can tell.
+    assert_eq!(uring::unlinkat(AT, &fixture.path(b"plain"), 0), 0);
+    assert!(!fixture.path(b"plain").exists());
+
+    let hints = fixture.fence();
+    for wanted in ["io_uring unlinkat", "io_uring unlinkat completed"] {
+        assert!(
+            hints
+                .iter()
+                .any(|hint| matches!(hint, Hint::Lost { reason } if reason == wanted)),
+            "no `{wanted}` in {hints:?}"
+        );
+    }
 }
 
 #[test]

@@ -190,6 +190,8 @@ pub struct Faults {
     pub fail_attach: Option<&'static str>,
     /// Behave as if the kernel's BTF had no `task_struct.nvcsw`/`nivcsw` (no switch check).
     pub no_switch_check: bool,
+    /// Behave as if the kernel's BTF had no io_uring request layout (no names read).
+    pub no_io_uring_names: bool,
 }
 
 /// Which set of programs the source attaches ([`EbpfOptions::hooks`]).
@@ -652,7 +654,7 @@ impl EbpfSource {
             .set(0, config_value, 0)
             .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
         let base_dir = set_base_dir_offsets(&mut ebpf)?;
-        let io_uring_names = set_io_uring_offsets(&mut ebpf)?;
+        let io_uring_names = set_io_uring_offsets(&mut ebpf, options.faults)?;
 
         let mut store_prefix = Array::try_from(take_map(&mut ebpf, MAP_STORE_PREFIX)?)
             .map_err(|e| EbpfError::map(MAP_STORE_PREFIX, e))?;
@@ -1483,7 +1485,7 @@ fn set_base_dir_offsets(ebpf: &mut Ebpf) -> Result<BaseDirCheck, EbpfError> {
 /// Writes the kernel struct offsets the io_uring submission program needs to read a request's
 /// names, found in the running kernel's BTF; without them the program reports every io_uring
 /// path operation as lost hints, as the returned check says.
-fn set_io_uring_offsets(ebpf: &mut Ebpf) -> Result<IoUringNames, EbpfError> {
+fn set_io_uring_offsets(ebpf: &mut Ebpf, faults: Faults) -> Result<IoUringNames, EbpfError> {
     // Borrowed, not taken, as in `set_base_dir_offsets`.
     let map = ebpf
         .map_mut(MAP_IO_URING_OFFSETS)
@@ -1492,7 +1494,14 @@ fn set_io_uring_offsets(ebpf: &mut Ebpf) -> Result<IoUringNames, EbpfError> {
         })?;
     let mut map = Array::<_, IoUringOffsets>::try_from(map)
         .map_err(|e| EbpfError::map(MAP_IO_URING_OFFSETS, e))?;
-    match kernel_layout::running_kernel_io_uring_offsets() {
+    let offsets = if faults.no_io_uring_names {
+        Err(kernel_layout::LayoutError::NoStruct(
+            "io_kiocb (injected fault)".to_owned(),
+        ))
+    } else {
+        kernel_layout::running_kernel_io_uring_offsets()
+    };
+    match offsets {
         Ok(offsets) => {
             map.set(0, offsets, 0)
                 .map_err(|e| EbpfError::map(MAP_IO_URING_OFFSETS, e))?;

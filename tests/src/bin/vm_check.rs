@@ -588,7 +588,7 @@ fn fentry_falls_back_to_tracepoints() -> Result<String, String> {
     let options = EbpfOptions {
         faults: Faults {
             fail_attach: Some(last),
-            no_switch_check: false,
+            ..Faults::default()
         },
         ..EbpfOptions::default()
     };
@@ -615,8 +615,8 @@ fn fentry_falls_back_to_tracepoints() -> Result<String, String> {
     let _restore = PreemptModel::set("full", &current)?;
     let unchecked = EbpfOptions {
         faults: Faults {
-            fail_attach: None,
             no_switch_check: true,
+            ..Faults::default()
         },
         ..EbpfOptions::default()
     };
