@@ -626,6 +626,17 @@ fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     ),
                     None => {}
                 }
+                let io_uring = &status["source_checks"]["io_uring_names"];
+                match io_uring["state"].as_str() {
+                    Some("read") => {
+                        println!("io_uring path operations: judged by their names, like syscalls")
+                    }
+                    Some(state) => println!(
+                        "io_uring path operations: names {state} ({}): each one unsettles the index",
+                        io_uring["reason"].as_str().unwrap_or("")
+                    ),
+                    None => {}
+                }
                 println!("runs as: {}", runs_as(&status["privileges"]["identity"]));
                 println!("confined: {}", confinement(&status));
                 println!(

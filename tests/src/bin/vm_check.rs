@@ -1,9 +1,9 @@
 //! What `cargo xtask vm` runs inside a qemu guest booted with the BPF LSM enabled: the verifier
 //! must accept every program (fentry/fexit ones too), the eBPF source's probes must find fexit
 //! and LSM programs loadable there (they are refused on the CI host), the tracepoint path
-//! (forced) must still report a symlink into the store and an io_uring unlinkat, a relative
-//! path must be checked against the directory the kernel used (struct offsets from this
-//! kernel's BTF), the fentry path must report every kind of path operation (io_uring's too)
+//! (forced) must still report a symlink into the store and judge io_uring operations by name
+//! (an unwatched one sends nothing), a relative path must be checked against the directory the
+//! kernel used (struct offsets from this kernel's BTF), the fentry path must report every kind of path operation (io_uring's too)
 //! with no syscall tracepoint program loaded, and a tracker (`tracker-cli run --backend ebpf`,
 //! in either mode) must answer fenced queries with roots that only the kernel source can have
 //! seen. Prints `RT-VM-…` marker lines for the xtask to read (one `RT-VM-PASS`/`RT-VM-FAIL` per
@@ -19,7 +19,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::{
         fd::AsRawFd as _,
-        unix::{ffi::OsStrExt as _, fs::symlink, net::UnixStream},
+        unix::{fs::symlink, net::UnixStream},
     },
     path::Path,
     process::{Child, Command, Stdio},
@@ -31,12 +31,12 @@ use root_tracker::{
     source::{
         Interest, Source as _,
         ebpf::{
-            AttachMode, BaseDirCheck, EbpfOptions, EbpfSource, Faults, HookChoice, Probe,
-            SwitchCheck, Verification,
+            AttachMode, BaseDirCheck, EbpfOptions, EbpfSource, Faults, HookChoice, IoUringNames,
+            Probe, SwitchCheck, Verification,
         },
     },
 };
-use tests::{FakeStore, Rng, index_part, package_bin, workload::Workload};
+use tests::{FakeStore, Rng, index_part, package_bin, uring, workload::Workload};
 
 /// A store path name registered in the fake store's database (its hash part in Nix's
 /// base-32 alphabet, which has no `e`, `o`, `u`, `t`: any other name is no store path).
@@ -178,13 +178,15 @@ fn fexit_and_lsm_probes() -> Result<String, String> {
 }
 
 /// Attaches the source (every tracepoint program): its checks must agree with the probes, the
-/// io_uring tracepoint must be attached, and a symlink into the store and an io_uring unlinkat
-/// (submission and completion) must come through fences.
+/// io_uring tracepoint must be attached and read requests' names (struct offsets from this
+/// kernel's BTF), a symlink into the store must come through a fence, an io_uring unlinkat of
+/// an unwatched name must send nothing, and one of a watched name and an io_uring symlinkat
+/// into the store must come through fences as paths (submission and completion).
 fn source_sees_symlink() -> Result<String, String> {
     let store = FakeStore::new(&[]);
     let interest = Interest {
         store_dir: store.layout.store_dir().to_owned(),
-        basenames: BTreeSet::new(),
+        basenames: [b"vm-watched".to_vec()].into_iter().collect(),
         paths: vec![store.root.join("home")],
     };
     let started = Instant::now();
@@ -202,6 +204,7 @@ fn source_sees_symlink() -> Result<String, String> {
     if checks.fexit != Probe::Loadable
         || checks.lsm != Probe::Loadable
         || checks.io_uring_submit != Probe::Attached
+        || checks.io_uring_names != IoUringNames::Read
         || !matches!(checks.attach_mode, AttachMode::Tracepoints { .. })
     {
         return Err(format!("unexpected checks after attach: {checks:?}"));
@@ -228,23 +231,41 @@ fn source_sees_symlink() -> Result<String, String> {
     }
 
     // io_uring: the submission tracepoint's name and record layout differ between kernels
-    // (`io_uring_submit_sqe` on 6.1); its opcode and the completion must still come through.
+    // (`io_uring_submit_sqe` on 6.1), and so do the request structs the program reads the
+    // names from. `vm-link` is no watched name: its unlinkat must send nothing at all.
     unlink_through_io_uring(&link)?;
     hints.clear();
     source
         .fence(Instant::now() + FENCE_TIMEOUT, &mut hints)
         .map_err(|e| brief(&e))?;
-    for wanted in ["io_uring unlinkat", "io_uring unlinkat completed"] {
-        if !hints
-            .iter()
-            .any(|hint| matches!(hint, Hint::Lost { reason } if reason == wanted))
-        {
-            return Err(format!("no `{wanted}` hint after a fence: {hints:?}"));
-        }
+    if !hints.is_empty() {
+        return Err(format!(
+            "an io_uring unlinkat of an unwatched name sent hints: {hints:?}"
+        ));
     }
+    let watched = store.root.join("home/vm-watched");
+    symlink("/elsewhere", &watched).map_err(|e| e.to_string())?;
+    expect_hint(&mut source, "symlink of a watched name", &watched)?;
+    unlink_through_io_uring(&watched)?;
+    expect_hint(&mut source, "io_uring unlinkat of a watched name", &watched)?;
+    let into_store = store.root.join("home/vm-uring-link");
+    io_uring_done(
+        "symlinkat",
+        uring::symlinkat(
+            &store.layout.store_dir().join(STORE_NAME),
+            libc::AT_FDCWD,
+            &into_store,
+        ),
+    )?;
+    expect_hint(
+        &mut source,
+        "io_uring symlinkat into the store",
+        &into_store,
+    )?;
     Ok(format!(
         "forced tracepoints attached in {attach_ms} ms ({loaded:?}); a symlink into the store \
-         and an io_uring unlinkat came through fences"
+         came through a fence; an io_uring unlinkat of an unwatched name sent nothing, one of a \
+         watched name and an io_uring symlinkat into the store came through fences as paths"
     ))
 }
 
@@ -793,47 +814,24 @@ fn relative_paths_checked_against_kernel_dir() -> Result<String, String> {
     Ok("a dirfd-relative symlinkat is named through the kernel's directory, and by basename once the fd is reused".to_owned())
 }
 
+/// Fails unless an io_uring operation succeeded (`result`: its completion's).
+fn io_uring_done(what: &str, result: i32) -> Result<(), String> {
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(format!("io_uring {what} failed: {result}"))
+    }
+}
+
 /// Removes `path` with an io_uring `unlinkat`, which no syscall tracepoint sees.
 fn unlink_through_io_uring(path: &Path) -> Result<(), String> {
-    let name = c_path(path)?;
-    let unlink =
-        io_uring::opcode::UnlinkAt::new(io_uring::types::Fd(libc::AT_FDCWD), name.as_ptr()).build();
-    // SAFETY: `name` outlives the submission: `submit_one` awaits its completion.
-    unsafe { submit_one(&unlink, "unlinkat") }
+    io_uring_done("unlinkat", uring::unlinkat(libc::AT_FDCWD, path, 0))
 }
 
 /// Renames `from` to `to` with an io_uring `renameat`.
 fn rename_through_io_uring(from: &Path, to: &Path) -> Result<(), String> {
-    let (from, to) = (c_path(from)?, c_path(to)?);
-    let cwd = io_uring::types::Fd(libc::AT_FDCWD);
-    let rename = io_uring::opcode::RenameAt::new(cwd, from.as_ptr(), cwd, to.as_ptr()).build();
-    // SAFETY: both names outlive the submission: `submit_one` awaits its completion.
-    unsafe { submit_one(&rename, "renameat") }
-}
-
-fn c_path(path: &Path) -> Result<std::ffi::CString, String> {
-    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())
-}
-
-/// Submits one entry on a new ring and waits for its completion, which must succeed.
-///
-/// # Safety
-/// Every buffer the entry points to must stay valid until this returns.
-unsafe fn submit_one(entry: &io_uring::squeue::Entry, what: &str) -> Result<(), String> {
-    let mut ring = io_uring::IoUring::new(4).map_err(|e| format!("io_uring_setup: {e}"))?;
-    let entry = entry.clone().user_data(1);
-    // SAFETY: the caller keeps the entry's buffers valid until the completion below.
-    unsafe { ring.submission().push(&entry) }.map_err(|e| e.to_string())?;
-    ring.submit_and_wait(1)
-        .map_err(|e| format!("io_uring_enter: {e}"))?;
-    let completion = ring
-        .completion()
-        .next()
-        .ok_or("io_uring gave no completion")?;
-    if completion.result() != 0 {
-        return Err(format!("io_uring {what} failed: {}", completion.result()));
-    }
-    Ok(())
+    let cwd = libc::AT_FDCWD;
+    io_uring_done("renameat", uring::renameat(cwd, from, cwd, to))
 }
 
 /// Runs the tracker with the eBPF backend (`--ebpf-hooks hooks` if given), requires its status
