@@ -805,8 +805,12 @@ mod kernel {
     /// process, `/proc/<tgid>/task/<its tid>` in user space): either way the `current` whose
     /// fds and working directory `record_base_dir` reads is the task whose io-wq workers will
     /// resolve the names. They do so later, though, so a `chdir` or fd reuse right after the
-    /// submission can make the kernel use another directory than the one recorded; user space
-    /// then names by basename, as for a syscall.
+    /// submission can make the kernel use another directory than the one recorded: user space
+    /// names the request only after its completion, when such a change shows as a directory
+    /// that is not the recorded one, and then names it by basename. Not covered: a thread
+    /// that unshares its fd table or working directory (`unshare(CLONE_FILES|CLONE_FS)`)
+    /// after its io-wq workers started may leave them with the old ones, which neither the
+    /// identity recorded here nor `/proc` shows (fentry mode reads the worker's own).
     #[tracepoint]
     pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
         let offset = CONFIG

@@ -516,6 +516,88 @@ fn io_uring_operations_on_watched_names_are_named() {
     assert_eq!(from_cwd, paths(&[&result]));
 }
 
+/// An io_uring operation's names are resolved by an io-wq worker after the submission, against
+/// the working directory it shares with the submitter: a `chdir` in between makes the kernel
+/// use the new directory. Here the unlinkat waits, linked behind a read of an empty pipe,
+/// until the thread has changed directory; its record is read before that. The hint must
+/// not name the entry in the directory the submission saw (that entry is still there).
+#[test]
+fn io_uring_names_resolved_after_a_chdir_are_not_named_in_the_old_directory() {
+    use io_uring::{opcode, squeue, types::Fd};
+    let mut fixture = Fixture::new(&[b"result"]);
+    let (dir_a, dir_b) = (fixture.path(b"a"), fixture.path(b"b"));
+    for dir in [&dir_a, &dir_b] {
+        std::fs::create_dir(dir).unwrap();
+        symlink("/x", dir.join("result")).unwrap();
+    }
+    fixture.fence();
+
+    let (submitted_tx, submitted_rx) = std::sync::mpsc::channel::<()>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<i32>>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (a, b) = (dir_a.clone(), dir_b.clone());
+    let worker = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS).unwrap();
+        std::env::set_current_dir(&a).unwrap();
+        let (pipe_read, pipe_write) = nix::unistd::pipe().unwrap();
+        let mut ring = io_uring::IoUring::new(4).unwrap();
+        let mut byte = [0u8; 1];
+        let name = c"result";
+        let read = opcode::Read::new(Fd(pipe_read.as_raw_fd()), byte.as_mut_ptr(), 1)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(1);
+        let unlink = opcode::UnlinkAt::new(Fd(AT), name.as_ptr())
+            .build()
+            .user_data(2);
+        // SAFETY: the buffer and the name outlive both requests, which complete below.
+        unsafe {
+            ring.submission().push(&read).unwrap();
+            ring.submission().push(&unlink).unwrap();
+        }
+        ring.submit().unwrap();
+        submitted_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        std::env::set_current_dir(&b).unwrap();
+        nix::unistd::write(&pipe_write, b"x").unwrap();
+        ring.submit_and_wait(2).unwrap();
+        let mut results: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|entry| (entry.user_data(), entry.result()))
+            .collect();
+        results.sort_unstable();
+        done_tx
+            .send(results.into_iter().map(|(_, result)| result).collect())
+            .unwrap();
+        // Alive, in B, until the fence has named the request.
+        let _ = release_rx.recv();
+    });
+    submitted_rx.recv().unwrap();
+    // The submission's record is in the ring buffer once `io_uring_enter` returned: read it
+    // now, while the thread is still in A.
+    let mut early = Vec::new();
+    fixture.source.poll(Duration::ZERO, &mut early).unwrap();
+    go_tx.send(()).unwrap();
+    assert_eq!(done_rx.recv().unwrap(), vec![1, 0]);
+    let hints = fixture.fence();
+    drop(release_tx);
+    worker.join().unwrap();
+
+    // What the kernel did: the unlinkat ran in B.
+    assert!(dir_a.join("result").is_symlink());
+    assert!(!dir_b.join("result").exists());
+    assert!(
+        !hints.contains(&Hint::Path(dir_a.join("result"))),
+        "{hints:?}"
+    );
+    assert!(
+        hints.contains(&Hint::Basename("result".into()))
+            || hints.contains(&Hint::Path(dir_b.join("result"))),
+        "{hints:?}"
+    );
+}
+
 /// Where the kernel's layout is unknown (a fault injected here), an io_uring path operation
 /// cannot be judged: it is lost hints at submission and again at completion, whatever its
 /// names, so the index is rescanned.

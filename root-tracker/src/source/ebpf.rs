@@ -538,8 +538,8 @@ pub struct EbpfSource {
     /// Keyed by `pid_tgid` (tgid in the high half), as the kernel side keys its map.
     in_flight: HashMap<u64, InFlightOp>,
     /// Relevant io_uring requests (`IO_URING_ENTER`) not yet seen completed, by request, with
-    /// what to report once they succeeded.
-    io_uring_requests: HashMap<u64, Vec<Hint>>,
+    /// their judgement, named once they succeeded.
+    io_uring_requests: HashMap<u64, Enter>,
     /// io_uring path operations whose names could not be read (`IO_URING`) seen submitted and
     /// not yet seen completed.
     io_uring_in_flight: u64,
@@ -1060,21 +1060,29 @@ impl EbpfSource {
                     self.completed(ret, op.hints, ktime_ns, out);
                 }
             }
-            // Named now, like a syscall at its entry record, while the submitter most likely
-            // still has the fds and working directory it meant; the request's names were
-            // resolved by then, or will be soon, in an io-wq worker sharing both.
             Record::IoUringEnter { request, enter } => {
-                let hints = self.hints_for(&enter);
-                // A request judged again (its task left the CPU meanwhile) replaces its hints.
-                self.io_uring_requests.insert(request, hints);
+                // A request judged again (its task left the CPU meanwhile) replaces its record.
+                self.io_uring_requests.insert(request, enter);
             }
+            // Named only now, unlike a syscall: an io-wq worker resolves the names some time
+            // after the submission, against the directory fds and working directory it shares
+            // with the submitter, so a `chdir` or fd reuse between the two makes the kernel use
+            // another directory than the recorded one. Read through `/proc` after the
+            // operation, that directory then fails the recorded identity and the hint is a
+            // basename; read before it (at submission), it could pass and name the wrong entry.
             Record::IoUringDone {
                 request,
                 res,
                 ktime_ns,
                 ..
             } if self.io_uring_requests.contains_key(&request) => {
-                if let Some(hints) = self.io_uring_requests.remove(&request) {
+                if let Some(enter) = self.io_uring_requests.remove(&request) {
+                    // A failed operation changed nothing: no need to name anything.
+                    let hints = if res >= 0 {
+                        self.hints_for(&enter)
+                    } else {
+                        Vec::new()
+                    };
                     self.completed(res, hints, ktime_ns, out);
                 }
             }
