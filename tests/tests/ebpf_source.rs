@@ -598,6 +598,36 @@ fn io_uring_names_resolved_after_a_chdir_are_not_named_in_the_old_directory() {
     );
 }
 
+/// A relevant request whose completion record never arrives (dropped from a full ring buffer;
+/// injected here) is given up, with lost hints, once the kernel no longer holds it as in
+/// flight: a fence does not wait for it until its deadline, now or in any later fence.
+#[test]
+fn io_uring_request_whose_completion_is_lost_does_not_hold_fences() {
+    let options = EbpfOptions {
+        faults: Faults {
+            drop_io_uring_done: true,
+            ..Faults::default()
+        },
+        ..tracepoints()
+    };
+    let mut fixture = Fixture::with_options(&[b"result"], &options);
+    symlink("/x", fixture.path(b"result")).unwrap();
+    fixture.fence();
+
+    assert_eq!(uring::unlinkat(AT, &fixture.path(b"result"), 0), 0);
+    let hints = fixture.fence();
+    assert!(
+        hints.iter().any(|hint| matches!(
+            hint,
+            Hint::Lost { reason } if reason.contains("completion was not seen")
+        )),
+        "{hints:?}"
+    );
+    // Given up, not waited for: no request is left in flight.
+    let hints = fixture.fence();
+    assert!(io_uring_losses(&hints).is_empty(), "{hints:?}");
+}
+
 /// Where the kernel's layout is unknown (a fault injected here), an io_uring path operation
 /// cannot be judged: it is lost hints at submission and again at completion, whatever its
 /// names, so the index is rescanned.

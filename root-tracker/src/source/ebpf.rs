@@ -192,6 +192,8 @@ pub struct Faults {
     pub no_switch_check: bool,
     /// Behave as if the kernel's BTF had no io_uring request layout (no names read).
     pub no_io_uring_names: bool,
+    /// Discard every `IO_URING_DONE` record, as if the ring buffer had been full for each.
+    pub drop_io_uring_done: bool,
 }
 
 /// Which set of programs the source attaches ([`EbpfOptions::hooks`]).
@@ -558,6 +560,8 @@ pub struct EbpfSource {
     /// When `last_counters.missed` was read: [`Self::poll`] reads it again only after
     /// [`MISSES_RECHECK`], a fence always.
     missed_at: Option<Instant>,
+    /// Failures injected by tests.
+    faults: Faults,
     /// Owns the programs and their tracepoint links; aya detaches the links when it drops.
     _ebpf: Ebpf,
 }
@@ -707,6 +711,7 @@ impl EbpfSource {
             },
             program_fds: Vec::new(),
             missed_at: None,
+            faults: options.faults,
             _ebpf: ebpf,
         };
         source.set_basenames(&interest.basenames)?;
@@ -1023,6 +1028,9 @@ impl EbpfSource {
             };
             read += 1;
             self.records_read += 1;
+            if self.faults.drop_io_uring_done && matches!(record, Record::IoUringDone { .. }) {
+                continue;
+            }
             self.handle(record, out);
         }
     }
