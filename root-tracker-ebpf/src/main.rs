@@ -8,8 +8,9 @@
 //! done. `io_uring_submit_req` judges io_uring path operations, which no syscall tracepoint
 //! sees, the same way from the kernel's copies of their names (where the kernel's BTF gave
 //! their layout; else it reports every one as lost hints), keyed by request in
-//! `IO_URING_IN_FLIGHT`; `io_uring_complete` reports their completion. Invariant: every relevant operation is sent, or counted (dropped, unreadable,
-//! untracked), so lost hints are always visible.
+//! `IO_URING_IN_FLIGHT`; `io_uring_complete` reports their completion. Invariant: every
+//! relevant operation is sent, or counted (dropped, unreadable, untracked), so lost hints are
+//! always visible.
 //!
 //! Where the kernel accepts them, `fentry_do_*`/`fexit_do_*` programs on the kernel's path
 //! workers (`do_unlinkat`, `do_rmdir`, `do_renameat2`, `do_symlinkat`, `do_linkat`, which the

@@ -3,8 +3,8 @@
 //! and LSM programs loadable there (they are refused on the CI host), the tracepoint path
 //! (forced) must still report a symlink into the store and judge io_uring operations by name
 //! (an unwatched one sends nothing), a relative path must be checked against the directory the
-//! kernel used (struct offsets from this kernel's BTF), the fentry path must report every kind of path operation (io_uring's too)
-//! with no syscall tracepoint program loaded, and a tracker (`tracker-cli run --backend ebpf`,
+//! kernel used (struct offsets from this kernel's BTF), the fentry path must report every kind
+//! of path operation (io_uring's too) with no syscall tracepoint program loaded, and a tracker (`tracker-cli run --backend ebpf`,
 //! in either mode) must answer fenced queries with roots that only the kernel source can have
 //! seen. Prints `RT-VM-…` marker lines for the xtask to read (one `RT-VM-PASS`/`RT-VM-FAIL` per
 //! step) and exits non-zero if a step failed.
