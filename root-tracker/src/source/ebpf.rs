@@ -31,14 +31,14 @@ use aya::{
     programs::{FEntry, FExit, Lsm, ProgramError, ProgramFd, TracePoint},
 };
 use root_tracker_ebpf::{
-    AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_PREEMPTED, COUNTER_RETRIED,
-    COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader,
-    ExitEvent, FENTRY_PROGRAMS, IO_URING_CATEGORY, IoUringDoneEvent, IoUringOffsets,
-    MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS,
-    MAP_IO_URING_IN_FLIGHT, MAP_IO_URING_OFFSETS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES,
-    PATH_BYTES, PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES,
-    STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix,
-    X86_64_PT_REGS_ORIG_AX, flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
+    AT_FDCWD, BasenameFilter, COUNTER_DROPPED, COUNTER_PREEMPTED, COUNTER_RETRIED, COUNTER_SENT,
+    COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent,
+    FENTRY_PROGRAMS, IO_URING_CATEGORY, IoUringDoneEvent, MAP_BASE_DIR_OFFSETS,
+    MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_IO_URING_IN_FLIGHT,
+    MAP_IO_URING_OFFSETS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES,
+    PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX,
+    SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, X86_64_PT_REGS_ORIG_AX,
+    flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
 };
 
 use crate::{
@@ -1471,19 +1471,9 @@ fn by_basename(path: &[u8]) -> Hint {
 /// found in the running kernel's BTF; without them the programs record nothing and the
 /// returned check says why.
 fn set_base_dir_offsets(ebpf: &mut Ebpf) -> Result<BaseDirCheck, EbpfError> {
-    // Borrowed, not taken: the map must stay open (in `ebpf`) until the programs using it
-    // are loaded.
-    let map = ebpf
-        .map_mut(MAP_BASE_DIR_OFFSETS)
-        .ok_or(EbpfError::MissingMap {
-            name: MAP_BASE_DIR_OFFSETS,
-        })?;
-    let mut map = Array::<_, BaseDirOffsets>::try_from(map)
-        .map_err(|e| EbpfError::map(MAP_BASE_DIR_OFFSETS, e))?;
     match kernel_layout::running_kernel_base_dir_offsets() {
         Ok(offsets) => {
-            map.set(0, offsets, 0)
-                .map_err(|e| EbpfError::map(MAP_BASE_DIR_OFFSETS, e))?;
+            set_only_value(ebpf, MAP_BASE_DIR_OFFSETS, offsets)?;
             tracing::debug!(?offsets, "eBPF: kernel struct offsets for relative paths");
             Ok(BaseDirCheck::Verified)
         }
@@ -1502,14 +1492,6 @@ fn set_base_dir_offsets(ebpf: &mut Ebpf) -> Result<BaseDirCheck, EbpfError> {
 /// names, found in the running kernel's BTF; without them the program reports every io_uring
 /// path operation as lost hints, as the returned check says.
 fn set_io_uring_offsets(ebpf: &mut Ebpf, faults: Faults) -> Result<IoUringNames, EbpfError> {
-    // Borrowed, not taken, as in `set_base_dir_offsets`.
-    let map = ebpf
-        .map_mut(MAP_IO_URING_OFFSETS)
-        .ok_or(EbpfError::MissingMap {
-            name: MAP_IO_URING_OFFSETS,
-        })?;
-    let mut map = Array::<_, IoUringOffsets>::try_from(map)
-        .map_err(|e| EbpfError::map(MAP_IO_URING_OFFSETS, e))?;
     let offsets = if faults.no_io_uring_names {
         Err(kernel_layout::LayoutError::NoStruct(
             "io_kiocb (injected fault)".to_owned(),
@@ -1519,8 +1501,7 @@ fn set_io_uring_offsets(ebpf: &mut Ebpf, faults: Faults) -> Result<IoUringNames,
     };
     match offsets {
         Ok(offsets) => {
-            map.set(0, offsets, 0)
-                .map_err(|e| EbpfError::map(MAP_IO_URING_OFFSETS, e))?;
+            set_only_value(ebpf, MAP_IO_URING_OFFSETS, offsets)?;
             tracing::debug!(?offsets, "eBPF: kernel struct offsets for io_uring names");
             Ok(IoUringNames::Read)
         }
@@ -1533,6 +1514,19 @@ fn set_io_uring_offsets(ebpf: &mut Ebpf, faults: Faults) -> Result<IoUringNames,
             Ok(IoUringNames::Unread { reason })
         }
     }
+}
+
+/// Sets the only entry of the one-entry array map `name`. The map is borrowed, not taken: it
+/// must stay open (in `ebpf`) until the programs using it are loaded.
+fn set_only_value<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    value: T,
+) -> Result<(), EbpfError> {
+    let map = ebpf.map_mut(name).ok_or(EbpfError::MissingMap { name })?;
+    Array::<_, T>::try_from(map)
+        .and_then(|mut map| map.set(0, value, 0))
+        .map_err(|e| EbpfError::map(name, e))
 }
 
 /// `path` without trailing slashes, keeping a lone `/`.
