@@ -3,6 +3,7 @@
 mod bench;
 mod bench_events;
 mod bench_gc;
+mod bench_memory;
 mod fixture;
 mod setup;
 mod soak;
@@ -46,9 +47,13 @@ enum Task {
         /// Smaller sizes, for trying the benchmark itself.
         #[arg(long)]
         quick: bool,
-        /// Store sizes (paths) for `gc`, instead of 20k, 100k and 1M.
+        /// Store sizes (paths) for `gc`, instead of 20k, 100k and 1M; roots for `memory`,
+        /// instead of 100k.
         #[arg(long, value_delimiter = ',')]
         sizes: Vec<usize>,
+        /// `memory`: keep each store on disk (printed), for profiling by hand.
+        #[arg(long)]
+        keep: bool,
     },
     /// Run setup, then the live random-workload test (tracker vs scan, each backend) with
     /// many seeds, in release mode.
@@ -96,6 +101,9 @@ enum BenchArea {
     Gc,
     /// Only build `gc`'s store of each `--sizes` and keep it (printed), for profiling by hand.
     GcStore,
+    /// The live tracker's memory on `events`' store of each `--sizes` roots (default 100k):
+    /// resident set after bootstrap and queries, index size, `scan --json` peak. Printed only.
+    Memory,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,12 +114,18 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test { cargo_test_args } => test(&cargo_test_args)?,
         Task::Run => run_main_job()?,
-        Task::Bench { area, quick, sizes } => match area {
+        Task::Bench {
+            area,
+            quick,
+            sizes,
+            keep,
+        } => match area {
             BenchArea::Scan => bench::scan(quick)?,
             BenchArea::Overhead => bench_events::overhead_only(quick)?,
             BenchArea::Events => bench_events::events(quick)?,
             BenchArea::Gc => bench_gc::gc(quick, &sizes)?,
             BenchArea::GcStore => bench_gc::keep_store(&sizes)?,
+            BenchArea::Memory => bench_memory::memory(&sizes, keep)?,
         },
         Task::Soak { seeds, ops } => soak::soak(seeds, ops)?,
         Task::Vm {
