@@ -466,14 +466,30 @@ fn response_line(response: &Response) -> std::io::Result<Vec<u8>> {
     Ok(line)
 }
 
+/// The roots response line around its report, which is written from the tracker's buffer as
+/// it is: serializing the response would copy an answer of hundreds of MB once more.
+/// `response_line` of the same response gives the same bytes (a test checks).
+const ROOTS_LINE_START: &[u8] = br#"{"response":"roots","report":"#;
+const ROOTS_LINE_END: &[u8] = b"}\n";
+
 async fn write_response<W: AsyncWrite + Unpin>(
     writer: &mut W,
     response: &Response,
     limits: &Limits,
 ) -> std::io::Result<()> {
-    let line = response_line(response)?;
+    let line = match response {
+        Response::Roots { .. } => Vec::new(),
+        _ => response_line(response)?,
+    };
     let written = tokio::time::timeout(limits.write_timeout, async {
-        writer.write_all(&line).await?;
+        match response {
+            Response::Roots { report } => {
+                writer.write_all(ROOTS_LINE_START).await?;
+                writer.write_all(report.get().as_bytes()).await?;
+                writer.write_all(ROOTS_LINE_END).await?;
+            }
+            _ => writer.write_all(&line).await?,
+        }
         writer.flush().await
     })
     .await;
@@ -516,6 +532,21 @@ mod tests {
         Response::Roots {
             report: serde_json::value::RawValue::from_string(text).unwrap(),
         }
+    }
+
+    /// The roots line written around the report is the line serde would write.
+    #[test]
+    fn roots_lines_are_written_as_serde_writes_them() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let response = report(true, r#"{"path":"/p\nq"}"#);
+        let mut written = Vec::new();
+        runtime
+            .block_on(write_response(&mut written, &response, &Limits::default()))
+            .unwrap();
+        assert_eq!(written, response_line(&response).unwrap());
     }
 
     /// Every answer that is not whole is something Nix's `parseStorePath` throws on.
