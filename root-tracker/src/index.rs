@@ -170,26 +170,24 @@ impl Index {
         subtree: &[u8],
         findings: Findings<'_>,
     ) -> Result<(), IndexError> {
-        self.replace_subtrees(vec![(subtree.to_vec(), findings)])
+        self.replace_subtrees(&[subtree.to_vec()], findings)
     }
 
-    /// [`Self::replace_subtree`] for many subtrees: one generation, one transaction.
+    /// [`Self::replace_subtree`] for many subtrees, none inside another, examined into one
+    /// `findings`: one generation, one transaction. Examining a thousand entries costs one
+    /// grouping, not a thousand (the re-read after the bootstrap examines every entry).
     pub(crate) fn replace_subtrees(
         &mut self,
-        examined: Vec<(Vec<u8>, Findings<'_>)>,
+        subtrees: &[Vec<u8>],
+        findings: Findings<'_>,
     ) -> Result<(), IndexError> {
         self.generation += 1;
-        let mut canonical_dirs = HashMap::new();
-        let prepared: Vec<(Vec<u8>, EntriesFound)> = examined
-            .into_iter()
-            .map(|(subtree, findings)| (subtree, group_by_entry(findings, &mut canonical_dirs)))
-            .collect();
+        let grouped = group_by_entry(findings, &mut HashMap::new());
         // Which watched paths are new to the source, and which it may stop watching, is
         // judged against the state before this batch, so re-examining an entry whose paths
         // did not change does not count as a change.
-        let incoming: BTreeSet<Vec<u8>> = prepared
-            .iter()
-            .flat_map(|(_, grouped)| grouped.values())
+        let incoming: BTreeSet<Vec<u8>> = grouped
+            .values()
             .flat_map(|entry| entry.watched.iter().cloned())
             .collect();
         let new_paths: Vec<Vec<u8>> = incoming
@@ -198,18 +196,18 @@ impl Index {
             .cloned()
             .collect();
         let mut orphaned = Vec::new();
-        for (subtree, _) in &prepared {
+        for subtree in subtrees {
             for key in self.keys_at_or_below(subtree) {
                 orphaned.extend(self.remove_entry(&key));
             }
         }
         let generation = self.generation;
         let transaction = self.db.transaction().map_err(IndexError::Write)?;
-        for (subtree, grouped) in &prepared {
+        for subtree in subtrees {
             persist_removal(&transaction, subtree)?;
-            for (key, entry) in grouped {
-                persist_entry(&transaction, key, entry, generation)?;
-            }
+        }
+        for (key, entry) in &grouped {
+            persist_entry(&transaction, key, entry, generation)?;
         }
         transaction
             .execute(
@@ -218,10 +216,8 @@ impl Index {
             )
             .map_err(IndexError::Write)?;
         transaction.commit().map_err(IndexError::Write)?;
-        for (_, grouped) in prepared {
-            for (key, entry) in grouped {
-                self.insert_entry(key, entry);
-            }
+        for (key, entry) in grouped {
+            self.insert_entry(key, entry);
         }
         if !new_paths.is_empty() || orphaned.iter().any(|path| !incoming.contains(path)) {
             self.watched_changed = true;

@@ -8,7 +8,7 @@
 //! differs from the one seen last (`mounts` says why that order is safe); a mount on or above
 //! the state trees, the store or its database, or a change with no table to compare, unsettles.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
@@ -332,25 +332,29 @@ impl Reconciler {
     }
 
     /// Re-reads each path (a state-tree entry or subtree) and replaces what the index knows
-    /// of it, all in one index transaction.
+    /// of it, all in one index transaction. A path inside another is read with it.
     fn reexamine<'p>(
         &mut self,
         paths: impl IntoIterator<Item = &'p [u8]>,
     ) -> Result<(), ReconcileError> {
-        let layout = &self.layout;
-        let examined: Vec<_> = paths
-            .into_iter()
-            .map(|path| {
-                let mut findings = Findings::new(layout);
-                findings.find_roots(Path::new(OsStr::from_bytes(path)));
-                (path.to_vec(), findings)
-            })
+        let mut paths: Vec<&[u8]> = paths.into_iter().collect();
+        paths.sort_unstable();
+        paths.dedup();
+        let listed: HashSet<&[u8]> = paths.iter().copied().collect();
+        let outermost: Vec<Vec<u8>> = paths
+            .iter()
+            .filter(|path| !ancestors(path).any(|ancestor| listed.contains(ancestor)))
+            .map(|path| path.to_vec())
             .collect();
-        self.last_examined = examined.iter().map(|(path, _)| path.clone()).collect();
-        if examined.is_empty() {
+        self.last_examined.clone_from(&outermost);
+        if outermost.is_empty() {
             return Ok(());
         }
-        self.index.replace_subtrees(examined)?;
+        let mut findings = Findings::new(&self.layout);
+        for path in &outermost {
+            findings.find_roots(Path::new(OsStr::from_bytes(path)));
+        }
+        self.index.replace_subtrees(&outermost, findings)?;
         if self.index.take_watched_changed() {
             self.interest_changed = true;
         }
@@ -432,4 +436,14 @@ fn symmetric_difference<T: Ord>(a: &[T], b: &[T]) -> u64 {
     let a: BTreeSet<&T> = a.iter().collect();
     let b: BTreeSet<&T> = b.iter().collect();
     a.symmetric_difference(&b).count() as u64
+}
+
+/// The directories above `path`, innermost first: `/a/b/c` → `/a/b`, `/a` (not `/`).
+fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = path;
+    std::iter::from_fn(move || {
+        let slash = rest.iter().rposition(|&c| c == b'/')?;
+        rest = &rest[..slash];
+        (!rest.is_empty()).then_some(rest)
+    })
 }
