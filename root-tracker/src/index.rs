@@ -8,19 +8,22 @@
 //! rescan (the filesystem may have changed while nobody watched).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{Connection, params};
 
 use crate::layout::StoreLayout;
-use crate::report::{Retainer, Root, RootKind, StaleLink, Unreadable};
+use crate::report::{Root, RootKind, StaleLink, Unreadable};
 use crate::scan::{Candidate, Findings};
 use crate::source::Interest;
 use crate::store_path::{base_name_of, dir_of};
 
-/// What examining one state-tree entry found.
+/// What examining one state-tree entry found. Its paths are shared with the maps' keys: a
+/// root's link is its entry's key, an indirect root's retainer the path it watches.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct EntryFindings {
     roots: Vec<Root>,
@@ -33,17 +36,17 @@ struct EntryFindings {
 /// A small set of paths kept as a sorted vector: entries depend on one or two paths and most
 /// paths have one dependent entry, where a B-tree would spend a 280-byte node on each set.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct PathSet(Vec<Vec<u8>>);
+struct PathSet(Vec<Arc<[u8]>>);
 
 impl PathSet {
-    fn insert(&mut self, path: Vec<u8>) {
-        if let Err(at) = self.0.binary_search(&path) {
+    fn insert(&mut self, path: Arc<[u8]>) {
+        if let Err(at) = self.0.binary_search_by(|probe| probe[..].cmp(&path[..])) {
             self.0.insert(at, path);
         }
     }
 
     fn remove(&mut self, path: &[u8]) {
-        if let Ok(at) = self.0.binary_search_by(|probe| probe.as_slice().cmp(path)) {
+        if let Ok(at) = self.0.binary_search_by(|probe| probe[..].cmp(path)) {
             self.0.remove(at);
         }
     }
@@ -52,7 +55,7 @@ impl PathSet {
         self.0.is_empty()
     }
 
-    fn iter(&self) -> std::slice::Iter<'_, Vec<u8>> {
+    fn iter(&self) -> std::slice::Iter<'_, Arc<[u8]>> {
         self.0.iter()
     }
 
@@ -62,8 +65,8 @@ impl PathSet {
 }
 
 impl<'a> IntoIterator for &'a PathSet {
-    type Item = &'a Vec<u8>;
-    type IntoIter = std::slice::Iter<'a, Vec<u8>>;
+    type Item = &'a Arc<[u8]>;
+    type IntoIter = std::slice::Iter<'a, Arc<[u8]>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
@@ -71,8 +74,8 @@ impl<'a> IntoIterator for &'a PathSet {
 }
 
 impl IntoIterator for PathSet {
-    type Item = Vec<u8>;
-    type IntoIter = std::vec::IntoIter<Vec<u8>>;
+    type Item = Arc<[u8]>;
+    type IntoIter = std::vec::IntoIter<Arc<[u8]>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
@@ -92,9 +95,9 @@ pub enum IndexError {
 }
 
 pub struct Index {
-    entries: BTreeMap<Vec<u8>, EntryFindings>,
+    entries: BTreeMap<Arc<[u8]>, EntryFindings>,
     /// Watched path (raw or canonical retainer) → entries depending on it.
-    by_watched: BTreeMap<Vec<u8>, PathSet>,
+    by_watched: BTreeMap<Arc<[u8]>, PathSet>,
     db: Connection,
     generation: u64,
     /// Set when a watched path was added or removed (sources need a new interest).
@@ -186,14 +189,14 @@ impl Index {
         // Which watched paths are new to the source, and which it may stop watching, is
         // judged against the state before this batch, so re-examining an entry whose paths
         // did not change does not count as a change.
-        let incoming: BTreeSet<Vec<u8>> = grouped
+        let incoming: BTreeSet<Arc<[u8]>> = grouped
             .values()
             .flat_map(|entry| entry.watched.iter().cloned())
             .collect();
         let new_paths: Vec<Vec<u8>> = incoming
             .iter()
-            .filter(|path| !self.by_watched.contains_key(*path))
-            .cloned()
+            .filter(|path| !self.by_watched.contains_key(&path[..]))
+            .map(|path| path.to_vec())
             .collect();
         let mut orphaned = Vec::new();
         for subtree in subtrees {
@@ -229,12 +232,13 @@ impl Index {
     /// Entries whose answer depends on `path` (or on anything below it, for a directory).
     pub fn entries_watching(&self, path: &[u8]) -> BTreeSet<Vec<u8>> {
         let mut found = BTreeSet::new();
-        for (watched, entries) in self.by_watched.range(path.to_vec()..) {
+        let from: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(path), Bound::Unbounded);
+        for (watched, entries) in self.by_watched.range::<[u8], _>(from) {
             if !watched.starts_with(path) {
                 break;
             }
             if watched.len() == path.len() || watched[path.len()] == b'/' {
-                found.extend(entries.iter().cloned());
+                found.extend(entries.iter().map(|entry| entry.to_vec()));
             }
         }
         found
@@ -246,7 +250,7 @@ impl Index {
         self.by_watched
             .iter()
             .filter(|(watched, _)| components(watched).any(|component| component == name))
-            .flat_map(|(_, entries)| entries.iter().cloned())
+            .flat_map(|(_, entries)| entries.iter().map(|entry| entry.to_vec()))
             .collect()
     }
 
@@ -269,7 +273,7 @@ impl Index {
             paths: self
                 .by_watched
                 .keys()
-                .map(|path| PathBuf::from(OsStr::from_bytes(path)))
+                .map(|path| PathBuf::from(OsStr::from_bytes(&path[..])))
                 .collect(),
         }
     }
@@ -296,9 +300,10 @@ impl Index {
             .count()
     }
 
-    fn keys_at_or_below(&self, subtree: &[u8]) -> Vec<Vec<u8>> {
+    fn keys_at_or_below(&self, subtree: &[u8]) -> Vec<Arc<[u8]>> {
+        let from: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(subtree), Bound::Unbounded);
         self.entries
-            .range(subtree.to_vec()..)
+            .range::<[u8], _>(from)
             .map(|(key, _)| key)
             .take_while(|key| key.starts_with(subtree))
             .filter(|key| key.len() == subtree.len() || key[subtree.len()] == b'/')
@@ -307,21 +312,21 @@ impl Index {
     }
 
     /// Removes an entry; returns the watched paths no other entry depends on any more.
-    fn remove_entry(&mut self, key: &[u8]) -> Vec<Vec<u8>> {
+    fn remove_entry(&mut self, key: &[u8]) -> Vec<Arc<[u8]>> {
         let Some(entry) = self.entries.remove(key) else {
             return Vec::new();
         };
         let mut orphaned = Vec::new();
         for watched in entry.watched {
             remove_from(&mut self.by_watched, &watched, key);
-            if !self.by_watched.contains_key(&watched) {
+            if !self.by_watched.contains_key(&watched[..]) {
                 orphaned.push(watched);
             }
         }
         orphaned
     }
 
-    fn insert_entry(&mut self, key: Vec<u8>, entry: EntryFindings) {
+    fn insert_entry(&mut self, key: Arc<[u8]>, entry: EntryFindings) {
         for watched in &entry.watched {
             self.by_watched
                 .entry(watched.clone())
@@ -333,7 +338,7 @@ impl Index {
 }
 
 /// State-tree entry → what examining it found.
-type EntriesFound = BTreeMap<Vec<u8>, EntryFindings>;
+type EntriesFound = BTreeMap<Arc<[u8]>, EntryFindings>;
 
 /// Findings of one examination, grouped by the state-tree entry they belong to.
 fn group_by_entry(
@@ -350,23 +355,24 @@ fn group_by_entry(
     }
     for stale in findings.stale_links {
         grouped
-            .entry(stale.link.clone())
+            .entry(stale.link.as_slice().into())
             .or_default()
             .stale
             .push(stale);
     }
     for unreadable in findings.unreadable {
-        let key = unreadable
-            .via
-            .clone()
-            .unwrap_or_else(|| unreadable.path.clone());
-        grouped.entry(key).or_default().unreadable.push(unreadable);
+        let key = unreadable.via.as_ref().unwrap_or(&unreadable.path);
+        grouped
+            .entry(key.as_slice().into())
+            .or_default()
+            .unreadable
+            .push(unreadable);
     }
     for watched in findings.watched {
         let entry = grouped.entry(watched.link).or_default();
         if let Some(real) = through_real_dir_cached(&watched.retainer, canonical_dirs) {
-            if real != watched.retainer {
-                entry.watched.insert(real);
+            if real[..] != watched.retainer[..] {
+                entry.watched.insert(real.into());
             }
         }
         entry.watched.insert(watched.retainer);
@@ -382,7 +388,7 @@ fn group_by_entry(
     grouped
 }
 
-fn remove_from(map: &mut BTreeMap<Vec<u8>, PathSet>, watched: &[u8], key: &[u8]) {
+fn remove_from(map: &mut BTreeMap<Arc<[u8]>, PathSet>, watched: &[u8], key: &[u8]) {
     if let Some(set) = map.get_mut(watched) {
         set.remove(key);
         if set.is_empty() {
@@ -453,10 +459,7 @@ fn persist_entry(
         )
         .map_err(IndexError::Write)?;
     for root in &entry.roots {
-        let retainer = match &root.retainer {
-            Retainer::Path(path) => path.clone(),
-            Retainer::Temp(pid) => format!("{{temp:{pid}}}").into_bytes(),
-        };
+        let retainer = root.retainer.printed();
         insert_root
             .execute(params![
                 key,
@@ -472,7 +475,7 @@ fn persist_entry(
         .map_err(IndexError::Write)?;
     for watched in &entry.watched {
         insert_watched
-            .execute(params![key, watched, generation])
+            .execute(params![key, &watched[..], generation])
             .map_err(IndexError::Write)?;
     }
     Ok(())

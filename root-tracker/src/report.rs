@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::ser::{SerializeMap as _, Serializer};
@@ -41,9 +42,11 @@ impl RootKind {
 }
 
 /// What holds a store path alive, as `--print-roots` prints it on the left of `->`.
+/// Paths are shared (`Arc`): the live index keeps each once for the root, its entry and the
+/// paths it watches, and an answer built from the index copies no path.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Retainer {
-    Path(Vec<u8>),
+    Path(Arc<[u8]>),
     /// A live temp-roots owner: printed as `{temp:PID}`.
     Temp(i64),
 }
@@ -64,7 +67,7 @@ pub struct Root {
     pub kind: RootKind,
     /// The entry the scanner found it through: the `gcroots/auto` link of an indirect root,
     /// the `/proc` file of a runtime root, the `temproots` file of a temp root, else the retainer.
-    pub link: Vec<u8>,
+    pub link: Arc<[u8]>,
 }
 
 /// A link under `gcroots/auto` whose target does not exist. Nix deletes these; we report them.
@@ -578,26 +581,26 @@ mod tests {
             retainer,
             target: target.clone(),
             kind,
-            link: link.to_vec(),
+            link: link.into(),
         };
         let mut report = ScanReport {
             layout,
             roots: vec![
                 root(
-                    Retainer::Path(b"/home/x/result".to_vec()),
+                    Retainer::Path(b"/home/x/result"[..].into()),
                     &b,
                     RootKind::Indirect,
                     b"/v/gcroots/auto/1",
                 ),
                 root(
-                    Retainer::Path(b"/v/gcroots/a".to_vec()),
+                    Retainer::Path(b"/v/gcroots/a"[..].into()),
                     &a,
                     RootKind::Static,
                     b"/v/gcroots/a",
                 ),
                 root(Retainer::Temp(42), &b, RootKind::Temp, b"/v/temproots/42"),
                 root(
-                    Retainer::Path(b"/proc/7/exe".to_vec()),
+                    Retainer::Path(b"/proc/7/exe"[..].into()),
                     &a,
                     RootKind::Runtime,
                     b"/proc/7/exe",
@@ -605,7 +608,7 @@ mod tests {
             ],
             unregistered: Vec::new(),
             stale_links: vec![StaleLink {
-                link: b"/v/gcroots/auto/2".to_vec(),
+                link: b"/v/gcroots/auto/2"[..].into(),
                 target: b"/home/y/gone".to_vec(),
             }],
             stale_temp_roots: vec![b"/v/temproots/9".to_vec()],

@@ -16,6 +16,7 @@ use std::io;
 use std::os::fd::{AsFd as _, BorrowedFd};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag, readlinkat};
@@ -107,8 +108,8 @@ pub(crate) struct Candidate {
 /// a change at `retainer` (or above it) can make or unmake an indirect root.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Watched {
-    pub(crate) link: Vec<u8>,
-    pub(crate) retainer: Vec<u8>,
+    pub(crate) link: Arc<[u8]>,
+    pub(crate) retainer: Arc<[u8]>,
 }
 
 /// Accumulates what the traversal sees; turned into a [`ScanReport`] at the end. The live
@@ -148,7 +149,13 @@ impl<'a> Findings<'a> {
 
     /// Records a root if `target_text` lies in the store (Nix's `foundRoot` lambda; a text
     /// that does not parse as a store path is ignored, as Nix ignores `BadStorePath`).
-    fn found_root(&mut self, kind: RootKind, retainer: Retainer, link: &[u8], target_text: &[u8]) {
+    fn found_root(
+        &mut self,
+        kind: RootKind,
+        retainer: Retainer,
+        link: Arc<[u8]>,
+        target_text: &[u8],
+    ) {
         if let Some(target) = self.layout.to_store_path(target_text) {
             self.push_root(kind, retainer, link, target, true);
         }
@@ -158,7 +165,7 @@ impl<'a> Findings<'a> {
         &mut self,
         kind: RootKind,
         retainer: Retainer,
-        link: &[u8],
+        link: Arc<[u8]>,
         target: StorePath,
         check_validity: bool,
     ) {
@@ -167,7 +174,7 @@ impl<'a> Findings<'a> {
                 retainer,
                 target,
                 kind,
-                link: link.to_vec(),
+                link,
             },
             check_validity,
         });
@@ -360,10 +367,10 @@ impl<'a> Findings<'a> {
         let name = base_name_of(path.as_os_str().as_bytes());
         let printed = [self.layout.store_dir().as_os_str().as_bytes(), b"/", name].concat();
         if let Some(target) = self.layout.parse_store_path(&printed) {
-            let link = path.as_os_str().as_bytes();
+            let link: Arc<[u8]> = path.as_os_str().as_bytes().into();
             self.push_root(
                 RootKind::Static,
-                Retainer::Path(link.to_vec()),
+                Retainer::Path(link.clone()),
                 link,
                 target,
                 true,
@@ -374,20 +381,20 @@ impl<'a> Findings<'a> {
     /// The symlink branch of `findRoots`: a direct root, or an indirect root with exactly one
     /// more `readlink` (Nix's `addIndirectRoot` layout), or a stale `gcroots/auto` link.
     fn symlink_root(&mut self, link_path: &Path, target: &[u8]) {
-        let link = link_path.as_os_str().as_bytes();
+        let link: Arc<[u8]> = link_path.as_os_str().as_bytes().into();
         // Decided on the raw link text: a relative text is never "in the store".
         if self.layout.is_in_store(target) {
             self.found_root(
                 RootKind::Static,
-                Retainer::Path(link.to_vec()),
+                Retainer::Path(link.clone()),
                 link,
                 target,
             );
             return;
         }
-        let resolved = abs_path(target, dir_of(link));
+        let resolved: Arc<[u8]> = abs_path(target, dir_of(&link)).into();
         self.watched.push(Watched {
-            link: link.to_vec(),
+            link: link.clone(),
             retainer: resolved.clone(),
         });
         let resolved_path = Path::new(OsStr::from_bytes(&resolved));
@@ -402,10 +409,10 @@ impl<'a> Findings<'a> {
             ),
             Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {}
             Err(error) if is_absent(&error) => {
-                if is_in_dir(link, &self.auto_dir) {
+                if is_in_dir(&link, &self.auto_dir) {
                     self.stale_links.push(StaleLink {
                         link: link.to_vec(),
-                        target: resolved,
+                        target: resolved.to_vec(),
                     });
                 }
             }

@@ -6,6 +6,7 @@
 //! byte for byte, so that our answers are Nix's answers. Paths are bytes throughout.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Length of the base-32 hash part of a store path's base name.
 pub const HASH_LEN: usize = 32;
@@ -14,10 +15,11 @@ pub const HASH_LEN: usize = 32;
 const MAX_NAME_LEN: usize = 211;
 
 /// The base name of a store path (`<hash>-<name>`), validated as Nix's `StorePath` constructor
-/// validates it. Comparison is bytewise, as Nix orders its `std::set<StorePath>`.
+/// validates it. Comparison is bytewise, as Nix orders its `std::set<StorePath>`. Shared, so
+/// the roots of the live index and the answers built from it hold one copy of each name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StorePath {
-    base_name: Box<[u8]>,
+    base_name: Arc<[u8]>,
 }
 
 impl StorePath {

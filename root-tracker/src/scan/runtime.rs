@@ -91,10 +91,11 @@ impl RuntimeRoots {
             );
         }
         for root in self.roots {
+            let file: std::sync::Arc<[u8]> = root.file.into();
             findings.found_root(
                 RootKind::Runtime,
-                Retainer::Path(root.file.clone()),
-                &root.file,
+                Retainer::Path(file.clone()),
+                file,
                 &root.target,
             );
         }
