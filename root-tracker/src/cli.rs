@@ -332,6 +332,8 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
 
+    // Before any thread starts: the allocator's arenas are per thread.
+    crate::tracker::configure_allocator();
     let layout = StoreLayout::new(&args.store.store_dir, &args.store.state_dir)?;
     // Looked up now, while the password database and NSS may still be read.
     let user = args
