@@ -41,7 +41,8 @@ struct PathSet(Vec<Arc<[u8]>>);
 impl PathSet {
     fn insert(&mut self, path: Arc<[u8]>) {
         if let Err(at) = self.0.binary_search_by(|probe| probe[..].cmp(&path[..])) {
-            self.0.insert(at, path);
+            push_exact(&mut self.0, path);
+            self.0[at..].rotate_right(1);
         }
     }
 
@@ -198,12 +199,6 @@ impl Index {
             .filter(|path| !self.by_watched.contains_key(&path[..]))
             .map(|path| path.to_vec())
             .collect();
-        let mut orphaned = Vec::new();
-        for subtree in subtrees {
-            for key in self.keys_at_or_below(subtree) {
-                orphaned.extend(self.remove_entry(&key));
-            }
-        }
         let generation = self.generation;
         let transaction = self.db.transaction().map_err(IndexError::Write)?;
         for subtree in subtrees {
@@ -219,6 +214,20 @@ impl Index {
             )
             .map_err(IndexError::Write)?;
         transaction.commit().map_err(IndexError::Write)?;
+        let mut grouped = grouped;
+        let mut orphaned = Vec::new();
+        for subtree in subtrees {
+            for key in self.keys_at_or_below(subtree) {
+                // An entry found as it was keeps its allocations: re-reading every entry (as
+                // after the bootstrap) builds no second copy of the index beside the first,
+                // which would leave the heap fragmented at twice its size.
+                if grouped.get(&key[..]) == self.entries.get(&key[..]) {
+                    grouped.remove(&key[..]);
+                } else {
+                    orphaned.extend(self.remove_entry(&key));
+                }
+            }
+        }
         for (key, entry) in grouped {
             self.insert_entry(key, entry);
         }
@@ -347,26 +356,17 @@ fn group_by_entry(
 ) -> EntriesFound {
     let mut grouped = EntriesFound::new();
     for Candidate { root, .. } in findings.candidates {
-        grouped
-            .entry(root.link.clone())
-            .or_default()
-            .roots
-            .push(root);
+        let entry = grouped.entry(root.link.clone()).or_default();
+        push_exact(&mut entry.roots, root);
     }
     for stale in findings.stale_links {
-        grouped
-            .entry(stale.link.as_slice().into())
-            .or_default()
-            .stale
-            .push(stale);
+        let entry = grouped.entry(stale.link.as_slice().into()).or_default();
+        push_exact(&mut entry.stale, stale);
     }
     for unreadable in findings.unreadable {
         let key = unreadable.via.as_ref().unwrap_or(&unreadable.path);
-        grouped
-            .entry(key.as_slice().into())
-            .or_default()
-            .unreadable
-            .push(unreadable);
+        let entry = grouped.entry(key.as_slice().into()).or_default();
+        push_exact(&mut entry.unreadable, unreadable);
     }
     for watched in findings.watched {
         let entry = grouped.entry(watched.link).or_default();
@@ -386,6 +386,16 @@ fn group_by_entry(
         entry.watched.shrink_to_fit();
     }
     grouped
+}
+
+/// Pushes without the spare room `Vec` leaves for growth when it is empty (room for four): a
+/// lasting entry has one root and one or two watched paths, and shrinking a vector of four
+/// afterwards leaves a hole beside each one.
+fn push_exact<T>(vec: &mut Vec<T>, item: T) {
+    if vec.capacity() == 0 {
+        vec.reserve_exact(1);
+    }
+    vec.push(item);
 }
 
 fn remove_from(map: &mut BTreeMap<Arc<[u8]>, PathSet>, watched: &[u8], key: &[u8]) {
@@ -490,6 +500,90 @@ mod tests {
             .unwrap()
             .query_row("SELECT count(*) FROM roots", [], |row| row.get(0))
             .unwrap()
+    }
+
+    #[test]
+    fn path_sets_stay_sorted_and_distinct() {
+        let mut set = PathSet::default();
+        for path in ["/b", "/a", "/c", "/a", "/b/x"] {
+            set.insert(path.as_bytes().into());
+        }
+        let listed = |set: &PathSet| set.iter().map(|path| path.to_vec()).collect::<Vec<_>>();
+        let expected: Vec<Vec<u8>> = ["/a", "/b", "/b/x", "/c"].map(|p| p.into()).into();
+        assert_eq!(listed(&set), expected);
+        set.remove(b"/b");
+        set.remove(b"/missing");
+        let expected: Vec<Vec<u8>> = ["/a", "/b/x", "/c"].map(|p| p.into()).into();
+        assert_eq!(listed(&set), expected);
+    }
+
+    /// Re-reading an entry that did not change keeps what the index holds (no second copy);
+    /// one that changed is replaced, and the watched-path map follows.
+    #[test]
+    fn reexamining_keeps_unchanged_entries_and_replaces_changed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout =
+            StoreLayout::new(&dir.path().join("store"), &dir.path().join("state")).unwrap();
+        let gcroots = layout.gcroots_dir();
+        std::fs::create_dir_all(gcroots.join("auto")).unwrap();
+        let store_path = |name: &str| {
+            layout
+                .store_dir()
+                .join(format!("0123456789abcdfghijklmnpqrsvwxyz-{name}"))
+        };
+        let result = dir.path().join("home/result");
+        std::fs::create_dir_all(result.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(store_path("a"), gcroots.join("a")).unwrap();
+        std::os::unix::fs::symlink(store_path("b"), gcroots.join("b")).unwrap();
+        std::os::unix::fs::symlink(store_path("c"), &result).unwrap();
+        std::os::unix::fs::symlink(&result, gcroots.join("auto/c")).unwrap();
+        let mut index = Index::open(&dir.path().join("index.sqlite")).unwrap();
+        let tree = gcroots.as_os_str().as_bytes().to_vec();
+        let examine = |index: &mut Index| {
+            let mut findings = Findings::new(&layout);
+            findings.find_roots(&gcroots);
+            index.replace_subtree(&tree, findings).unwrap();
+        };
+        examine(&mut index);
+        let key_of = |index: &Index, name: &str| {
+            let key = gcroots.join(name);
+            index
+                .entries
+                .get_key_value(key.as_os_str().as_bytes())
+                .map(|(key, _)| key.clone())
+                .unwrap()
+        };
+        let (a_before, c_before) = (key_of(&index, "a"), key_of(&index, "auto/c"));
+        std::fs::remove_file(gcroots.join("b")).unwrap();
+        std::os::unix::fs::symlink(store_path("b2"), gcroots.join("b")).unwrap();
+        std::fs::remove_file(&result).unwrap();
+        std::os::unix::fs::symlink(store_path("c2"), &result).unwrap();
+        examine(&mut index);
+        assert!(Arc::ptr_eq(&a_before, &key_of(&index, "a")), "a was copied");
+        assert!(!Arc::ptr_eq(&c_before, &key_of(&index, "auto/c")));
+        let targets: BTreeSet<Vec<u8>> = index
+            .entries
+            .values()
+            .flat_map(|entry| &entry.roots)
+            .map(|root| root.target.base_name().to_vec())
+            .collect();
+        let names = |names: &[&str]| -> BTreeSet<Vec<u8>> {
+            names
+                .iter()
+                .map(|name| format!("0123456789abcdfghijklmnpqrsvwxyz-{name}").into_bytes())
+                .collect()
+        };
+        assert_eq!(targets, names(&["a", "b2", "c2"]));
+        let watching = index.entries_watching(result.as_os_str().as_bytes());
+        assert_eq!(watching, BTreeSet::from([c_before.to_vec()]));
+        std::fs::remove_file(gcroots.join("auto/c")).unwrap();
+        examine(&mut index);
+        assert!(
+            index
+                .entries_watching(result.as_os_str().as_bytes())
+                .is_empty()
+        );
+        assert_eq!(index.watched_len(), 0);
     }
 
     #[test]
