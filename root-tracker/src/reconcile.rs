@@ -320,10 +320,25 @@ impl Reconciler {
             .extend(std::mem::take(&mut self.last_examined));
     }
 
+    /// Called when the mount table held still while the last re-examination read: nothing it
+    /// read needs reading again, so the list of what it read (every entry, after the
+    /// bootstrap) is not kept until the next one.
+    pub fn mounts_held_still(&mut self) {
+        self.last_examined = Vec::new();
+    }
+
     /// Re-examines the given state-tree entries.
     pub fn recheck(&mut self, entries: &BTreeSet<Vec<u8>>) -> Result<(), ReconcileError> {
         self.stats.rechecks += entries.len() as u64;
         self.reexamine(entries.iter().map(Vec::as_slice))
+    }
+
+    /// Re-examines the whole state trees, settling nothing: reading every entry again (as
+    /// after the bootstrap, when every watched path is new to the source).
+    pub fn recheck_trees(&mut self) -> Result<(), ReconcileError> {
+        let trees = [self.layout.gcroots_dir(), self.layout.profiles_dir()];
+        self.stats.rechecks += trees.len() as u64;
+        self.reexamine(trees.iter().map(|tree| tree.as_os_str().as_bytes()))
     }
 
     /// Watched paths added since the last call (see [`Index::take_new_watched`]).
@@ -346,15 +361,17 @@ impl Reconciler {
             .filter(|path| !ancestors(path).any(|ancestor| listed.contains(ancestor)))
             .map(|path| path.to_vec())
             .collect();
-        self.last_examined.clone_from(&outermost);
         if outermost.is_empty() {
+            self.last_examined = outermost;
             return Ok(());
         }
         let mut findings = Findings::new(&self.layout);
         for path in &outermost {
             findings.find_roots(Path::new(OsStr::from_bytes(path)));
         }
-        self.index.replace_subtrees(&outermost, findings)?;
+        let replaced = self.index.replace_subtrees(&outermost, findings);
+        self.last_examined = outermost;
+        replaced?;
         if self.index.take_watched_changed() {
             self.interest_changed = true;
         }

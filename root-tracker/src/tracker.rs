@@ -229,6 +229,8 @@ impl Tracker {
     fn check_mounts_after_reading(&mut self) {
         if self.source.mounts_changed_since_table() {
             self.reconciler.read_while_mounts_moved();
+        } else {
+            self.reconciler.mounts_held_still();
         }
     }
 
@@ -250,14 +252,22 @@ impl Tracker {
                 ));
                 return Ok(());
             }
-            let mut entries = BTreeSet::new();
-            for path in self.reconciler.take_new_watched() {
-                entries.extend(self.reconciler.index().entries_watching(&path));
+            let new_paths = self.reconciler.take_new_watched();
+            if new_paths.len() * 2 > self.reconciler.index().watched_len() {
+                // Most paths are new (after the bootstrap, all are): one walk of the trees
+                // reads every entry for less than listing and reading each one.
+                drop(new_paths);
+                self.reconciler.recheck_trees()?;
+            } else {
+                let mut entries = BTreeSet::new();
+                for path in new_paths {
+                    entries.extend(self.reconciler.index().entries_watching(&path));
+                }
+                if entries.is_empty() {
+                    return Ok(());
+                }
+                self.reconciler.recheck(&entries)?;
             }
-            if entries.is_empty() {
-                return Ok(());
-            }
-            self.reconciler.recheck(&entries)?;
             self.check_mounts_after_reading();
         }
         self.reconciler
