@@ -22,15 +22,60 @@ use crate::scan::{Candidate, Findings};
 use crate::source::Interest;
 use crate::store_path::{base_name_of, dir_of};
 
-/// What examining one state-tree entry found. Its paths are shared with the maps' keys: a
-/// root's link is its entry's key, an indirect root's retainer the path it watches.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What examining one state-tree entry found, as the index keeps it: slices sized to their
+/// contents and the rare problems out of line, five words in its B-tree node. Its paths are
+/// shared with the maps' keys: a root's link is its entry's key, an indirect root's retainer
+/// the path it watches.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct EntryFindings {
-    roots: Vec<Root>,
+    roots: Box<[Root]>,
+    /// The indirect-root targets this entry's answer depends on (as written and canonical),
+    /// sorted and distinct.
+    watched: Box<[Arc<[u8]>]>,
+    problems: Option<Box<Problems>>,
+}
+
+/// Stale links and unreadable paths: an entry that has them is rare.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Problems {
     stale: Vec<StaleLink>,
     unreadable: Vec<Unreadable>,
-    /// The indirect-root targets this entry's answer depends on (as written and canonical).
+}
+
+impl EntryFindings {
+    fn stale(&self) -> &[StaleLink] {
+        self.problems.as_ref().map_or(&[], |problems| &problems.stale)
+    }
+
+    fn unreadable(&self) -> &[Unreadable] {
+        self.problems
+            .as_ref()
+            .map_or(&[], |problems| &problems.unreadable)
+    }
+}
+
+/// An entry's findings while a batch is grouped.
+#[derive(Default)]
+struct EntryBuilder {
+    roots: Vec<Root>,
+    problems: Problems,
     watched: PathSet,
+}
+
+impl EntryBuilder {
+    fn build(self) -> EntryFindings {
+        let Self {
+            roots,
+            problems,
+            watched,
+        } = self;
+        let has_problems = !(problems.stale.is_empty() && problems.unreadable.is_empty());
+        EntryFindings {
+            roots: roots.into_boxed_slice(),
+            watched: watched.0.into_boxed_slice(),
+            problems: has_problems.then(|| Box::new(problems)),
+        }
+    }
 }
 
 /// A small set of paths kept as a sorted vector: entries depend on one or two paths and most
@@ -59,28 +104,6 @@ impl PathSet {
     fn iter(&self) -> std::slice::Iter<'_, Arc<[u8]>> {
         self.0.iter()
     }
-
-    fn shrink_to_fit(&mut self) {
-        self.0.shrink_to_fit();
-    }
-}
-
-impl<'a> IntoIterator for &'a PathSet {
-    type Item = &'a Arc<[u8]>;
-    type IntoIter = std::slice::Iter<'a, Arc<[u8]>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
-    }
-}
-
-impl IntoIterator for PathSet {
-    type Item = Arc<[u8]>;
-    type IntoIter = std::vec::IntoIter<Arc<[u8]>>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +127,7 @@ pub struct Index {
     /// Set when a watched path was added or removed (sources need a new interest).
     watched_changed: bool,
     /// Watched paths added since the last `take_new_watched`.
-    new_watched: Vec<Vec<u8>>,
+    new_watched: Vec<Arc<[u8]>>,
 }
 
 impl Index {
@@ -190,14 +213,16 @@ impl Index {
         // Which watched paths are new to the source, and which it may stop watching, is
         // judged against the state before this batch, so re-examining an entry whose paths
         // did not change does not count as a change.
-        let incoming: BTreeSet<Arc<[u8]>> = grouped
+        let mut incoming: Vec<Arc<[u8]>> = grouped
             .values()
             .flat_map(|entry| entry.watched.iter().cloned())
             .collect();
-        let new_paths: Vec<Vec<u8>> = incoming
+        incoming.sort_unstable();
+        incoming.dedup();
+        let new_paths: Vec<Arc<[u8]>> = incoming
             .iter()
             .filter(|path| !self.by_watched.contains_key(&path[..]))
-            .map(|path| path.to_vec())
+            .cloned()
             .collect();
         let generation = self.generation;
         let transaction = self.db.transaction().map_err(IndexError::Write)?;
@@ -228,10 +253,9 @@ impl Index {
                 }
             }
         }
-        for (key, entry) in grouped {
-            self.insert_entry(key, entry);
-        }
-        if !new_paths.is_empty() || orphaned.iter().any(|path| !incoming.contains(path)) {
+        self.insert_entries(grouped);
+        let is_incoming = |path: &Arc<[u8]>| incoming.binary_search(path).is_ok();
+        if !new_paths.is_empty() || orphaned.iter().any(|path| !is_incoming(path)) {
             self.watched_changed = true;
         }
         self.new_watched.extend(new_paths);
@@ -265,7 +289,7 @@ impl Index {
 
     /// Watched paths added since the last call: the source must start watching them, then
     /// the entries depending on them are read again (attach first, then scan).
-    pub fn take_new_watched(&mut self) -> Vec<Vec<u8>> {
+    pub fn take_new_watched(&mut self) -> Vec<Arc<[u8]>> {
         std::mem::take(&mut self.new_watched)
     }
 
@@ -296,8 +320,8 @@ impl Index {
                     root,
                     check_validity: true,
                 }));
-            findings.stale_links.extend(entry.stale.iter().cloned());
-            findings.unreadable.extend(entry.unreadable.iter().cloned());
+            findings.stale_links.extend(entry.stale().iter().cloned());
+            findings.unreadable.extend(entry.unreadable().iter().cloned());
         }
     }
 
@@ -335,14 +359,47 @@ impl Index {
         orphaned
     }
 
-    fn insert_entry(&mut self, key: Arc<[u8]>, entry: EntryFindings) {
-        for watched in &entry.watched {
-            self.by_watched
-                .entry(watched.clone())
-                .or_default()
-                .insert(key.clone());
+    /// Adds entries not in the index. A large batch (the bootstrap's) is merged in bulk: std's
+    /// B-tree fills its nodes when built from sorted items, but only half when they are
+    /// inserted one by one in order, which doubles the nodes of a million entries.
+    fn insert_entries(&mut self, mut entries: EntriesFound) {
+        let mut pairs: Vec<(Arc<[u8]>, Arc<[u8]>)> = entries
+            .iter()
+            .flat_map(|(key, entry)| {
+                entry
+                    .watched
+                    .iter()
+                    .map(|watched| (watched.clone(), key.clone()))
+            })
+            .collect();
+        if pairs.len() > self.by_watched.len() / 4 {
+            pairs.sort_unstable();
+            let mut added: Vec<(Arc<[u8]>, PathSet)> = Vec::new();
+            for (watched, key) in pairs {
+                if let Some(set) = self.by_watched.get_mut(&watched[..]) {
+                    set.insert(key);
+                    continue;
+                }
+                match added.last_mut() {
+                    Some((last, set)) if *last == watched => set.insert(key),
+                    _ => {
+                        let mut set = PathSet::default();
+                        set.insert(key);
+                        added.push((watched, set));
+                    }
+                }
+            }
+            self.by_watched.append(&mut added.into_iter().collect());
+        } else {
+            for (watched, key) in pairs {
+                self.by_watched.entry(watched).or_default().insert(key);
+            }
         }
-        self.entries.insert(key, entry);
+        if entries.len() > self.entries.len() / 4 {
+            self.entries.append(&mut entries);
+        } else {
+            self.entries.extend(entries);
+        }
     }
 }
 
@@ -354,19 +411,19 @@ fn group_by_entry(
     findings: Findings<'_>,
     canonical_dirs: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
 ) -> EntriesFound {
-    let mut grouped = EntriesFound::new();
+    let mut grouped: BTreeMap<Arc<[u8]>, EntryBuilder> = BTreeMap::new();
     for Candidate { root, .. } in findings.candidates {
         let entry = grouped.entry(root.link.clone()).or_default();
         push_exact(&mut entry.roots, root);
     }
     for stale in findings.stale_links {
         let entry = grouped.entry(stale.link.as_slice().into()).or_default();
-        push_exact(&mut entry.stale, stale);
+        push_exact(&mut entry.problems.stale, stale);
     }
     for unreadable in findings.unreadable {
         let key = unreadable.via.as_ref().unwrap_or(&unreadable.path);
         let entry = grouped.entry(key.as_slice().into()).or_default();
-        push_exact(&mut entry.unreadable, unreadable);
+        push_exact(&mut entry.problems.unreadable, unreadable);
     }
     for watched in findings.watched {
         let entry = grouped.entry(watched.link).or_default();
@@ -377,15 +434,11 @@ fn group_by_entry(
         }
         entry.watched.insert(watched.retainer);
     }
-    // Entries live as long as the index: no spare capacity (a root vector grown by one push
-    // keeps room for four).
-    for entry in grouped.values_mut() {
-        entry.roots.shrink_to_fit();
-        entry.stale.shrink_to_fit();
-        entry.unreadable.shrink_to_fit();
-        entry.watched.shrink_to_fit();
-    }
+    // Collected from sorted items, so the map's nodes are full.
     grouped
+        .into_iter()
+        .map(|(key, entry)| (key, entry.build()))
+        .collect()
 }
 
 /// Pushes without the spare room `Vec` leaves for growth when it is empty (room for four): a

@@ -342,7 +342,7 @@ impl Reconciler {
     }
 
     /// Watched paths added since the last call (see [`Index::take_new_watched`]).
-    pub fn take_new_watched(&mut self) -> Vec<Vec<u8>> {
+    pub fn take_new_watched(&mut self) -> Vec<std::sync::Arc<[u8]>> {
         self.index.take_new_watched()
     }
 
