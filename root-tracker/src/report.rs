@@ -280,13 +280,14 @@ struct RootJson<'a>(&'a Root, &'a StoreLayout, Disclosure);
 impl Serialize for RootJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let RootJson(root, layout, disclosure) = *self;
+        // Keys in byte order, as every object of a report (see `MergedReport`'s `Serialize`).
         let mut map = serializer.serialize_map(Some(4))?;
         map.serialize_entry("kind", &root.kind)?;
+        map.serialize_entry("link", &disclosed_path(&root.link, disclosure))?;
         map.serialize_entry(
             "retainer",
             &disclosed_path(&root.retainer.printed(), disclosure),
         )?;
-        map.serialize_entry("link", &disclosed_path(&root.link, disclosure))?;
         map.serialize_entry("target", &JsonBytes(&layout.print_store_path(&root.target)))?;
         map.end()
     }
@@ -327,22 +328,13 @@ impl Serialize for MergedReport<'_> {
                 (kind.as_str(), count)
             })
             .collect();
+        // Keys in byte order, in every object: the order of a `serde_json::Value`, so the
+        // tracker's answer, `query --json` and `scan --json` (streamed from this, never built
+        // as a value tree) print the same bytes.
         let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry(
-            "store_dir",
-            &JsonBytes(layout.store_dir().as_os_str().as_encoded_bytes()),
-        )?;
-        map.serialize_entry(
-            "state_dir",
-            &JsonBytes(layout.state_dir().as_os_str().as_encoded_bytes()),
-        )?;
         map.serialize_entry("complete", &self.is_complete())?;
         map.serialize_entry("counts", &counts)?;
         map.serialize_entry("roots", &roots_json(&self.roots, layout, disclosure))?;
-        map.serialize_entry(
-            "unregistered",
-            &roots_json(&self.unregistered, layout, disclosure),
-        )?;
         map.serialize_entry(
             "stale_links",
             &seq(self.stale_links.iter().map(|stale| {
@@ -360,11 +352,23 @@ impl Serialize for MergedReport<'_> {
                 .map(|file| disclosed_path(file, disclosure))),
         )?;
         map.serialize_entry(
+            "state_dir",
+            &JsonBytes(layout.state_dir().as_os_str().as_encoded_bytes()),
+        )?;
+        map.serialize_entry(
+            "store_dir",
+            &JsonBytes(layout.store_dir().as_os_str().as_encoded_bytes()),
+        )?;
+        map.serialize_entry(
             "unreadable",
             &seq(self
                 .unreadable
                 .iter()
                 .map(|entry| UnreadableJson(entry, disclosure))),
+        )?;
+        map.serialize_entry(
+            "unregistered",
+            &roots_json(&self.unregistered, layout, disclosure),
         )?;
         map.end()
     }
@@ -382,6 +386,12 @@ impl Serialize for UnreadableJson<'_> {
             _ => disclosed_path(&entry.path, disclosure),
         };
         let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("errno", &entry.errno)?;
+        map.serialize_entry(
+            "error",
+            &std::io::Error::from_raw_os_error(entry.errno).to_string(),
+        )?;
+        map.serialize_entry("operation", entry.operation)?;
         map.serialize_entry("path", &path)?;
         map.serialize_entry(
             "via",
@@ -389,12 +399,6 @@ impl Serialize for UnreadableJson<'_> {
                 .via
                 .as_deref()
                 .map(|via| disclosed_path(via, disclosure)),
-        )?;
-        map.serialize_entry("operation", entry.operation)?;
-        map.serialize_entry("errno", &entry.errno)?;
-        map.serialize_entry(
-            "error",
-            &std::io::Error::from_raw_os_error(entry.errno).to_string(),
         )?;
         map.end()
     }
@@ -629,6 +633,20 @@ mod tests {
         };
         report.normalize();
         report
+    }
+
+    /// The streamed JSON is byte for byte what a value tree of it prints (keys in byte order),
+    /// so `scan --json`, streamed, prints what it printed when it built the tree, and the
+    /// tracker's answer prints the same.
+    #[test]
+    fn streamed_json_has_the_bytes_of_a_value_tree() {
+        let report = sample();
+        assert!(!report.unreadable.is_empty() && !report.stale_links.is_empty());
+        let streamed = MergedReport::new(&[&report]);
+        assert_eq!(
+            serde_json::to_string_pretty(&streamed).unwrap(),
+            serde_json::to_string_pretty(&report.to_json()).unwrap()
+        );
     }
 
     /// Nix's `findRoots(censor = true)`: targets, kinds and counts stay; no path does.
