@@ -333,6 +333,17 @@ impl Index {
             .count()
     }
 
+    /// Up to `limit` entry keys in order, from the first after `after` (from the first, with
+    /// `None`).
+    pub fn keys_after(&self, after: Option<&[u8]>, limit: usize) -> Vec<Vec<u8>> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.entries
+            .range::<[u8], _>((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(key, _)| key.to_vec())
+            .collect()
+    }
+
     fn keys_at_or_below(&self, subtree: &[u8]) -> Vec<Arc<[u8]>> {
         let from: (Bound<&[u8]>, Bound<&[u8]>) = (Bound::Included(subtree), Bound::Unbounded);
         self.entries
@@ -607,6 +618,13 @@ mod tests {
                 .unwrap()
         };
         let (a_before, c_before) = (key_of(&index, "a"), key_of(&index, "auto/c"));
+        // Batches of keys in order, each starting after the last one of the batch before.
+        let first = index.keys_after(None, 2);
+        let rest = index.keys_after(first.last().map(Vec::as_slice), 2);
+        let key = |name: &str| gcroots.join(name).into_os_string().into_encoded_bytes();
+        assert_eq!(first, [key("a"), key("auto/c")]);
+        assert_eq!(rest, [key("b")]);
+        assert!(index.keys_after(rest.last().map(Vec::as_slice), 2).is_empty());
         std::fs::remove_file(gcroots.join("b")).unwrap();
         std::os::unix::fs::symlink(store_path("b2"), gcroots.join("b")).unwrap();
         std::fs::remove_file(&result).unwrap();

@@ -54,6 +54,9 @@ pub enum ReconcileError {
     Scan(#[from] ScanError),
 }
 
+/// Entries re-examined in one index transaction by [`Reconciler::recheck_all`].
+const RECHECK_BATCH: usize = 16 * 1024;
+
 pub struct Reconciler {
     layout: StoreLayout,
     index: Index,
@@ -333,12 +336,27 @@ impl Reconciler {
         self.reexamine(entries.iter().map(Vec::as_slice))
     }
 
-    /// Re-examines the whole state trees, settling nothing: reading every entry again (as
-    /// after the bootstrap, when every watched path is new to the source).
-    pub fn recheck_trees(&mut self) -> Result<(), ReconcileError> {
-        let trees = [self.layout.gcroots_dir(), self.layout.profiles_dir()];
-        self.stats.rechecks += trees.len() as u64;
-        self.reexamine(trees.iter().map(|tree| tree.as_os_str().as_bytes()))
+    /// Re-examines every entry the index holds, settling nothing (after the bootstrap every
+    /// watched path is new to the source, so every entry is read again), [`RECHECK_BATCH`]
+    /// entries at a time: the findings of a million entries at once would double the
+    /// tracker's peak.
+    pub fn recheck_all(&mut self) -> Result<(), ReconcileError> {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let batch = self.index.keys_after(after.as_deref(), RECHECK_BATCH);
+            let Some(last) = batch.last() else {
+                break;
+            };
+            after = Some(last.clone());
+            self.stats.rechecks += batch.len() as u64;
+            self.reexamine(batch.iter().map(Vec::as_slice))?;
+        }
+        // What all the batches read lies in the trees; should the mount table have moved
+        // meanwhile, they are what is read again (`read_while_mounts_moved`).
+        self.last_examined = [self.layout.gcroots_dir(), self.layout.profiles_dir()]
+            .map(|tree| tree.into_os_string().into_encoded_bytes())
+            .into();
+        Ok(())
     }
 
     /// Watched paths added since the last call (see [`Index::take_new_watched`]).

@@ -254,10 +254,10 @@ impl Tracker {
             }
             let new_paths = self.reconciler.take_new_watched();
             if new_paths.len() * 2 > self.reconciler.index().watched_len() {
-                // Most paths are new (after the bootstrap, all are): one walk of the trees
-                // reads every entry for less than listing and reading each one.
+                // Most paths are new (after the bootstrap, all are): every entry is read
+                // again, in batches, without listing the entries that depend on each path.
                 drop(new_paths);
-                self.reconciler.recheck_trees()?;
+                self.reconciler.recheck_all()?;
             } else {
                 let mut entries = BTreeSet::new();
                 for path in new_paths {
