@@ -8,8 +8,8 @@
 //! rescan (the filesystem may have changed while nobody watched).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ops::Bound;
 use std::ffi::OsStr;
+use std::ops::Bound;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,7 +44,9 @@ struct Problems {
 
 impl EntryFindings {
     fn stale(&self) -> &[StaleLink] {
-        self.problems.as_ref().map_or(&[], |problems| &problems.stale)
+        self.problems
+            .as_ref()
+            .map_or(&[], |problems| &problems.stale)
     }
 
     fn unreadable(&self) -> &[Unreadable] {
@@ -321,7 +323,9 @@ impl Index {
                     check_validity: true,
                 }));
             findings.stale_links.extend(entry.stale().iter().cloned());
-            findings.unreadable.extend(entry.unreadable().iter().cloned());
+            findings
+                .unreadable
+                .extend(entry.unreadable().iter().cloned());
         }
     }
 
@@ -374,7 +378,8 @@ impl Index {
     /// B-tree fills its nodes when built from sorted items, but only half when they are
     /// inserted one by one in order, which doubles the nodes of a million entries.
     fn insert_entries(&mut self, mut entries: EntriesFound) {
-        let mut pairs: Vec<(Arc<[u8]>, Arc<[u8]>)> = entries
+        // (watched path, entry watching it)
+        let mut pairs: Vec<(SharedPath, SharedPath)> = entries
             .iter()
             .flat_map(|(key, entry)| {
                 entry
@@ -413,6 +418,9 @@ impl Index {
         }
     }
 }
+
+/// A path held by the index, shared by every structure that names it.
+type SharedPath = Arc<[u8]>;
 
 /// State-tree entry → what examining it found.
 type EntriesFound = BTreeMap<Arc<[u8]>, EntryFindings>;
@@ -624,7 +632,11 @@ mod tests {
         let key = |name: &str| gcroots.join(name).into_os_string().into_encoded_bytes();
         assert_eq!(first, [key("a"), key("auto/c")]);
         assert_eq!(rest, [key("b")]);
-        assert!(index.keys_after(rest.last().map(Vec::as_slice), 2).is_empty());
+        assert!(
+            index
+                .keys_after(rest.last().map(Vec::as_slice), 2)
+                .is_empty()
+        );
         std::fs::remove_file(gcroots.join("b")).unwrap();
         std::os::unix::fs::symlink(store_path("b2"), gcroots.join("b")).unwrap();
         std::fs::remove_file(&result).unwrap();

@@ -384,12 +384,7 @@ impl<'a> Findings<'a> {
         let link: Arc<[u8]> = link_path.as_os_str().as_bytes().into();
         // Decided on the raw link text: a relative text is never "in the store".
         if self.layout.is_in_store(target) {
-            self.found_root(
-                RootKind::Static,
-                Retainer::Path(link.clone()),
-                link,
-                target,
-            );
+            self.found_root(RootKind::Static, Retainer::Path(link.clone()), link, target);
             return;
         }
         let resolved: Arc<[u8]> = abs_path(target, dir_of(&link)).into();

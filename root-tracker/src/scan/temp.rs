@@ -60,9 +60,13 @@ fn temp_roots_file(findings: &mut Findings<'_>, path: &Path, name: &[u8]) {
     entries.pop();
     for entry in entries {
         match findings.layout.parse_store_path(entry) {
-            Some(target) => {
-                findings.push_root(RootKind::Temp, Retainer::Temp(pid), link.into(), target, false)
-            }
+            Some(target) => findings.push_root(
+                RootKind::Temp,
+                Retainer::Temp(pid),
+                link.into(),
+                target,
+                false,
+            ),
             // Nix's `parseStorePath` throws here and the whole GC stops.
             None => findings.unreadable_entry(link, None, "parse", libc::EINVAL),
         }
