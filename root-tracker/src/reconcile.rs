@@ -98,7 +98,7 @@ impl Answer<'_> {
 impl Reconciler {
     /// Starts unsettled: nothing is known until the first rescan.
     pub fn new(layout: StoreLayout, index: Index) -> Self {
-        let validity = ValidityCache::new(&layout.db_path());
+        let validity = ValidityCache::new(&layout.db_path(), layout.store_dir());
         Self {
             layout,
             index,
@@ -406,7 +406,7 @@ impl Reconciler {
         // mappings, and remembering every store-path-like string a user can put there would
         // let them grow the tracker's heap without bound. They are few per query.
         let mut volatile =
-            findings.into_report(|paths| self.validity.contains_all_uncached(paths))?;
+            findings.into_report(|_, paths| self.validity.contains_all_uncached(paths))?;
         volatile.normalize();
         let generation = self.index.generation();
         let cached = match self.index_answer.take() {
@@ -419,7 +419,9 @@ impl Reconciler {
             _ => {
                 let mut findings = Findings::new(&self.layout);
                 self.index.add_to(&mut findings);
-                let mut report = findings.into_report(|paths| self.validity.contains_all(paths))?;
+                let mut report = findings.into_report(|targets, paths| {
+                    self.validity.contains_all(targets, paths)
+                })?;
                 report.normalize();
                 IndexAnswer {
                     generation,
@@ -446,9 +448,9 @@ impl Reconciler {
         let mut from_index = Findings::new(&self.layout);
         self.index.add_to(&mut from_index);
         let mut indexed =
-            from_index.into_report(|paths| self.validity.contains_all_uncached(paths))?;
+            from_index.into_report(|_, paths| self.validity.contains_all_uncached(paths))?;
         indexed.normalize();
-        let mut fresh = crate::scan::scan_with_validity(&self.layout, &options, |paths| {
+        let mut fresh = crate::scan::scan_with_validity(&self.layout, &options, |_, paths| {
             self.validity.contains_all_uncached(paths)
         })?;
         fresh.normalize();

@@ -63,14 +63,14 @@ pub enum ScanError {
 #[tracing::instrument(skip_all, fields(store = ?layout.store_dir()))]
 pub fn scan(layout: &StoreLayout, options: &ScanOptions) -> Result<ScanReport, ScanError> {
     let valid_paths = ValidPaths::open(&layout.db_path())?;
-    scan_with_validity(layout, options, |paths| valid_paths.contains_all(paths))
+    scan_with_validity(layout, options, |_, paths| valid_paths.contains_all(paths))
 }
 
 /// [`scan`] with validity answered by the caller (the tracker's long-lived connection).
 pub(crate) fn scan_with_validity(
     layout: &StoreLayout,
     options: &ScanOptions,
-    validity: impl FnOnce(&[Vec<u8>]) -> Result<Vec<bool>, ValidityError>,
+    validity: impl FnOnce(&[StorePath], &[Vec<u8>]) -> Result<Vec<bool>, ValidityError>,
 ) -> Result<ScanReport, ScanError> {
     let started = std::time::Instant::now();
     let mut findings = Findings::new(layout);
@@ -415,18 +415,18 @@ impl<'a> Findings<'a> {
         }
     }
 
-    /// Splits candidates into registered roots and unregistered ones, as `isValidPath` decides.
-    /// Splits the candidates into roots and unregistered ones; `validity` answers which of a
-    /// sorted list of printed store paths are registered (a snapshot, or a cache of one).
+    /// Splits the candidates into registered roots and unregistered ones, as `isValidPath`
+    /// decides; `validity` answers which of a sorted list of store paths, given also as
+    /// printed, are registered (a snapshot, or a cache of one).
     pub(crate) fn into_report(
         self,
-        validity: impl FnOnce(&[Vec<u8>]) -> Result<Vec<bool>, ValidityError>,
+        validity: impl FnOnce(&[StorePath], &[Vec<u8>]) -> Result<Vec<bool>, ValidityError>,
     ) -> Result<ScanReport, ScanError> {
-        let mut targets: Vec<&StorePath> = self
+        let mut targets: Vec<StorePath> = self
             .candidates
             .iter()
             .filter(|candidate| candidate.check_validity)
-            .map(|candidate| &candidate.root.target)
+            .map(|candidate| candidate.root.target.clone())
             .collect();
         targets.sort_unstable();
         targets.dedup();
@@ -434,8 +434,9 @@ impl<'a> Findings<'a> {
             .iter()
             .map(|target| self.layout.print_store_path(target))
             .collect();
-        let valid = validity(&printed)?;
-        let validity: HashMap<StorePath, bool> = targets.into_iter().cloned().zip(valid).collect();
+        let valid = validity(&targets, &printed)?;
+        drop(printed);
+        let validity: HashMap<StorePath, bool> = targets.into_iter().zip(valid).collect();
         let mut roots = Vec::with_capacity(self.candidates.len());
         let mut unregistered = Vec::new();
         for Candidate {

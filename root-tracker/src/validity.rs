@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
 
+use crate::store_path::StorePath;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ValidityError {
     #[error("cannot open the store database {path:?} read-only")]
@@ -118,12 +120,16 @@ impl ValidPaths {
 /// Anything else (a removal, a replaced database file) forgets every answer.
 pub struct ValidityCache {
     db_path: PathBuf,
+    /// `<store>/`, to read the store paths the database lists.
+    store_prefix: Vec<u8>,
     connection: Option<ValidPaths>,
     /// `PRAGMA data_version` when the answers were last revalidated.
     data_version: Option<i64>,
     max_id: i64,
     rows: i64,
-    known: HashMap<Vec<u8>, bool>,
+    /// Keyed by the roots' own store paths (shared, not copied): a million answers cost a
+    /// hash table, not a million printed paths.
+    known: HashMap<StorePath, bool>,
     /// (device, inode) of the database file the connection opened: a replaced file is a new
     /// database whose changes the old connection's `data_version` would never show.
     file_id: Option<(u64, u64)>,
@@ -132,9 +138,11 @@ pub struct ValidityCache {
 }
 
 impl ValidityCache {
-    pub fn new(db_path: &Path) -> Self {
+    pub fn new(db_path: &Path, store_dir: &Path) -> Self {
+        use std::os::unix::ffi::OsStrExt as _;
         Self {
             db_path: db_path.to_owned(),
+            store_prefix: [store_dir.as_os_str().as_bytes(), b"/"].concat(),
             connection: None,
             data_version: None,
             max_id: 0,
@@ -267,7 +275,14 @@ impl ValidityCache {
             && i64::try_from(added.len()).is_ok_and(|added| rows == self.rows + added);
         if only_added {
             for path in added {
-                if let Some(valid) = self.known.get_mut(&path) {
+                let store_path = path
+                    .strip_prefix(self.store_prefix.as_slice())
+                    .and_then(StorePath::from_base_name);
+                // A path that is not a store path was never asked about.
+                let Some(store_path) = store_path else {
+                    continue;
+                };
+                if let Some(valid) = self.known.get_mut(&store_path) {
                     if !*valid {
                         *valid = true;
                         self.epoch += 1;
@@ -284,22 +299,28 @@ impl ValidityCache {
         Ok(())
     }
 
-    /// Which of `printed_paths` are registered; looks up (in one snapshot) only what it does
-    /// not remember. Call [`Self::refresh`] first.
-    pub fn contains_all(&mut self, printed_paths: &[Vec<u8>]) -> Result<Vec<bool>, ValidityError> {
-        let unknown: Vec<Vec<u8>> = printed_paths
-            .iter()
-            .filter(|path| !self.known.contains_key(*path))
-            .cloned()
+    /// Which of `store_paths` (printed as `printed_paths`) are registered; looks up (in one
+    /// snapshot) only what it does not remember. Call [`Self::refresh`] first.
+    pub fn contains_all(
+        &mut self,
+        store_paths: &[StorePath],
+        printed_paths: &[Vec<u8>],
+    ) -> Result<Vec<bool>, ValidityError> {
+        let unknown: Vec<usize> = (0..store_paths.len())
+            .filter(|&at| !self.known.contains_key(&store_paths[at]))
             .collect();
         if !unknown.is_empty() {
             if self.connection.is_none() {
                 // Answers are only remembered against a data_version baseline.
                 self.refresh()?;
             }
+            let printed: Vec<Vec<u8>> = unknown
+                .iter()
+                .map(|&at| printed_paths[at].clone())
+                .collect();
             let found = match &self.connection {
-                Some(valid_paths) => valid_paths.contains_all(&unknown),
-                None => ValidPaths::open(&self.db_path)?.contains_all(&unknown),
+                Some(valid_paths) => valid_paths.contains_all(&printed),
+                None => ValidPaths::open(&self.db_path)?.contains_all(&printed),
             };
             let found = match found {
                 Ok(found) => found,
@@ -308,9 +329,14 @@ impl ValidityCache {
                     return Err(error);
                 }
             };
-            self.known.extend(unknown.into_iter().zip(found));
+            self.known.extend(
+                unknown
+                    .into_iter()
+                    .map(|at| store_paths[at].clone())
+                    .zip(found),
+            );
         }
-        Ok(printed_paths
+        Ok(store_paths
             .iter()
             .map(|path| self.known.get(path).copied().unwrap_or(false))
             .collect())
@@ -341,26 +367,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let db = store_db_with(&path, "INTEGER PRIMARY KEY");
-        register(&db, "/s/a");
-        register(&db, "/s/b");
-        let mut cache = ValidityCache::new(&path);
-        assert_eq!(ask(&mut cache, &["/s/b", "/s/c"]), [true, false]);
+        register(&db, "a");
+        register(&db, "b");
+        let mut cache = cache(&path);
+        assert_eq!(ask(&mut cache, &["b", "c"]), [true, false]);
         // /s/c takes /s/b's id: same count, same highest id.
-        db.execute("DELETE FROM ValidPaths WHERE path = '/s/b'", [])
-            .unwrap();
-        register(&db, "/s/c");
-        assert_eq!(ask(&mut cache, &["/s/b", "/s/c"]), [false, true]);
+        unregister(&db, "b");
+        register(&db, "c");
+        assert_eq!(ask(&mut cache, &["b", "c"]), [false, true]);
     }
 
-    fn register(db: &Connection, path: &str) {
-        db.execute("INSERT INTO ValidPaths (path) VALUES (?1)", [path])
+    /// `/s/<hash>-<name>`: the store path named `name` in store `/s`.
+    fn printed(name: &str) -> String {
+        format!("/s/0123456789abcdfghijklmnpqrsvwxyz-{name}")
+    }
+
+    fn register(db: &Connection, name: &str) {
+        db.execute("INSERT INTO ValidPaths (path) VALUES (?1)", [printed(name)])
             .unwrap();
     }
 
-    fn ask(cache: &mut ValidityCache, paths: &[&str]) -> Vec<bool> {
+    fn unregister(db: &Connection, name: &str) {
+        db.execute("DELETE FROM ValidPaths WHERE path = ?1", [printed(name)])
+            .unwrap();
+    }
+
+    fn cache(db_path: &Path) -> ValidityCache {
+        ValidityCache::new(db_path, Path::new("/s"))
+    }
+
+    fn ask(cache: &mut ValidityCache, names: &[&str]) -> Vec<bool> {
         cache.refresh().unwrap();
-        let paths: Vec<Vec<u8>> = paths.iter().map(|path| path.as_bytes().to_vec()).collect();
-        cache.contains_all(&paths).unwrap()
+        let printed: Vec<Vec<u8>> = names.iter().map(|name| printed(name).into()).collect();
+        let store_paths: Vec<StorePath> = printed
+            .iter()
+            .map(|path| StorePath::from_base_name(&path[3..]).unwrap())
+            .collect();
+        cache.contains_all(&store_paths, &printed).unwrap()
     }
 
     #[test]
@@ -368,47 +411,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let db = store_db(&path);
-        register(&db, "/s/a");
-        let mut cache = ValidityCache::new(&path);
-        assert_eq!(ask(&mut cache, &["/s/a", "/s/b"]), [true, false]);
+        register(&db, "a");
+        let mut cache = cache(&path);
+        assert_eq!(ask(&mut cache, &["a", "b"]), [true, false]);
         let epoch = cache.epoch();
-        assert_eq!(ask(&mut cache, &["/s/a", "/s/b"]), [true, false]);
+        assert_eq!(ask(&mut cache, &["a", "b"]), [true, false]);
         assert_eq!(cache.epoch(), epoch, "nothing changed, nothing forgotten");
 
         // A registration by another connection flips the remembered "invalid".
-        register(&db, "/s/b");
-        register(&db, "/s/c");
+        register(&db, "b");
+        register(&db, "c");
         assert_eq!(
-            ask(&mut cache, &["/s/a", "/s/b", "/s/c"]),
+            ask(&mut cache, &["a", "b", "c"]),
             [true, true, true]
         );
         assert_ne!(cache.epoch(), epoch);
         let epoch = cache.epoch();
 
         // A removal (what a collector does) forgets everything.
-        db.execute("DELETE FROM ValidPaths WHERE path = '/s/a'", [])
-            .unwrap();
-        assert_eq!(ask(&mut cache, &["/s/a", "/s/b"]), [false, true]);
+        unregister(&db, "a");
+        assert_eq!(ask(&mut cache, &["a", "b"]), [false, true]);
         assert_ne!(cache.epoch(), epoch);
 
         // A removal hidden by as many registrations is still seen (the row count does not
         // grow by the new rows).
-        db.execute("DELETE FROM ValidPaths WHERE path = '/s/b'", [])
-            .unwrap();
-        register(&db, "/s/d");
-        assert_eq!(ask(&mut cache, &["/s/b", "/s/d"]), [false, true]);
+        unregister(&db, "b");
+        register(&db, "d");
+        assert_eq!(ask(&mut cache, &["b", "d"]), [false, true]);
 
         // A database replaced by another file is a new database.
         drop(db);
         let replacement = dir.path().join("new.sqlite");
         let other = store_db(&replacement);
-        register(&other, "/s/b");
+        register(&other, "b");
         drop(other);
         // (The old database's WAL files go too, or SQLite would read them with the new file.)
         for stale in ["db.sqlite-wal", "db.sqlite-shm"] {
             let _ = std::fs::remove_file(dir.path().join(stale));
         }
         std::fs::rename(&replacement, &path).unwrap();
-        assert_eq!(ask(&mut cache, &["/s/b", "/s/d"]), [true, false]);
+        assert_eq!(ask(&mut cache, &["b", "d"]), [true, false]);
     }
 }
