@@ -419,9 +419,8 @@ impl Reconciler {
             _ => {
                 let mut findings = Findings::new(&self.layout);
                 self.index.add_to(&mut findings);
-                let mut report = findings.into_report(|targets, paths| {
-                    self.validity.contains_all(targets, paths)
-                })?;
+                let mut report = findings
+                    .into_report(|targets, paths| self.validity.contains_all(targets, paths))?;
                 report.normalize();
                 IndexAnswer {
                     generation,

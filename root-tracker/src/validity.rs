@@ -421,10 +421,7 @@ mod tests {
         // A registration by another connection flips the remembered "invalid".
         register(&db, "b");
         register(&db, "c");
-        assert_eq!(
-            ask(&mut cache, &["a", "b", "c"]),
-            [true, true, true]
-        );
+        assert_eq!(ask(&mut cache, &["a", "b", "c"]), [true, true, true]);
         assert_ne!(cache.epoch(), epoch);
         let epoch = cache.epoch();
 
