@@ -808,10 +808,11 @@ mod kernel {
     /// resolve the names. They do so later, though, so a `chdir` or fd reuse right after the
     /// submission can make the kernel use another directory than the one recorded: user space
     /// names the request only after its completion, when such a change shows as a directory
-    /// that is not the recorded one, and then names it by basename. Not covered: a thread
-    /// that unshares its fd table or working directory (`unshare(CLONE_FILES|CLONE_FS)`)
-    /// after its io-wq workers started may leave them with the old ones, which neither the
-    /// identity recorded here nor `/proc` shows (fentry mode reads the worker's own).
+    /// that is not the recorded one, and then names it by basename. A thread that unshares
+    /// its fd table or working directory (`unshare(CLONE_FILES|CLONE_FS)`) after its io-wq
+    /// workers started may leave them with the old ones, which neither the identity recorded
+    /// here nor `/proc` shows: user space re-checks every relative name of a request by its
+    /// basename as well (fentry mode reads the worker's own).
     #[tracepoint]
     pub fn io_uring_submit_req(ctx: TracePointContext) -> u32 {
         let offset = CONFIG

@@ -1087,7 +1087,9 @@ impl EbpfSource {
                 if let Some(enter) = self.io_uring_requests.remove(&request) {
                     // A failed operation changed nothing: no need to name anything.
                     let hints = if res >= 0 {
-                        self.hints_for(&enter)
+                        let mut hints = self.hints_for(&enter);
+                        hints.extend(relative_basenames(&enter));
+                        hints
                     } else {
                         Vec::new()
                     };
@@ -1384,6 +1386,32 @@ fn may_be_in_syscall(state: ThreadSyscall, syscall_nr: i32) -> bool {
 
 /// The hints an operation yields once it succeeded. With a `verifier`, a relative path is
 /// named through its directory only if that is the one the kernel used.
+/// Basename hints for the relative names of an io_uring request. Its io-wq workers share the
+/// submitter's working directory and fd table as they were when the workers started: a
+/// submitter that later unshared them (`unshare(CLONE_FS | CLONE_FILES)`) and moved on leaves
+/// the workers resolving against directories that neither the recorded identity nor `/proc`
+/// shows, so the path named through `/proc` may be another entry than the one changed. A
+/// relative name is therefore also re-checked by its basename (rare: io_uring path operations
+/// on watched names, relative ones at that).
+fn relative_basenames(enter: &Enter) -> Vec<Hint> {
+    let first = usize::from(matches!(enter.op, op::LINK | op::LINKAT));
+    enter
+        .paths
+        .iter()
+        .enumerate()
+        .skip(first)
+        .filter_map(|(index, path)| {
+            let path = path.as_ref()?;
+            let unnamed = flags::path_unreadable(index) | flags::path_truncated(index);
+            if enter.flags & unnamed != 0 || path.bytes.starts_with(b"/") {
+                return None;
+            }
+            let name = last_component(&path.bytes)?;
+            Some(Hint::Basename(OsString::from_vec(name.to_vec())))
+        })
+        .collect()
+}
+
 fn hints_for(enter: &Enter, verifier: Option<&BaseDirVerifier<'_>>) -> Vec<Hint> {
     match enter.op {
         op::MOUNT | op::UMOUNT | op::MOVE_MOUNT => return vec![Hint::MountsChanged],
@@ -2335,6 +2363,27 @@ mod tests {
         ));
         let mount = decoded(&enter(op::UMOUNT, &[]));
         assert_eq!(hints_for(&mount, None), vec![Hint::MountsChanged]);
+    }
+
+    #[test]
+    fn io_uring_relative_names_are_also_rechecked_by_basename() {
+        let mut rename = cwd_unlink(b"d/result", None);
+        rename.op = op::RENAMEAT;
+        rename.paths[1] = Some(RawPath {
+            dirfd: AT_FDCWD,
+            bytes: b"/abs/other".to_vec(),
+            base: None,
+        });
+        assert_eq!(
+            relative_basenames(&rename),
+            vec![Hint::Basename("result".into())]
+        );
+        // A link's old name is not changed; absolute and unreadable names are not re-checked.
+        rename.op = op::LINKAT;
+        assert!(relative_basenames(&rename).is_empty());
+        let mut unreadable = cwd_unlink(b"result", None);
+        unreadable.flags = flags::path_unreadable(0);
+        assert!(relative_basenames(&unreadable).is_empty());
     }
 
     /// An `unlink` of `path` relative to this thread's cwd, as this process made it.
