@@ -180,6 +180,29 @@ impl Workload {
         }
     }
 
+    /// Runs seed `seed` from an emptied tree: batches of 1 to 10 operations, `check(done)`
+    /// after each (`done`: operations so far), until at least `operations` ran. Both users
+    /// draw the same numbers, so a seed replays the same way on the host and in the VM.
+    pub fn run_seed<E>(
+        &mut self,
+        seed: u64,
+        operations: usize,
+        mut check: impl FnMut(&Self, usize) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.reset();
+        let mut rng = Rng::new(seed);
+        let mut done = 0;
+        while done < operations {
+            let batch = 1 + rng.below(10);
+            for _ in 0..batch {
+                self.op(&mut rng);
+            }
+            done += batch;
+            check(self, done)?;
+        }
+        Ok(())
+    }
+
     /// What a scan of the store finds now, in the form a query's index part is compared in.
     pub fn truth(&self) -> serde_json::Value {
         let options = ScanOptions {

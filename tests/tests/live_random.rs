@@ -12,7 +12,7 @@
 
 use root_tracker::layout::StoreLayout;
 use tests::workload::Workload;
-use tests::{HermeticStore, Rng, TmpfsMount, TrackerProcess, index_part, require_root};
+use tests::{HermeticStore, TmpfsMount, TrackerProcess, index_part, require_root};
 
 /// Fields drop in order: the workload (its overlay tmpfs), then the second filesystem, then
 /// the store's temp dir.
@@ -61,29 +61,24 @@ fn live_random(backend: &str) {
     };
     let operations = env_number("RT_LIVE_OPS", 200) as usize;
     for seed in seeds {
-        workload.reset();
-        let mut rng = Rng::new(seed);
-        let mut done = 0;
-        while done < operations {
-            let batch = 1 + rng.below(10);
-            for _ in 0..batch {
-                workload.op(&mut rng);
-            }
-            done += batch;
+        let checked = workload.run_seed(seed, operations, |workload, done| {
             let answer = index_part(&tracker.query());
             let truth = workload.truth();
-            if answer != truth {
-                let message = format!(
-                    "backend {backend}, seed {seed}: the fenced query differs from a scan after {done} operations.\n\
-                     replay: RT_SEED={seed} cargo test -p tests --test live_random -- {backend}\n\
-                     query: {answer:#}\nscan: {truth:#}\ntracker log:\n{}",
-                    tracker.log()
-                );
-                // Straight to the process's stderr, which the test harness does not capture:
-                // in a long soak the other backend may run for many minutes more.
-                let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
-                panic!("{message}");
+            if answer == truth {
+                return Ok(());
             }
+            Err(format!(
+                "backend {backend}, seed {seed}: the fenced query differs from a scan after {done} operations.\n\
+                 replay: RT_SEED={seed} cargo test -p tests --test live_random -- {backend}\n\
+                 query: {answer:#}\nscan: {truth:#}\ntracker log:\n{}",
+                tracker.log()
+            ))
+        });
+        if let Err(message) = checked {
+            // Straight to the process's stderr, which the test harness does not capture:
+            // in a long soak the other backend may run for many minutes more.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), message.as_bytes());
+            panic!("{message}");
         }
     }
     let status = tracker.status();

@@ -36,7 +36,7 @@ use root_tracker::{
         },
     },
 };
-use tests::{FakeStore, Rng, index_part, package_bin, uring, workload::Workload};
+use tests::{FakeStore, index_part, package_bin, uring, workload::Workload};
 
 /// A store path name registered in the fake store's database (its hash part in Nix's
 /// base-32 alphabet, which has no `e`, `o`, `u`, `t`: any other name is no store path).
@@ -1043,15 +1043,7 @@ fn tracker_random_workload() -> Result<String, String> {
     let mut workload = Workload::new(store.layout.clone(), targets, homes);
     let mut batches = 0;
     for seed in 0..RANDOM_SEEDS {
-        workload.reset();
-        let mut rng = Rng::new(seed);
-        let mut done = 0;
-        while done < RANDOM_OPS {
-            let batch = 1 + rng.below(10);
-            for _ in 0..batch {
-                workload.op(&mut rng);
-            }
-            done += batch;
+        workload.run_seed(seed, RANDOM_OPS, |workload, done| {
             batches += 1;
             let response = request(&socket, r#"{"request":"query","wait_ms":60000}"#)
                 .map_err(|e| format!("query failed: {e}"))?;
@@ -1066,7 +1058,8 @@ fn tracker_random_workload() -> Result<String, String> {
                      scan: query {answer}; scan {truth}"
                 ));
             }
-        }
+            Ok(())
+        })?;
     }
     let status = request(&socket, r#"{"request":"status"}"#).map_err(|e| e.to_string())?;
     let reconciler = &status["status"]["reconciler"];
