@@ -31,14 +31,14 @@ use aya::{
     programs::{FEntry, FExit, Lsm, ProgramError, ProgramFd, TracePoint},
 };
 use root_tracker_ebpf::{
-    AT_FDCWD, BasenameFilter, COUNTER_DROPPED, COUNTER_PREEMPTED, COUNTER_RETRIED, COUNTER_SENT,
-    COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader, ExitEvent,
-    FENTRY_PROGRAMS, IO_URING_CATEGORY, IoUringDoneEvent, MAP_BASE_DIR_OFFSETS,
-    MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_IO_URING_IN_FLIGHT,
-    MAP_IO_URING_OFFSETS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES, PATH_BYTES,
-    PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX,
-    SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, X86_64_PT_REGS_ORIG_AX,
-    flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
+    AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_PREEMPTED, COUNTER_RETRIED,
+    COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader,
+    ExitEvent, FENTRY_PROGRAMS, IO_URING_CATEGORY, IoUringDoneEvent, IoUringOffsets,
+    MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS,
+    MAP_IO_URING_IN_FLIGHT, MAP_IO_URING_OFFSETS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES,
+    PATH_BYTES, PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES,
+    STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix,
+    X86_64_PT_REGS_ORIG_AX, flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
 };
 
 use crate::{
@@ -616,11 +616,11 @@ impl EbpfSource {
                 .and_then(|(_, format)| parse_field_offset(format, name, size))
         };
         let io_uring_opcode_offset = submit_field("opcode", 1);
+        let btf = kernel_layout::running_kernel_btf();
         let switch_counts_offset = if options.faults.no_switch_check {
             Err("no switch check (injected fault)".to_owned())
         } else {
-            kernel_layout::running_kernel_task_switch_counts_offset()
-                .map_err(|error| error_chain(&error))
+            from_btf(&btf, kernel_layout::Btf::task_switch_counts_offset)
         };
         let switch_check = match &switch_counts_offset {
             Ok(_) => SwitchCheck::Active,
@@ -657,8 +657,15 @@ impl EbpfSource {
         config
             .set(0, config_value, 0)
             .map_err(|e| EbpfError::map(MAP_CONFIG, e))?;
-        let base_dir = set_base_dir_offsets(&mut ebpf)?;
-        let io_uring_names = set_io_uring_offsets(&mut ebpf, options.faults)?;
+        let base_dir =
+            set_base_dir_offsets(&mut ebpf, from_btf(&btf, |btf| btf.base_dir_offsets()))?;
+        let io_uring_offsets = if options.faults.no_io_uring_names {
+            Err("BTF has no struct io_kiocb (injected fault)".to_owned())
+        } else {
+            from_btf(&btf, kernel_layout::Btf::io_uring_offsets)
+        };
+        let io_uring_names = set_io_uring_offsets(&mut ebpf, io_uring_offsets)?;
+        drop(btf);
 
         let mut store_prefix = Array::try_from(take_map(&mut ebpf, MAP_STORE_PREFIX)?)
             .map_err(|e| EbpfError::map(MAP_STORE_PREFIX, e))?;
@@ -1498,15 +1505,17 @@ fn by_basename(path: &[u8]) -> Hint {
 /// Writes the kernel struct offsets the programs need to record a relative path's directory,
 /// found in the running kernel's BTF; without them the programs record nothing and the
 /// returned check says why.
-fn set_base_dir_offsets(ebpf: &mut Ebpf) -> Result<BaseDirCheck, EbpfError> {
-    match kernel_layout::running_kernel_base_dir_offsets() {
+fn set_base_dir_offsets(
+    ebpf: &mut Ebpf,
+    offsets: Result<BaseDirOffsets, String>,
+) -> Result<BaseDirCheck, EbpfError> {
+    match offsets {
         Ok(offsets) => {
             set_only_value(ebpf, MAP_BASE_DIR_OFFSETS, offsets)?;
             tracing::debug!(?offsets, "eBPF: kernel struct offsets for relative paths");
             Ok(BaseDirCheck::Verified)
         }
-        Err(error) => {
-            let reason = error_chain(&error);
+        Err(reason) => {
             tracing::warn!(
                 %reason,
                 "eBPF: cannot check the directory of relative paths: they are named through /proc when their record is read, which an fd reuse or chdir right after the call can make wrong"
@@ -1519,28 +1528,35 @@ fn set_base_dir_offsets(ebpf: &mut Ebpf) -> Result<BaseDirCheck, EbpfError> {
 /// Writes the kernel struct offsets the io_uring submission program needs to read a request's
 /// names, found in the running kernel's BTF; without them the program reports every io_uring
 /// path operation as lost hints, as the returned check says.
-fn set_io_uring_offsets(ebpf: &mut Ebpf, faults: Faults) -> Result<IoUringNames, EbpfError> {
-    let offsets = if faults.no_io_uring_names {
-        Err(kernel_layout::LayoutError::NoStruct(
-            "io_kiocb (injected fault)".to_owned(),
-        ))
-    } else {
-        kernel_layout::running_kernel_io_uring_offsets()
-    };
+fn set_io_uring_offsets(
+    ebpf: &mut Ebpf,
+    offsets: Result<IoUringOffsets, String>,
+) -> Result<IoUringNames, EbpfError> {
     match offsets {
         Ok(offsets) => {
             set_only_value(ebpf, MAP_IO_URING_OFFSETS, offsets)?;
             tracing::debug!(?offsets, "eBPF: kernel struct offsets for io_uring names");
             Ok(IoUringNames::Read)
         }
-        Err(error) => {
-            let reason = error_chain(&error);
+        Err(reason) => {
             tracing::warn!(
                 %reason,
                 "eBPF: cannot read io_uring requests' names: every io_uring path operation (of any process) will unsettle the index"
             );
             Ok(IoUringNames::Unread { reason })
         }
+    }
+}
+
+/// What `find` reads from the kernel's BTF, or why it cannot (no BTF, or a layout the reader
+/// does not recognise), as the reason `status` shows.
+fn from_btf<T>(
+    btf: &Result<kernel_layout::Btf, kernel_layout::LayoutError>,
+    find: impl FnOnce(&kernel_layout::Btf) -> Result<T, kernel_layout::LayoutError>,
+) -> Result<T, String> {
+    match btf {
+        Ok(btf) => find(btf).map_err(|error| error_chain(&error)),
+        Err(error) => Err(error_chain(error)),
     }
 }
 

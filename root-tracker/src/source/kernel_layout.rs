@@ -472,19 +472,10 @@ fn parse_types(section: &[u8]) -> Result<Vec<TypeEntry>, LayoutError> {
     Ok(types)
 }
 
-/// The offsets for the running kernel, from [`VMLINUX_BTF`].
-pub fn running_kernel_base_dir_offsets() -> Result<BaseDirOffsets, LayoutError> {
-    Btf::from_file(Path::new(VMLINUX_BTF))?.base_dir_offsets()
-}
-
-/// [`Btf::io_uring_offsets`] of the running kernel, from [`VMLINUX_BTF`].
-pub fn running_kernel_io_uring_offsets() -> Result<IoUringOffsets, LayoutError> {
-    Btf::from_file(Path::new(VMLINUX_BTF))?.io_uring_offsets()
-}
-
-/// [`Btf::task_switch_counts_offset`] of the running kernel, from [`VMLINUX_BTF`].
-pub fn running_kernel_task_switch_counts_offset() -> Result<u32, LayoutError> {
-    Btf::from_file(Path::new(VMLINUX_BTF))?.task_switch_counts_offset()
+/// The running kernel's BTF, from [`VMLINUX_BTF`]: parsed once per attach, for every offset
+/// the programs need.
+pub fn running_kernel_btf() -> Result<Btf, LayoutError> {
+    Btf::from_file(Path::new(VMLINUX_BTF))
 }
 
 #[cfg(test)]
@@ -867,14 +858,15 @@ mod tests {
             eprintln!("skipped: no {VMLINUX_BTF} on this kernel");
             return;
         }
-        let offsets = running_kernel_base_dir_offsets().unwrap();
+        let btf = running_kernel_btf().unwrap();
+        let offsets = btf.base_dir_offsets().unwrap();
         assert_eq!(offsets.valid, 1);
         // `pwd` follows `root` in `fs_struct` on every kernel since 2.6.
         assert!(offsets.fs_pwd_dentry > 0 && offsets.inode_sb > 0);
-        assert!(running_kernel_task_switch_counts_offset().unwrap() > 0);
+        assert!(btf.task_switch_counts_offset().unwrap() > 0);
         // Linux 6.0 to 6.18 (this host's kernel is 6.18) keep io_uring names as
         // `struct filename *` in the request's command struct, after its `struct file *`.
-        let io_uring = running_kernel_io_uring_offsets().unwrap();
+        let io_uring = btf.io_uring_offsets().unwrap();
         eprintln!("io_uring offsets on this kernel: {io_uring:?}");
         assert_eq!(io_uring.valid, 1);
         assert!(io_uring.unlink[0] >= 8 && io_uring.unlink[1] > io_uring.unlink[0]);
