@@ -35,6 +35,9 @@ pub struct Workload {
     /// are then copies and unlinks, as `mv` does them).
     homes: [PathBuf; 2],
     serial: u64,
+    /// What the current seed did so far, one line per operation with its outcome, for the
+    /// failure message: a seed's failure depends on the tracker's timing and may not replay.
+    journal: Vec<String>,
 }
 
 impl Workload {
@@ -48,6 +51,7 @@ impl Workload {
             targets,
             homes,
             serial: 0,
+            journal: Vec::new(),
         }
     }
 
@@ -74,8 +78,14 @@ impl Workload {
             .join(format!("a{}", rng.below(AUTO_LINKS)))
     }
 
+    /// The operations of the current seed so far, one line each with its outcome.
+    pub fn journal(&self) -> String {
+        self.journal.join("\n")
+    }
+
     /// Empties the user dirs and the auto links between seeds.
     pub fn reset(&mut self) {
+        self.journal.clear();
         if let Some(mut overlay) = self.overlay.take() {
             overlay.unmount();
         }
@@ -90,94 +100,145 @@ impl Workload {
     }
 
     /// One operation drawn from `rng`. Failures are part of the workload (a missing
-    /// directory, a busy mount point), so they are ignored.
+    /// directory, a busy mount point), so they are ignored, and journaled.
     pub fn op(&mut self, rng: &mut Rng) {
         let dir = self.dir(rng);
         let other = self.dir(rng);
         let result = dir.join("result");
-        match rng.below(17) {
-            0 => drop(fs::create_dir_all(&dir)),
+        let line = match rng.below(17) {
+            0 => format!("mkdir -p {}: {:?}", dir.display(), fs::create_dir_all(&dir)),
             1 => {
                 let _ = fs::create_dir_all(&dir);
-                let _ = symlink(self.target(rng), &result);
+                let target = self.target(rng);
+                let done = symlink(&target, &result);
+                format!("ln -s {} {}: {done:?}", target.display(), result.display())
             }
             2 => {
                 // ln -sfn: a temporary link renamed over the old one.
                 let _ = fs::create_dir_all(&dir);
                 let temp = self.temp_name(&dir);
-                if symlink(self.target(rng), &temp).is_ok() {
-                    let _ = fs::rename(&temp, &result);
-                }
+                let target = self.target(rng);
+                let done = symlink(&target, &temp).and_then(|()| fs::rename(&temp, &result));
+                format!(
+                    "ln -sfn {} {}: {done:?}",
+                    target.display(),
+                    result.display()
+                )
             }
-            3 => drop(fs::remove_file(&result)),
+            3 => format!("rm {}: {:?}", result.display(), fs::remove_file(&result)),
             4 | 5 => {
                 let auto = self.auto_link(rng);
-                let _ = fs::remove_file(&auto);
-                if rng.below(3) == 0 {
+                let removed = fs::remove_file(&auto);
+                let text = if rng.below(3) == 0 {
                     // Relative text, resolved against gcroots/auto.
-                    let _ = symlink(relative(&self.layout.auto_dir(), &result), &auto);
+                    relative(&self.layout.auto_dir(), &result)
                 } else {
-                    let _ = symlink(&result, &auto);
-                }
+                    result.clone()
+                };
+                let done = symlink(&text, &auto);
+                format!(
+                    "rm {auto} ({removed:?}); ln -s {} {auto}: {done:?}",
+                    text.display(),
+                    auto = auto.display()
+                )
             }
             6 => {
                 let auto = self.auto_link(rng);
                 if rng.below(2) == 0 {
-                    let _ = fs::remove_file(&auto);
+                    format!("rm {}: {:?}", auto.display(), fs::remove_file(&auto))
                 } else {
                     let temp = self.temp_name(&self.layout.auto_dir());
-                    if symlink(&result, &temp).is_ok() {
-                        let _ = fs::rename(&temp, &auto);
-                    }
+                    let done = symlink(&result, &temp).and_then(|()| fs::rename(&temp, &auto));
+                    format!("ln -sfn {} {}: {done:?}", result.display(), auto.display())
                 }
             }
-            7 => drop(fs::remove_dir(&dir)),
-            8 => drop(fs::rename(&dir, &other)),
-            9 => drop(fs::remove_dir_all(&dir)),
+            7 => format!("rmdir {}: {:?}", dir.display(), fs::remove_dir(&dir)),
+            8 => format!(
+                "mv {} {}: {:?}",
+                dir.display(),
+                other.display(),
+                fs::rename(&dir, &other)
+            ),
+            9 => format!("rm -r {}: {:?}", dir.display(), fs::remove_dir_all(&dir)),
             10 => {
                 // A hard link to a symlink (linkat without AT_SYMLINK_FOLLOW).
                 let _ = fs::create_dir_all(&other);
-                let _ = nix::unistd::linkat(
+                let to = other.join("result");
+                let done = nix::unistd::linkat(
                     nix::fcntl::AT_FDCWD,
                     &result,
                     nix::fcntl::AT_FDCWD,
-                    &other.join("result"),
+                    &to,
                     nix::fcntl::AtFlags::empty(),
                 );
+                format!("ln {} {}: {done:?}", result.display(), to.display())
             }
             11 => {
                 // mv across filesystems: copy the link, then unlink the original (as mv does).
-                if let Ok(target) = fs::read_link(&result) {
+                let to = other.join("result");
+                let done = fs::read_link(&result).and_then(|target| {
                     let _ = fs::create_dir_all(&other);
-                    let _ = fs::remove_file(other.join("result"));
-                    if symlink(target, other.join("result")).is_ok() {
-                        let _ = fs::remove_file(&result);
-                    }
-                }
+                    let _ = fs::remove_file(&to);
+                    symlink(target, &to)?;
+                    fs::remove_file(&result)
+                });
+                format!("copy+rm {} {}: {done:?}", result.display(), to.display())
             }
             12 => match self.overlay.take() {
-                Some(mut overlay) => overlay.unmount(),
-                None if dir.is_dir() => self.overlay = Some(TmpfsMount::new(&dir)),
-                None => {}
+                Some(mut overlay) => {
+                    overlay.unmount();
+                    "umount the tmpfs".to_owned()
+                }
+                None if dir.is_dir() => {
+                    self.overlay = Some(TmpfsMount::new(&dir));
+                    format!("mount a tmpfs on {}", dir.display())
+                }
+                None => format!("no tmpfs: {} is not a directory", dir.display()),
             },
-            13 => io_uring_unlink(&result),
-            14 => io_uring_rename(&result, &other.join("result")),
+            13 => format!(
+                "io_uring unlinkat {}: res {}",
+                result.display(),
+                io_uring_unlink(&result)
+            ),
+            14 => {
+                let to = other.join("result");
+                let done = io_uring_rename(&result, &to);
+                format!(
+                    "io_uring renameat {} {}: res {done}",
+                    result.display(),
+                    to.display()
+                )
+            }
             15 => {
                 // A two-hop chain: not a root for Nix.
                 let _ = fs::create_dir_all(&dir);
                 let second = dir.join("result2");
                 let _ = fs::remove_file(&second);
-                let _ = symlink(self.target(rng), &second);
+                let target = self.target(rng);
+                let first = symlink(&target, &second);
                 let _ = fs::remove_file(&result);
-                let _ = symlink(&second, &result);
+                let done = symlink(&second, &result);
+                format!(
+                    "chain {} -> {} -> {}: {first:?}, {done:?}",
+                    result.display(),
+                    second.display(),
+                    target.display()
+                )
             }
             _ => {
                 // Relative link text into the store: never a root.
                 let _ = fs::create_dir_all(&dir);
-                let _ = fs::remove_file(&result);
-                let _ = symlink(relative(&dir, &self.target(rng)), &result);
+                let removed = fs::remove_file(&result);
+                let text = relative(&dir, &self.target(rng));
+                let done = symlink(&text, &result);
+                format!(
+                    "rm {result} ({removed:?}); ln -s {} {result}: {done:?}",
+                    text.display(),
+                    result = result.display()
+                )
             }
-        }
+        };
+        self.journal.push(line);
     }
 
     /// Runs seed `seed` from an emptied tree: batches of 1 to 10 operations, `check(done)`
@@ -231,13 +292,14 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 }
 
 /// An `unlinkat` through io_uring, which no syscall tracepoint sees.
-pub fn io_uring_unlink(path: &Path) {
-    let _ = crate::uring::unlinkat(libc::AT_FDCWD, path, 0);
+/// Returns the completion's result: 0 or a negated errno.
+pub fn io_uring_unlink(path: &Path) -> i32 {
+    crate::uring::unlinkat(libc::AT_FDCWD, path, 0)
 }
 
-/// A `renameat` through io_uring.
-pub fn io_uring_rename(from: &Path, to: &Path) {
-    let _ = crate::uring::renameat(libc::AT_FDCWD, from, libc::AT_FDCWD, to);
+/// A `renameat` through io_uring; returns the completion's result.
+pub fn io_uring_rename(from: &Path, to: &Path) -> i32 {
+    crate::uring::renameat(libc::AT_FDCWD, from, libc::AT_FDCWD, to)
 }
 
 #[cfg(test)]

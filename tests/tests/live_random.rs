@@ -70,7 +70,8 @@ fn live_random(backend: &str) {
             Err(format!(
                 "backend {backend}, seed {seed}: the fenced query differs from a scan after {done} operations.\n\
                  replay: RT_SEED={seed} cargo test -p tests --test live_random -- {backend}\n\
-                 query: {answer:#}\nscan: {truth:#}\ntracker log:\n{}",
+                 operations of this seed:\n{}\nquery: {answer:#}\nscan: {truth:#}\ntracker log:\n{}",
+                workload.journal(),
                 tracker.log()
             ))
         });

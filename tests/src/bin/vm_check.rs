@@ -1055,7 +1055,8 @@ fn tracker_random_workload() -> Result<String, String> {
             if answer != truth {
                 return Err(format!(
                     "seed {seed}, after {done} operations: the fenced query differs from a \
-                     scan: query {answer}; scan {truth}"
+                     scan: query {answer}; scan {truth}; operations of this seed:\n{}",
+                    workload.journal()
                 ));
             }
             Ok(())
