@@ -24,8 +24,9 @@ pub const STORE_PREFIX_MAX: usize = 256;
 /// User space may choose another size at load time.
 pub const RING_BUF_BYTES: u32 = 4 * 1024 * 1024;
 
-/// Entries of `IN_FLIGHT`: threads inside a relevant syscall at the same time.
-pub const IN_FLIGHT_MAX: u32 = 16 * 1024;
+/// Entries of `IN_FLIGHT`: threads inside a watched syscall (relevant or not, see
+/// [`InFlight`]) at the same time.
+pub const IN_FLIGHT_MAX: u32 = 32 * 1024;
 /// Entries of `WATCHED_BASENAMES`.
 pub const WATCHED_BASENAMES_MAX: u32 = 64 * 1024;
 
@@ -42,8 +43,14 @@ pub const MAP_WATCHED_BASENAMES: &str = "WATCHED_BASENAMES";
 /// Name of the one-entry array map holding the [`BasenameFilter`] in front of
 /// `WATCHED_BASENAMES`.
 pub const MAP_BASENAME_FILTER: &str = "BASENAME_FILTER";
-/// Name of the hash map `pid_tgid` → [`InFlight`]: threads inside a relevant syscall.
+/// Name of the hash map `pid_tgid` → [`InFlight`]: threads inside a watched syscall.
 pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
+/// Name of the one-entry array map holding the interest sequence (`u64`): user space raises
+/// it after each addition to `WATCHED_BASENAMES`, once the filter holds the new names. An
+/// operation judged unwatched under an older sequence that succeeds under a newer one is
+/// reported ([`kind::UNJUDGED`]): it may have changed a name that became watched while it
+/// ran, after the entry program had looked.
+pub const MAP_INTEREST_SEQ: &str = "INTEREST_SEQ";
 /// Name of the one-entry array map holding the [`BaseDirOffsets`].
 pub const MAP_BASE_DIR_OFFSETS: &str = "BASE_DIR_OFFSETS";
 /// Name of the one-entry array map holding the [`IoUringOffsets`].
@@ -124,8 +131,9 @@ pub const X86_64_PT_REGS_ORIG_AX: u32 = 15 * 8;
 pub const PROG_IO_URING_SUBMIT_REQ: &str = "io_uring_submit_req";
 /// Program attached to `io_uring/io_uring_complete`.
 pub const PROG_IO_URING_COMPLETE: &str = "io_uring_complete";
-/// Hash map of io_uring requests (`req` pointer → opcode) submitted but not yet completed:
-/// those reported by [`kind::IO_URING`] or [`kind::IO_URING_ENTER`].
+/// Hash map of io_uring path requests (`req` pointer → [`InFlight`], `op` the io_uring opcode)
+/// submitted but not yet completed: those reported by [`kind::IO_URING`] or
+/// [`kind::IO_URING_ENTER`], and those judged unwatched.
 pub const MAP_IO_URING_IN_FLIGHT: &str = "IO_URING_IN_FLIGHT";
 /// Capacity of [`MAP_IO_URING_IN_FLIGHT`]; a full map counts as untracked (lost hints).
 pub const IO_URING_IN_FLIGHT_MAX: u32 = 4096;
@@ -179,6 +187,10 @@ pub mod kind {
     /// from the kernel's copies of its names, `op` one of the [`crate::op`] `*AT` constants
     /// and [`crate::PathEvent::request`] the request that its `IO_URING_DONE` names.
     pub const IO_URING_ENTER: u32 = 5;
+    /// An [`crate::UnjudgedEvent`]: an operation judged unwatched at entry (or io_uring
+    /// submission) succeeded after user space had added names to `WATCHED_BASENAMES`. Its
+    /// names were not kept; it may have changed one that is watched now.
+    pub const UNJUDGED: u32 = 6;
 }
 
 /// Values of [`EventHeader::op`] for `ENTER` and `EXIT` records.
@@ -302,15 +314,38 @@ pub struct IoUringDoneEvent {
     pub res: i64,
 }
 
-/// What the kernel side remembers about a thread between syscall entry and exit.
+/// An operation judged unwatched that succeeded under a newer interest sequence
+/// ([`kind::UNJUDGED`]); `header.op` is an [`op`] constant, or an io_uring opcode when
+/// `request` is not 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnjudgedEvent {
+    pub header: EventHeader,
+    /// The interest sequence (`INTEREST_SEQ`) the operation was judged under: names added
+    /// after it were not looked for.
+    pub interest_seq: u64,
+    /// The io_uring request, 0 for a syscall or path worker.
+    pub request: u64,
+}
+
+/// What the kernel side remembers about an operation between its judgement (syscall entry,
+/// path worker entry, io_uring submission) and its end.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InFlight {
-    /// One of the [`op`] constants.
+    /// One of the [`op`] constants (an io_uring opcode in `IO_URING_IN_FLIGHT`).
     pub op: u32,
-    /// Explicit padding so the struct has no uninitialised bytes.
-    pub reserved: u32,
+    /// 0: relevant, its `ENTER` (or `IO_URING`/`IO_URING_ENTER`) record was sent and its end
+    /// is reported as `EXIT` (`IO_URING_DONE`). [`IN_FLIGHT_UNWATCHED`]: judged unwatched;
+    /// its end is reported only as [`kind::UNJUDGED`], and only if it succeeded and
+    /// `interest_seq` is no longer current.
+    pub judged: u32,
+    /// `INTEREST_SEQ` when the judgement began.
+    pub interest_seq: u64,
 }
+
+/// [`InFlight::judged`] of an operation judged unwatched.
+pub const IN_FLIGHT_UNWATCHED: u32 = 1;
 
 /// Byte offsets of the kernel struct members the programs follow from the current task to the
 /// inode of a relative path's base directory:

@@ -12,6 +12,13 @@
 //! relevant operation is sent, or counted (dropped, unreadable, untracked), so lost hints are
 //! always visible.
 //!
+//! The filter changes while operations run: a judgement at entry cannot look for a name user
+//! space adds before the operation's change is made. So an operation judged unwatched is
+//! remembered too, with the interest sequence (`INTEREST_SEQ`) it was judged under, and its
+//! end reports it (`UNJUDGED`) if it succeeded and the sequence has been raised since; user
+//! space then re-checks the names added meanwhile. An end under the same sequence needs
+//! nothing: user space reads the filesystem for new names only after raising it.
+//!
 //! Where the kernel accepts them, `fentry_do_*`/`fexit_do_*` programs on the kernel's path
 //! workers (`do_unlinkat`, `do_rmdir`, `do_renameat2`, `do_symlinkat`, `do_linkat`, which the
 //! syscalls and io_uring both call) replace the syscall and io_uring tracepoints: the same
@@ -54,10 +61,11 @@ mod kernel {
     use root_tracker_ebpf::{
         AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_COUNT, COUNTER_DROPPED,
         COUNTER_PREEMPTED, COUNTER_RETRIED, COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE,
-        COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IN_FLIGHT_MAX, IO_URING_IN_FLIGHT_MAX,
-        InFlight, IoUringDoneEvent, IoUringOffsets, LONG_PATH_BYTES, NAME_HASH_START, PATH_BYTES,
-        PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, StorePrefix,
-        WATCHED_BASENAMES_MAX, flags, io_uring, kind, name_hash_step, op,
+        COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IN_FLIGHT_MAX, IN_FLIGHT_UNWATCHED,
+        IO_URING_IN_FLIGHT_MAX, InFlight, IoUringDoneEvent, IoUringOffsets, LONG_PATH_BYTES,
+        NAME_HASH_START, PATH_BYTES, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX,
+        SYSCALL_NR_UNKNOWN, StorePrefix, UnjudgedEvent, WATCHED_BASENAMES_MAX, flags, io_uring,
+        kind, name_hash_step, op,
     };
 
     #[map]
@@ -90,13 +98,31 @@ mod kernel {
     #[map]
     static BASENAME_FILTER: Array<BasenameFilter> = Array::with_max_entries(1, 0);
 
+    /// Every thread inside a watched syscall (or path worker), relevant or not.
     #[map]
     static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(IN_FLIGHT_MAX, 0);
 
-    /// io_uring path operations submitted and not yet completed: `req` pointer → opcode.
+    /// io_uring path operations submitted and not yet completed: `req` pointer → opcode and
+    /// judgement.
     #[map]
-    static IO_URING_IN_FLIGHT: HashMap<u64, u32> =
+    static IO_URING_IN_FLIGHT: HashMap<u64, InFlight> =
         HashMap::with_max_entries(IO_URING_IN_FLIGHT_MAX, 0);
+
+    /// Raised by user space after each addition to `WATCHED_BASENAMES` (see
+    /// `root_tracker_ebpf::MAP_INTEREST_SEQ`).
+    #[map]
+    static INTEREST_SEQ: Array<u64> = Array::with_max_entries(1, 0);
+
+    /// `BPF_NOEXIST`: insert only if the key is absent.
+    const BPF_NOEXIST: u64 = 1;
+    /// `-EEXIST`, what a `BPF_NOEXIST` insert of a present key returns.
+    const EEXIST: i32 = -17;
+
+    /// The current interest sequence.
+    #[inline(always)]
+    fn interest_seq() -> u64 {
+        INTEREST_SEQ.get(0).copied().unwrap_or(0)
+    }
 
     /// Target bytes read for the store prefix check: enough to compare the longest prefix.
     const TARGET_BYTES: usize = STORE_PREFIX_MAX + 8;
@@ -631,16 +657,48 @@ mod kernel {
             }
         }
 
-        /// Records the operation so its end is reported; `false` if the map is full.
+        /// Records the relevant operation so its end is reported; `false` if the map is full.
         #[inline(always)]
         fn remember(self, pid_tgid: u64, op: u32) -> bool {
             match self {
                 Self::Thread => {
-                    let in_flight = InFlight { op, reserved: 0 };
+                    let in_flight = InFlight {
+                        op,
+                        judged: 0,
+                        interest_seq: 0,
+                    };
                     IN_FLIGHT.insert(&pid_tgid, &in_flight, 0).is_ok()
                 }
                 Self::Request { req, opcode } => {
-                    IO_URING_IN_FLIGHT.insert(&req, &opcode, 0).is_ok()
+                    let in_flight = InFlight {
+                        op: opcode,
+                        judged: 0,
+                        interest_seq: 0,
+                    };
+                    IO_URING_IN_FLIGHT.insert(&req, &in_flight, 0).is_ok()
+                }
+            }
+        }
+
+        /// Records an operation judged unwatched under `interest_seq`, so that its end can
+        /// tell whether names were added meanwhile. Never replaces a record: one present is
+        /// this operation's, from an earlier run of its judgement that found it relevant
+        /// (exits are attached before entries, so no other is left over). A full map counts
+        /// as untracked (lost hints): the end could not be checked.
+        #[inline(always)]
+        fn remember_unwatched(self, pid_tgid: u64, op: u32, interest_seq: u64) {
+            let (map, key, op) = match self {
+                Self::Thread => (&IN_FLIGHT, pid_tgid, op),
+                Self::Request { req, opcode } => (&IO_URING_IN_FLIGHT, req, opcode),
+            };
+            let in_flight = InFlight {
+                op,
+                judged: IN_FLIGHT_UNWATCHED,
+                interest_seq,
+            };
+            if let Err(code) = map.insert(&key, &in_flight, BPF_NOEXIST) {
+                if code != EEXIST {
+                    count(COUNTER_UNTRACKED);
                 }
             }
         }
@@ -663,6 +721,8 @@ mod kernel {
         track: Track,
         task_switches: u64,
     ) -> Result<(), i64> {
+        // Read before the filter is: a name added after this read is caught at the end.
+        let interest_seq = interest_seq();
         let scratch_ptr = SCRATCH.get_ptr_mut(0).ok_or(0)?;
         // SAFETY: the map lookup returned a non-null pointer to this CPU's slot, which lives as
         // long as the map. Another program may write the slot meanwhile only if this task
@@ -707,6 +767,7 @@ mod kernel {
             }
         }
         if !relevant {
+            track.remember_unwatched(bpf_get_current_pid_tgid(), spec.op, interest_seq);
             return Ok(());
         }
         // Only now, so that unrelated operations do not pay for the kernel reads.
@@ -742,7 +803,8 @@ mod kernel {
         Ok(())
     }
 
-    /// Sends `EXIT` with the call's return value `ret` for a thread whose entry was relevant.
+    /// Sends `EXIT` with the call's return value `ret` for a thread whose entry was relevant;
+    /// for one judged unwatched, `UNJUDGED` if it succeeded under a newer interest.
     #[inline(always)]
     fn report_exit(ret: i64) {
         let pid_tgid = bpf_get_current_pid_tgid();
@@ -752,6 +814,10 @@ mod kernel {
             return;
         };
         let _ = IN_FLIGHT.remove(&pid_tgid);
+        if in_flight.judged == IN_FLIGHT_UNWATCHED {
+            report_unjudged(&in_flight, ret, pid_tgid, 0);
+            return;
+        }
         let event = ExitEvent {
             header: EventHeader {
                 kind: kind::EXIT,
@@ -764,6 +830,30 @@ mod kernel {
             ret,
         };
         send(&event);
+    }
+
+    /// The end of an operation judged unwatched: if it succeeded (`ret >= 0`; a failed one
+    /// changed nothing) and names were added to the filter since its judgement began, it may
+    /// have changed one of them unseen, and user space must look at them again.
+    #[inline(always)]
+    fn report_unjudged(in_flight: &InFlight, ret: i64, pid_tgid: u64, request: u64) {
+        // Read after the operation's change: a sequence raised later belongs to names added
+        // after the change, which user space reads the filesystem for itself.
+        if ret < 0 || in_flight.interest_seq == interest_seq() {
+            return;
+        }
+        send(&UnjudgedEvent {
+            header: EventHeader {
+                kind: kind::UNJUDGED,
+                op: in_flight.op,
+                tgid: (pid_tgid >> 32) as u32,
+                tid: pid_tgid as u32,
+                // SAFETY: a helper without arguments, callable from every program type.
+                ktime_ns: unsafe { bpf_ktime_get_ns() },
+            },
+            interest_seq: in_flight.interest_seq,
+            request,
+        });
     }
 
     /// io_uring's path operations, judged as the `*at` syscalls are (slots index
@@ -859,9 +949,12 @@ mod kernel {
             }
         }
         let tracked = req.is_some_and(|req| {
-            IO_URING_IN_FLIGHT
-                .insert(&req, &opcode.unwrap_or(0), 0)
-                .is_ok()
+            let in_flight = InFlight {
+                op: opcode.unwrap_or(0),
+                judged: 0,
+                interest_seq: 0,
+            };
+            IO_URING_IN_FLIGHT.insert(&req, &in_flight, 0).is_ok()
         });
         if !tracked {
             count(COUNTER_UNTRACKED);
@@ -898,7 +991,7 @@ mod kernel {
             return 0;
         };
         // SAFETY: the value is copied out before the entry is removed.
-        let Some(opcode) = (unsafe { IO_URING_IN_FLIGHT.get(&req) }).copied() else {
+        let Some(in_flight) = (unsafe { IO_URING_IN_FLIGHT.get(&req) }).copied() else {
             return 0;
         };
         let _ = IO_URING_IN_FLIGHT.remove(&req);
@@ -910,10 +1003,14 @@ mod kernel {
             unsafe { ctx.read_at::<i32>(res_offset as usize) }.map_or(0, i64::from)
         };
         let pid_tgid = bpf_get_current_pid_tgid();
+        if in_flight.judged == IN_FLIGHT_UNWATCHED {
+            report_unjudged(&in_flight, res, pid_tgid, req);
+            return 0;
+        }
         send(&IoUringDoneEvent {
             header: EventHeader {
                 kind: kind::IO_URING_DONE,
-                op: opcode,
+                op: in_flight.op,
                 tgid: (pid_tgid >> 32) as u32,
                 tid: pid_tgid as u32,
                 // SAFETY: a helper without arguments, callable from every program type.

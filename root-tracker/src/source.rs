@@ -36,6 +36,10 @@ pub struct SourceStats {
     pub events: u64,
     /// Events the kernel could not deliver (ring buffer full, queue overflow).
     pub dropped: u64,
+    /// eBPF only: operations judged unwatched that succeeded after names were added to the
+    /// kernel's filter, so the names added meanwhile were looked at again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unjudged: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,9 +10,15 @@
 //! operations are judged at submission like syscalls (`IO_URING_ENTER`, keyed by request) and
 //! their hints emitted at their completion (`IO_URING_DONE`); where the kernel's layout is
 //! unknown, each is lost hints (`IO_URING`).
+//!
+//! Names added to the kernel's filter (a new auto link's target) are looked for only by
+//! judgements that begin after: an operation already judged unwatched may still make its
+//! change after the tracker has read the new path. Each addition raises the kernel's interest
+//! sequence, and such an operation ends with an `UNJUDGED` record naming the sequence it was
+//! judged under; the names added since are re-checked by basename ([`InterestLog`]).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, VecDeque},
     ffi::OsString,
     io,
     mem::size_of,
@@ -33,12 +39,13 @@ use aya::{
 use root_tracker_ebpf::{
     AT_FDCWD, BaseDirOffsets, BasenameFilter, COUNTER_DROPPED, COUNTER_PREEMPTED, COUNTER_RETRIED,
     COUNTER_SENT, COUNTER_TRUNCATED, COUNTER_UNREADABLE, COUNTER_UNTRACKED, Config, EventHeader,
-    ExitEvent, FENTRY_PROGRAMS, IO_URING_CATEGORY, IoUringDoneEvent, IoUringOffsets,
-    MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS,
-    MAP_IO_URING_IN_FLIGHT, MAP_IO_URING_OFFSETS, MAP_STORE_PREFIX, MAP_WATCHED_BASENAMES,
-    PATH_BYTES, PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES,
-    STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix,
-    X86_64_PT_REGS_ORIG_AX, flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
+    ExitEvent, FENTRY_PROGRAMS, IO_URING_CATEGORY, InFlight, IoUringDoneEvent, IoUringOffsets,
+    MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_IN_FLIGHT,
+    MAP_INTEREST_SEQ, MAP_IO_URING_IN_FLIGHT, MAP_IO_URING_OFFSETS, MAP_STORE_PREFIX,
+    MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent,
+    RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY,
+    StorePrefix, UnjudgedEvent, X86_64_PT_REGS_ORIG_AX, flags, io_uring, kernel_dev_major_minor,
+    kind, name_hash, op,
 };
 
 use crate::{
@@ -73,6 +80,12 @@ const FENCE_RECHECK: Duration = Duration::from_millis(20);
 /// Longest name a directory entry can have (Linux `NAME_MAX`): longer names cannot exist, so
 /// they are never watched.
 const NAME_MAX: usize = 255;
+/// Names kept of recent additions to the basename filter, for `UNJUDGED` records: an
+/// operation judged before older additions is left to a rescan.
+const INTEREST_LOG_NAMES: usize = 4096;
+/// Most names an `UNJUDGED` record is answered with basename hints for (each re-checks every
+/// watched path); beyond that, a rescan.
+const UNJUDGED_BASENAME_HINTS: usize = 64;
 
 /// Why the eBPF source could not be set up or read.
 #[derive(Debug, thiserror::Error)]
@@ -420,6 +433,12 @@ enum Record {
         /// When the syscall returned (`CLOCK_MONOTONIC` ns).
         ktime_ns: u64,
     },
+    /// An operation judged unwatched succeeded after names were added to the filter.
+    Unjudged {
+        interest_seq: u64,
+        /// When it ended (`CLOCK_MONOTONIC` ns).
+        ktime_ns: u64,
+    },
     /// An io_uring path operation whose names could not be read.
     IoUring {
         opcode: u32,
@@ -521,6 +540,67 @@ impl BaseDirVerifier<'_> {
     }
 }
 
+/// The interest sequence (the kernel's `INTEREST_SEQ`) and the names its recent raises added,
+/// oldest first: an `UNJUDGED` record names the sequence its operation was judged under, and
+/// these say which names it was not judged against.
+#[derive(Debug, Default)]
+struct InterestLog {
+    seq: u64,
+    /// At most [`INTEREST_LOG_NAMES`] names in all, except that the last raise is kept whole.
+    raises: VecDeque<(u64, Vec<Vec<u8>>)>,
+}
+
+impl InterestLog {
+    /// The sequence was raised by one for `added`.
+    fn raised(&mut self, added: Vec<Vec<u8>>) {
+        self.seq += 1;
+        self.raises.push_back((self.seq, added));
+        let mut kept: usize = self.raises.iter().map(|(_, names)| names.len()).sum();
+        while kept > INTEREST_LOG_NAMES && self.raises.len() > 1 {
+            if let Some((_, names)) = self.raises.pop_front() {
+                kept -= names.len();
+            }
+        }
+    }
+
+    /// Hints for an operation judged unwatched under sequence `judged_under` that succeeded
+    /// under a newer one: any name added since may be one it changed, so each is re-checked
+    /// wherever it is watched. Many names, or names no longer logged, are left to a rescan.
+    fn unjudged_hints(&self, judged_under: u64) -> Vec<Hint> {
+        if judged_under >= self.seq {
+            // Not raised since: every name was looked for.
+            return Vec::new();
+        }
+        let covered = self
+            .raises
+            .front()
+            .is_some_and(|(oldest, _)| *oldest <= judged_under + 1);
+        let names: BTreeSet<&[u8]> = self
+            .raises
+            .iter()
+            .filter(|(seq, _)| *seq > judged_under)
+            .flat_map(|(_, names)| names.iter().map(Vec::as_slice))
+            .collect();
+        if !covered || names.len() > UNJUDGED_BASENAME_HINTS {
+            let count = if covered {
+                names.len().to_string()
+            } else {
+                "more".to_owned()
+            };
+            return vec![Hint::Lost {
+                reason: format!(
+                    "an operation judged before {count} names were added to the filter \
+                     ended after: it may have changed any of them"
+                ),
+            }];
+        }
+        names
+            .into_iter()
+            .map(|name| Hint::Basename(OsString::from_vec(name.to_vec())))
+            .collect()
+    }
+}
+
 /// `STATX_MNT_ID_UNIQUE` (Linux 6.8): `stx_mnt_id` is the unique 64-bit mount ID.
 const STATX_MNT_ID_UNIQUE: u32 = 0x4000;
 
@@ -537,6 +617,10 @@ pub struct EbpfSource {
     basename_filter: Array<MapData, BasenameFilter>,
     /// Hashes currently in `WATCHED_BASENAMES`, to add and remove by difference.
     watched_hashes: BTreeSet<u64>,
+    /// The kernel's `INTEREST_SEQ`, raised with each addition to `WATCHED_BASENAMES`.
+    interest_seq_map: Array<MapData, u64>,
+    /// What `interest_seq_map` holds, and the names each recent raise added.
+    interest_log: InterestLog,
     /// Keyed by `pid_tgid` (tgid in the high half), as the kernel side keys its map.
     in_flight: HashMap<u64, InFlightOp>,
     /// Relevant io_uring requests (`IO_URING_ENTER`) not yet seen completed, by request, with
@@ -547,10 +631,12 @@ pub struct EbpfSource {
     io_uring_in_flight: u64,
     /// The kernel's `IO_URING_IN_FLIGHT`: a request of `io_uring_requests` gone from it will
     /// send no completion any more (it was sent already, or dropped).
-    io_uring_kernel_in_flight: BpfHashMap<MapData, u64, u32>,
+    io_uring_kernel_in_flight: BpfHashMap<MapData, u64, InFlight>,
     /// Counters as of the last check: an increase since is reported as lost hints.
     last_counters: DeliveryCounters,
     records_read: u64,
+    /// `UNJUDGED` records read.
+    unjudged: u64,
     /// When the earliest operation behind the hints handed out since the last
     /// [`Source::take_earliest_completion`] returned (`CLOCK_MONOTONIC` ns).
     earliest_completion: Option<u64>,
@@ -683,6 +769,8 @@ impl EbpfSource {
         let io_uring_kernel_in_flight =
             BpfHashMap::try_from(take_map(&mut ebpf, MAP_IO_URING_IN_FLIGHT)?)
                 .map_err(|e| EbpfError::map(MAP_IO_URING_IN_FLIGHT, e))?;
+        let interest_seq_map = Array::try_from(take_map(&mut ebpf, MAP_INTEREST_SEQ)?)
+            .map_err(|e| EbpfError::map(MAP_INTEREST_SEQ, e))?;
 
         let mounts = MountWatch::open().map_err(EbpfError::Mountinfo)?;
         let mut source = Self {
@@ -693,12 +781,15 @@ impl EbpfSource {
             watched_basenames,
             basename_filter,
             watched_hashes: BTreeSet::new(),
+            interest_seq_map,
+            interest_log: InterestLog::default(),
             in_flight: HashMap::new(),
             io_uring_requests: HashMap::new(),
             io_uring_in_flight: 0,
             io_uring_kernel_in_flight,
             last_counters: DeliveryCounters::default(),
             records_read: 0,
+            unjudged: 0,
             earliest_completion: None,
             checks: Checks {
                 attach_mode: AttachMode::Tracepoints {
@@ -801,6 +892,9 @@ impl EbpfSource {
             for hook in FENTRY_PROGRAMS {
                 unload_tracing(&mut self._ebpf, hook.exit);
             }
+            // A thread inside a path worker while they went leaves its record behind, which
+            // would keep its next operation from being recorded.
+            clear_in_flight(&mut self._ebpf);
             tracing::warn!(%reason, "eBPF source: fentry/fexit programs not usable");
             return Err(reason);
         }
@@ -1020,7 +1114,28 @@ impl EbpfSource {
                 .remove(hash)
                 .map_err(|e| EbpfError::map(MAP_WATCHED_BASENAMES, e))?;
         }
+        let added: Vec<Vec<u8>> = basenames
+            .iter()
+            .filter(|name| is_entry_name(name) && !self.watched_hashes.contains(&name_hash(name)))
+            .cloned()
+            .collect();
         self.watched_hashes = wanted;
+        if !added.is_empty() {
+            self.raise_interest_seq(added)?;
+        }
+        Ok(())
+    }
+
+    /// Raises the kernel's interest sequence once `added` are in the filter. An operation
+    /// judged before that and ending after it is reported (`UNJUDGED`); one that ends before
+    /// it was done before the tracker reads the filesystem for the new names (which it does
+    /// after setting the interest), so nothing falls between the two.
+    fn raise_interest_seq(&mut self, added: Vec<Vec<u8>>) -> Result<(), EbpfError> {
+        let seq = self.interest_log.seq + 1;
+        self.interest_seq_map
+            .set(0, seq, 0)
+            .map_err(|e| EbpfError::map(MAP_INTEREST_SEQ, e))?;
+        self.interest_log.raised(added);
         Ok(())
     }
 
@@ -1102,6 +1217,14 @@ impl EbpfSource {
                     };
                     self.completed(res, hints, ktime_ns, out);
                 }
+            }
+            Record::Unjudged {
+                interest_seq,
+                ktime_ns,
+            } => {
+                self.unjudged += 1;
+                let hints = self.interest_log.unjudged_hints(interest_seq);
+                self.completed(0, hints, ktime_ns, out);
             }
             Record::IoUring { opcode } => {
                 self.io_uring_in_flight += 1;
@@ -1370,6 +1493,7 @@ impl Source for EbpfSource {
         SourceStats {
             events: self.records_read,
             dropped: self.last_counters.dropped,
+            unjudged: Some(self.unjudged),
         }
     }
 }
@@ -1701,6 +1825,14 @@ fn decode(record: &[u8]) -> Result<Record, EbpfError> {
             })
         }
         kind::IO_URING => Ok(Record::IoUring { opcode: header.op }),
+        kind::UNJUDGED => {
+            let event: UnjudgedEvent =
+                read_record(record).ok_or_else(|| malformed("shorter than an UnjudgedEvent"))?;
+            Ok(Record::Unjudged {
+                interest_seq: event.interest_seq,
+                ktime_ns: header.ktime_ns,
+            })
+        }
         kind::IO_URING_DONE => {
             let event: IoUringDoneEvent =
                 read_record(record).ok_or_else(|| malformed("shorter than an IoUringDoneEvent"))?;
@@ -1727,6 +1859,8 @@ unsafe impl PlainRecord for EventHeader {}
 unsafe impl PlainRecord for PathEvent {}
 // SAFETY: `#[repr(C)]`, a header and an `i64`.
 unsafe impl PlainRecord for ExitEvent {}
+// SAFETY: `#[repr(C)]`, a header and two `u64`s.
+unsafe impl PlainRecord for UnjudgedEvent {}
 // SAFETY: `#[repr(C)]`, a header, a `u64` and an `i64`.
 unsafe impl PlainRecord for IoUringDoneEvent {}
 
@@ -1767,6 +1901,20 @@ fn page_size() -> u64 {
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
     ebpf.take_map(name).ok_or(EbpfError::MissingMap { name })
+}
+
+/// Empties the kernel's `IN_FLIGHT`, once no program that writes it is attached.
+fn clear_in_flight(ebpf: &mut Ebpf) {
+    let Some(map) = ebpf.map_mut(MAP_IN_FLIGHT) else {
+        return;
+    };
+    let Ok(mut in_flight) = BpfHashMap::<_, u64, InFlight>::try_from(map) else {
+        return;
+    };
+    let keys: Vec<u64> = in_flight.keys().filter_map(Result::ok).collect();
+    for key in keys {
+        let _ = in_flight.remove(&key);
+    }
 }
 
 /// Loads program `name` (named after its tracepoint) and attaches it to `<category>/<name>`.
@@ -2254,6 +2402,73 @@ mod tests {
         let paths: Vec<_> = decoded.paths.iter().flatten().collect();
         assert_eq!(paths[0].bytes, old);
         assert_eq!((paths[1].dirfd, &paths[1].bytes[..]), (3, &b"new"[..]));
+    }
+
+    fn names(hints: &[Hint]) -> Vec<String> {
+        hints
+            .iter()
+            .map(|hint| match hint {
+                Hint::Basename(name) => name.to_string_lossy().into_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unjudged_operation_rechecks_the_names_added_since_its_judgement() {
+        let mut log = InterestLog::default();
+        log.raised(vec![b"a".to_vec()]);
+        log.raised(vec![b"b".to_vec(), b"a\nb\xff".to_vec()]);
+        assert_eq!(log.seq, 2);
+        assert_eq!(names(&log.unjudged_hints(0)), ["a", "a\nb\u{fffd}", "b"]);
+        assert_eq!(names(&log.unjudged_hints(1)), ["a\nb\u{fffd}", "b"]);
+        assert!(log.unjudged_hints(2).is_empty());
+    }
+
+    #[test]
+    fn unjudged_operation_before_forgotten_or_many_names_needs_a_rescan() {
+        let mut log = InterestLog::default();
+        log.raised(
+            (0..INTEREST_LOG_NAMES)
+                .map(|n| n.to_string().into_bytes())
+                .collect(),
+        );
+        log.raised(vec![b"x".to_vec()]);
+        // The first raise is forgotten: what it added is unknown.
+        assert!(matches!(&log.unjudged_hints(0)[..], [Hint::Lost { .. }]));
+        assert_eq!(names(&log.unjudged_hints(1)), ["x"]);
+        log.raised(
+            (0..=UNJUDGED_BASENAME_HINTS)
+                .map(|n| format!("y{n}").into_bytes())
+                .collect(),
+        );
+        let hints = log.unjudged_hints(1);
+        assert!(
+            matches!(&hints[..], [Hint::Lost { reason }] if reason.contains("66 names")),
+            "{hints:?}"
+        );
+    }
+
+    #[test]
+    fn decodes_unjudged() {
+        let record = UnjudgedEvent {
+            header: EventHeader {
+                kind: kind::UNJUDGED,
+                op: op::SYMLINKAT,
+                tgid: 1,
+                tid: 2,
+                ktime_ns: 5,
+            },
+            interest_seq: 7,
+            request: 0,
+        };
+        assert!(matches!(
+            decode(&as_bytes(&record)).unwrap(),
+            Record::Unjudged {
+                interest_seq: 7,
+                ktime_ns: 5
+            }
+        ));
     }
 
     #[test]
