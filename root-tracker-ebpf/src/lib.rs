@@ -45,6 +45,14 @@ pub const MAP_WATCHED_BASENAMES: &str = "WATCHED_BASENAMES";
 pub const MAP_BASENAME_FILTER: &str = "BASENAME_FILTER";
 /// Name of the hash map `pid_tgid` → [`InFlight`]: threads inside a watched syscall.
 pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
+/// Name of the array map `tid` → `u32`: the interest sequence plus one (0: none) under which
+/// the thread's current syscall (or path worker call) was judged unwatched. An array indexed
+/// by thread id costs no lock, unlike a hash map; user space sizes it to the kernel's
+/// `pid_max` at load, and a thread id past its end falls back to `IN_FLIGHT`.
+pub const MAP_UNWATCHED_IN_FLIGHT: &str = "UNWATCHED_IN_FLIGHT";
+/// Default (and, before user space sizes it, only) size of [`MAP_UNWATCHED_IN_FLIGHT`]: the
+/// kernel's default `pid_max`.
+pub const UNWATCHED_IN_FLIGHT_DEFAULT: u32 = 32 * 1024;
 /// Name of the one-entry array map holding the interest sequence (`u64`): user space raises
 /// it after each addition to `WATCHED_BASENAMES`, once the filter holds the new names. An
 /// operation judged unwatched under an older sequence that succeeds under a newer one is
@@ -315,14 +323,16 @@ pub struct IoUringDoneEvent {
 }
 
 /// An operation judged unwatched that succeeded under a newer interest sequence
-/// ([`kind::UNJUDGED`]); `header.op` is an [`op`] constant, or an io_uring opcode when
-/// `request` is not 0.
+/// ([`kind::UNJUDGED`]); `header.op` is an io_uring opcode when `request` is not 0, an [`op`]
+/// constant or 0 (not kept: a thread's `UNWATCHED_IN_FLIGHT` slot keeps only the sequence)
+/// otherwise.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UnjudgedEvent {
     pub header: EventHeader,
     /// The interest sequence (`INTEREST_SEQ`) the operation was judged under: names added
-    /// after it were not looked for.
+    /// after it were not looked for. From a slot, its low 32 bits (user space keeps the
+    /// sequence below 2^32).
     pub interest_seq: u64,
     /// The io_uring request, 0 for a syscall or path worker.
     pub request: u64,
@@ -336,9 +346,10 @@ pub struct InFlight {
     /// One of the [`op`] constants (an io_uring opcode in `IO_URING_IN_FLIGHT`).
     pub op: u32,
     /// 0: relevant, its `ENTER` (or `IO_URING`/`IO_URING_ENTER`) record was sent and its end
-    /// is reported as `EXIT` (`IO_URING_DONE`). [`IN_FLIGHT_UNWATCHED`]: judged unwatched;
-    /// its end is reported only as [`kind::UNJUDGED`], and only if it succeeded and
-    /// `interest_seq` is no longer current.
+    /// is reported as `EXIT` (`IO_URING_DONE`). [`IN_FLIGHT_UNWATCHED`]: judged unwatched (an
+    /// io_uring request, or a thread past the end of `UNWATCHED_IN_FLIGHT`); its end is
+    /// reported only as [`kind::UNJUDGED`], and only if it succeeded and `interest_seq` is no
+    /// longer current.
     pub judged: u32,
     /// `INTEREST_SEQ` when the judgement began.
     pub interest_seq: u64,

@@ -64,8 +64,8 @@ mod kernel {
         COUNTER_UNTRACKED, Config, EventHeader, ExitEvent, IN_FLIGHT_MAX, IN_FLIGHT_UNWATCHED,
         IO_URING_IN_FLIGHT_MAX, InFlight, IoUringDoneEvent, IoUringOffsets, LONG_PATH_BYTES,
         NAME_HASH_START, PATH_BYTES, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX,
-        SYSCALL_NR_UNKNOWN, StorePrefix, UnjudgedEvent, WATCHED_BASENAMES_MAX, flags, io_uring,
-        kind, name_hash_step, op,
+        SYSCALL_NR_UNKNOWN, StorePrefix, UNWATCHED_IN_FLIGHT_DEFAULT, UnjudgedEvent,
+        WATCHED_BASENAMES_MAX, flags, io_uring, kind, name_hash_step, op,
     };
 
     #[map]
@@ -107,6 +107,12 @@ mod kernel {
     #[map]
     static IO_URING_IN_FLIGHT: HashMap<u64, InFlight> =
         HashMap::with_max_entries(IO_URING_IN_FLIGHT_MAX, 0);
+
+    /// The interest sequence plus one under which each thread's current call was judged
+    /// unwatched, by thread id (see `root_tracker_ebpf::MAP_UNWATCHED_IN_FLIGHT`).
+    #[map]
+    static UNWATCHED_IN_FLIGHT: Array<u32> =
+        Array::with_max_entries(UNWATCHED_IN_FLIGHT_DEFAULT, 0);
 
     /// Raised by user space after each addition to `WATCHED_BASENAMES` (see
     /// `root_tracker_ebpf::MAP_INTEREST_SEQ`).
@@ -598,30 +604,38 @@ mod kernel {
     /// entry: an extra re-read, harmless; the next run's `ENTER` replaces it for the thread.
     #[inline(always)]
     fn judge_enter<C: Call>(ctx: &C, spec: &Spec, track: Track) {
+        // Read before the filter is: a name added after this read is caught at the end.
+        let interest_seq = interest_seq();
+        let mut sent = false;
         // Written out, not a loop: Linux 6.1 refuses the loop LLVM keeps for three rounds.
-        if judged_undisturbed(ctx, spec, track) {
-            return;
+        if !judged_undisturbed(ctx, spec, track, &mut sent) {
+            count(COUNTER_RETRIED);
+            if !judged_undisturbed(ctx, spec, track, &mut sent) {
+                count(COUNTER_RETRIED);
+                if !judged_undisturbed(ctx, spec, track, &mut sent) {
+                    count(COUNTER_PREEMPTED);
+                }
+            }
         }
-        count(COUNTER_RETRIED);
-        if judged_undisturbed(ctx, spec, track) {
-            return;
-        }
-        count(COUNTER_RETRIED);
-        if !judged_undisturbed(ctx, spec, track) {
-            count(COUNTER_PREEMPTED);
+        // A call that any run sent (or counted as lost) has its end reported as relevant.
+        if !sent {
+            track.remember_unwatched(spec.op, interest_seq);
         }
     }
 
-    /// One run of [`report_enter`]; whether the task kept the CPU meanwhile (also `true` when
-    /// that cannot be known: no offsets configured).
+    /// One run of [`report_enter`], which sets `sent` if it sent the call's record (or
+    /// counted it lost); whether the task kept the CPU meanwhile (also `true` when that
+    /// cannot be known: no offsets configured).
     #[inline(always)]
-    fn judged_undisturbed<C: Call>(ctx: &C, spec: &Spec, track: Track) -> bool {
+    fn judged_undisturbed<C: Call>(ctx: &C, spec: &Spec, track: Track, sent: &mut bool) -> bool {
         let before = task_switches();
         let count_at_entry = match before {
             Switches::Count(count) => count,
             Switches::Unknown | Switches::Unreadable => 0,
         };
-        let _ = report_enter(ctx, spec, track, count_at_entry);
+        if let Ok(true) = report_enter(ctx, spec, track, count_at_entry) {
+            *sent = true;
+        }
         match before {
             Switches::Unknown => true,
             Switches::Count(_) => task_switches() == before,
@@ -681,14 +695,24 @@ mod kernel {
         }
 
         /// Records an operation judged unwatched under `interest_seq`, so that its end can
-        /// tell whether names were added meanwhile. Never replaces a record: one present is
-        /// this operation's, from an earlier run of its judgement that found it relevant
-        /// (exits are attached before entries, so no other is left over). A full map counts
-        /// as untracked (lost hints): the end could not be checked.
+        /// tell whether names were added meanwhile: a thread in its `UNWATCHED_IN_FLIGHT`
+        /// slot, else (a request, or a thread id past the array) in a hash map, where a
+        /// record present is left alone (exits are attached before entries, so none is left
+        /// over from another call). A full map counts as untracked (lost hints): the end
+        /// could not be checked.
         #[inline(always)]
-        fn remember_unwatched(self, pid_tgid: u64, op: u32, interest_seq: u64) {
+        fn remember_unwatched(self, op: u32, interest_seq: u64) {
+            let pid_tgid = bpf_get_current_pid_tgid();
             let (map, key, op) = match self {
-                Self::Thread => (&IN_FLIGHT, pid_tgid, op),
+                Self::Thread => {
+                    if let Some(slot) = UNWATCHED_IN_FLIGHT.get_ptr_mut(pid_tgid as u32) {
+                        // SAFETY: the map's slot for this thread id, valid for the map's
+                        // lifetime; only this thread writes it while it lives.
+                        unsafe { *slot = (interest_seq as u32).wrapping_add(1) };
+                        return;
+                    }
+                    (&IN_FLIGHT, pid_tgid, op)
+                }
                 Self::Request { req, opcode } => (&IO_URING_IN_FLIGHT, req, opcode),
             };
             let in_flight = InFlight {
@@ -713,16 +737,15 @@ mod kernel {
     }
 
     /// Judges a call at entry and, if relevant, remembers it as `track` says and sends its
-    /// record; `task_switches` goes into the record as it is.
+    /// record; `task_switches` goes into the record as it is. `Ok(true)`: relevant (sent, or
+    /// counted as lost); `Ok(false)`: unwatched, or a call that fails.
     #[inline(always)]
     fn report_enter<C: Call>(
         ctx: &C,
         spec: &Spec,
         track: Track,
         task_switches: u64,
-    ) -> Result<(), i64> {
-        // Read before the filter is: a name added after this read is caught at the end.
-        let interest_seq = interest_seq();
+    ) -> Result<bool, i64> {
         let scratch_ptr = SCRATCH.get_ptr_mut(0).ok_or(0)?;
         // SAFETY: the map lookup returned a non-null pointer to this CPU's slot, which lives as
         // long as the map. Another program may write the slot meanwhile only if this task
@@ -748,27 +771,26 @@ mod kernel {
                     count(COUNTER_UNREADABLE);
                     relevant = true;
                 }
-                Verdict::Fails => return Ok(()),
+                Verdict::Fails => return Ok(false),
                 Verdict::Unwatched => {}
             }
         }
         if let Some(arg) = spec.paths[0] {
             match read_path::<0, C>(ctx, arg, event, &mut scratch.long_path, &mut scratch.walk) {
                 Verdict::Unwatched => {}
-                Verdict::Fails => return Ok(()),
+                Verdict::Fails => return Ok(false),
                 Verdict::Watched | Verdict::Unknown => relevant = true,
             }
         }
         if let Some(arg) = spec.paths[1] {
             match read_path::<1, C>(ctx, arg, event, &mut scratch.long_path, &mut scratch.walk) {
                 Verdict::Unwatched => {}
-                Verdict::Fails => return Ok(()),
+                Verdict::Fails => return Ok(false),
                 Verdict::Watched | Verdict::Unknown => relevant = true,
             }
         }
         if !relevant {
-            track.remember_unwatched(bpf_get_current_pid_tgid(), spec.op, interest_seq);
-            return Ok(());
+            return Ok(false);
         }
         // Only now, so that unrelated operations do not pay for the kernel reads.
         record_base_dir::<0>(spec, event);
@@ -791,7 +813,7 @@ mod kernel {
             // Without the record no EXIT would come and user space would wait in vain:
             // count the operation as lost instead.
             count(COUNTER_UNTRACKED);
-            return Ok(());
+            return Ok(true);
         }
         match EVENTS.output::<PathEvent>(&*event, 0) {
             Ok(()) => count(COUNTER_SENT),
@@ -800,7 +822,7 @@ mod kernel {
                 track.forget(pid_tgid);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sends `EXIT` with the call's return value `ret` for a thread whose entry was relevant;
@@ -808,6 +830,22 @@ mod kernel {
     #[inline(always)]
     fn report_exit(ret: i64) {
         let pid_tgid = bpf_get_current_pid_tgid();
+        // Most calls: judged unwatched, in the thread's slot.
+        if let Some(slot) = UNWATCHED_IN_FLIGHT.get_ptr_mut(pid_tgid as u32) {
+            // SAFETY: as in `Track::remember_unwatched`; only this thread writes its slot.
+            let judged = unsafe { *slot };
+            if judged != 0 {
+                // SAFETY: as above.
+                unsafe { *slot = 0 };
+                let in_flight = InFlight {
+                    op: 0,
+                    judged: IN_FLIGHT_UNWATCHED,
+                    interest_seq: u64::from(judged - 1),
+                };
+                report_unjudged(&in_flight, ret, pid_tgid, 0);
+                return;
+            }
+        }
         // SAFETY: the value is copied out at once; a concurrent delete of this key can only
         // come from this thread, which is here.
         let Some(in_flight) = (unsafe { IN_FLIGHT.get(&pid_tgid) }).copied() else {
@@ -839,7 +877,8 @@ mod kernel {
     fn report_unjudged(in_flight: &InFlight, ret: i64, pid_tgid: u64, request: u64) {
         // Read after the operation's change: a sequence raised later belongs to names added
         // after the change, which user space reads the filesystem for itself.
-        if ret < 0 || in_flight.interest_seq == interest_seq() {
+        // A slot keeps the sequence's low 32 bits.
+        if ret < 0 || in_flight.interest_seq as u32 == interest_seq() as u32 {
             return;
         }
         send(&UnjudgedEvent {

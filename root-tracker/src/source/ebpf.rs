@@ -42,10 +42,10 @@ use root_tracker_ebpf::{
     ExitEvent, FENTRY_PROGRAMS, IO_URING_CATEGORY, InFlight, IoUringDoneEvent, IoUringOffsets,
     MAP_BASE_DIR_OFFSETS, MAP_BASENAME_FILTER, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_IN_FLIGHT,
     MAP_INTEREST_SEQ, MAP_IO_URING_IN_FLIGHT, MAP_IO_URING_OFFSETS, MAP_STORE_PREFIX,
-    MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE, PROG_IO_URING_SUBMIT_REQ, PathEvent,
-    RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN, SYSCALL_PROGRAMS, SYSCALLS_CATEGORY,
-    StorePrefix, UnjudgedEvent, X86_64_PT_REGS_ORIG_AX, flags, io_uring, kernel_dev_major_minor,
-    kind, name_hash, op,
+    MAP_UNWATCHED_IN_FLIGHT, MAP_WATCHED_BASENAMES, PATH_BYTES, PROG_IO_URING_COMPLETE,
+    PROG_IO_URING_SUBMIT_REQ, PathEvent, RING_BUF_BYTES, STORE_PREFIX_MAX, SYSCALL_NR_UNKNOWN,
+    SYSCALL_PROGRAMS, SYSCALLS_CATEGORY, StorePrefix, UNWATCHED_IN_FLIGHT_DEFAULT, UnjudgedEvent,
+    X86_64_PT_REGS_ORIG_AX, flags, io_uring, kernel_dev_major_minor, kind, name_hash, op,
 };
 
 use crate::{
@@ -691,6 +691,7 @@ impl EbpfSource {
         let hooks = options.hooks;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, ring_buf_bytes)
+            .map_max_entries(MAP_UNWATCHED_IN_FLIGHT, unwatched_slots())
             .load(EBPF_OBJECT)
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
 
@@ -1901,6 +1902,19 @@ fn page_size() -> u64 {
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
     ebpf.take_map(name).ok_or(EbpfError::MissingMap { name })
+}
+
+/// Slots of `UNWATCHED_IN_FLIGHT`: one per possible thread id (`pid_max`, 4 bytes each: 16
+/// MiB at Linux's limit of 2^22), so that no thread falls back to the slower hash map.
+fn unwatched_slots() -> u32 {
+    /// `PID_MAX_LIMIT` on 64-bit Linux.
+    const PID_MAX_LIMIT: u32 = 1 << 22;
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .map_or(UNWATCHED_IN_FLIGHT_DEFAULT, |pid_max| {
+            pid_max.clamp(1, PID_MAX_LIMIT)
+        })
 }
 
 /// Empties the kernel's `IN_FLIGHT`, once no program that writes it is attached.
