@@ -17,6 +17,7 @@ use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod dirlock;
+pub mod interest_race;
 pub mod uring;
 pub mod workload;
 

@@ -58,7 +58,7 @@ fn main() -> std::process::ExitCode {
     println!("RT-VM-PREEMPT: {}", preempt.trim());
     // A step runs even when an earlier one failed (each says something on its own), except
     // the tracker after a failed attach.
-    let steps: [(&str, Step); 11] = [
+    let steps: [(&str, Step); 12] = [
         ("verifier", every_program_verifies),
         ("probes", fexit_and_lsm_probes),
         ("tracepoints", source_sees_symlink),
@@ -71,6 +71,7 @@ fn main() -> std::process::ExitCode {
             tracker_fenced_query(Some("tracepoints"), "tracepoints")
         }),
         ("random", tracker_random_workload),
+        ("interest-race", tracker_interest_race),
         ("overhead", churn_overhead),
     ];
     // Steps named on the command line run alone (to try one on the host); none: all of them
@@ -1015,6 +1016,38 @@ fn churn(dir: &Path) -> Result<Duration, String> {
 /// Seeds of the `random` step, each a fresh tree, and operations per seed.
 const RANDOM_SEEDS: u64 = 4;
 const RANDOM_OPS: usize = 100;
+
+/// `tests::interest_race` against a tracker in fentry mode: a rename judged at `do_renameat2`'s
+/// entry before its names were watched, and done after the tracker read the new auto link.
+fn tracker_interest_race() -> Result<String, String> {
+    let store = FakeStore::new(&[STORE_NAME]);
+    let run_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (_tracker, socket, _) = start_tracker(&store, run_dir.path(), None, "fentry")?;
+    let store_dir = store.layout.store_dir();
+    let query = || {
+        let response = request(&socket, r#"{"request":"query","wait_ms":60000}"#)
+            .map_err(|e| format!("query failed: {e}"))?;
+        if response["response"] != "roots" {
+            return Err(format!("query refused: {response}"));
+        }
+        Ok(response["report"].clone())
+    };
+    let seen = tests::interest_race::rename_started_before_its_name_was_watched(
+        &store.layout,
+        &store.root.join("home/u"),
+        &store_dir.join(STORE_NAME),
+        &store_dir.join("0123456789abcdfghijklmnpqrsvwx99-unregistered"),
+        query,
+    )?;
+    let status = request(&socket, r#"{"request":"status"}"#).map_err(|e| e.to_string())?;
+    let unjudged = &status["status"]["source"]["unjudged"];
+    if unjudged.as_u64().is_none_or(|count| count == 0) {
+        return Err(format!(
+            "the rename's end was not reported as judged before the names were added: {status}"
+        ));
+    }
+    Ok(format!("{seen}; unjudged {unjudged}"))
+}
 
 /// `live_random`'s seeded workload ([`Workload`]: link, directory, mount, cross-filesystem and
 /// io_uring operations), smaller and on a store without Nix, against a tracker in fentry
