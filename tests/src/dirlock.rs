@@ -245,3 +245,32 @@ pub fn wait_blocked_in_syscall(
         std::thread::yield_now();
     }
 }
+
+/// Waits until one of this process's io_uring workers (threads named `iou-wrk-*`) is blocked
+/// (state `D`): a request it runs waits for a lock. Panics after `deadline`.
+pub fn wait_io_worker_blocked(deadline: std::time::Instant) {
+    loop {
+        let blocked = std::fs::read_dir("/proc/self/task")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|task| {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                stat.split_once(" (").is_some_and(|(_, rest)| {
+                    rest.starts_with("iou-wrk")
+                        && rest
+                            .rsplit_once(") ")
+                            .and_then(|(_, tail)| tail.chars().next())
+                            == Some('D')
+                })
+            });
+        if blocked {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no io_uring worker of this process ever blocked"
+        );
+        std::thread::yield_now();
+    }
+}

@@ -18,8 +18,18 @@ use std::time::{Duration, Instant};
 use root_tracker::layout::StoreLayout;
 use root_tracker::scan::{ScanOptions, scan};
 
-use crate::dirlock::{DirLock, wait_blocked_in_syscall};
-use crate::index_part;
+use crate::dirlock::{DirLock, wait_blocked_in_syscall, wait_io_worker_blocked};
+use crate::{index_part, uring};
+
+/// How the held rename is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rename {
+    /// `rename(2)`: judged at the syscall's entry (or `do_renameat2`'s, in fentry mode).
+    Syscall,
+    /// An io_uring `RENAMEAT`: judged at submission (or at `do_renameat2` in its io-wq
+    /// worker, in fentry mode).
+    IoUring,
+}
 
 /// What a scan of the store finds now, in the form a query's index part is compared in.
 pub fn truth(layout: &StoreLayout) -> Result<serde_json::Value, String> {
@@ -40,18 +50,25 @@ pub fn rename_started_before_its_name_was_watched(
     home: &Path,
     registered: &Path,
     unregistered: &Path,
+    how: Rename,
     mut query: impl FnMut() -> Result<serde_json::Value, String>,
 ) -> Result<String, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let dir = home.join("race");
+    // Names of their own per kind, so that running both against one tracker does not find
+    // the second's names watched already.
+    let tag = match how {
+        Rename::Syscall => "",
+        Rename::IoUring => "-io-uring",
+    };
+    let dir = home.join(format!("race{tag}"));
     std::fs::create_dir_all(&dir).map_err(|e| io("mkdir", e))?;
     // `result` exists (so the tracker's lookup of it finds a cached dentry and needs no
     // directory lock) and leads to a store path that is not valid: the query lists it as
     // unregistered once the tracker has read the auto link. Symlinks into the store are
     // reported whatever their names, so both are in the index before the lock is taken.
-    let link = dir.join("result");
+    let link = dir.join(format!("result{tag}"));
     symlink(unregistered, &link).map_err(|e| io("symlink result", e))?;
-    let temporary = dir.join(".tmp-result");
+    let temporary = dir.join(format!(".tmp-result{tag}"));
     symlink(registered, &temporary).map_err(|e| io("symlink .tmp-result", e))?;
     let initial = index_part(&query()?);
     if initial != truth(layout)? {
@@ -64,25 +81,43 @@ pub fn rename_started_before_its_name_was_watched(
         let (temporary, link) = (temporary.clone(), link.clone());
         std::thread::spawn(move || {
             let _ = tid_sender.send(nix::unistd::gettid().as_raw());
-            std::fs::rename(temporary, link)
+            match how {
+                Rename::Syscall => std::fs::rename(temporary, link),
+                Rename::IoUring => {
+                    match uring::renameat(libc::AT_FDCWD, &temporary, libc::AT_FDCWD, &link) {
+                        0 => Ok(()),
+                        res => Err(std::io::Error::from_raw_os_error(-res)),
+                    }
+                }
+            }
         })
     };
     let tid = tid_receiver
         .recv()
         .map_err(|e| format!("renamer thread: {e}"))?;
-    // Past its syscall entry (judged there: no auto link names `result` yet), waiting for
-    // the directory's lock.
-    wait_blocked_in_syscall(
-        tid,
-        &[libc::SYS_rename, libc::SYS_renameat, libc::SYS_renameat2],
-        Instant::now() + Duration::from_secs(60),
-    );
+    // Past its judgement (no auto link names `result` yet), waiting for the directory's lock.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    match how {
+        Rename::Syscall => wait_blocked_in_syscall(
+            tid,
+            &[libc::SYS_rename, libc::SYS_renameat, libc::SYS_renameat2],
+            deadline,
+        ),
+        Rename::IoUring => wait_io_worker_blocked(deadline),
+    }
 
-    let auto = layout.auto_dir().join("race");
+    let auto = layout.auto_dir().join(format!("race{tag}"));
     symlink(&link, &auto).map_err(|e| io("symlink the auto link", e))?;
     let before = index_part(&query()?);
     let expected = truth(layout)?;
-    if before != expected || before["unregistered"].as_array().is_none_or(Vec::is_empty) {
+    let names_auto = |list: &serde_json::Value| {
+        list.as_array().is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|entry| entry["link"].as_str() == auto.to_str())
+        })
+    };
+    if before != expected || !names_auto(&before["unregistered"]) {
         return Err(format!(
             "while the rename waits, the query should list the auto link's target as \
              unregistered: query {before}; scan {expected}"
@@ -99,8 +134,10 @@ pub fn rename_started_before_its_name_was_watched(
         .map_err(|e| io("rename", e))?;
     let after = index_part(&query()?);
     let expected = truth(layout)?;
-    if expected["roots"].as_array().map(Vec::len) != Some(1) {
-        return Err(format!("the scan should find one root: {expected}"));
+    if !names_auto(&expected["roots"]) {
+        return Err(format!(
+            "the scan should find the auto link's root: {expected}"
+        ));
     }
     if after != expected {
         return Err(format!(
@@ -108,9 +145,7 @@ pub fn rename_started_before_its_name_was_watched(
         ));
     }
     Ok(format!(
-        "a rename over `result` held across the auto link's appearance: before {} \
-         unregistered, after {} root",
-        before["unregistered"].as_array().map_or(0, Vec::len),
-        after["roots"].as_array().map_or(0, Vec::len)
+        "a rename ({how:?}) over `result` held across the auto link's appearance: its \
+         target unregistered before, a root after"
     ))
 }

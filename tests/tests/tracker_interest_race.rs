@@ -8,10 +8,10 @@
 )]
 
 use root_tracker::layout::StoreLayout;
-use tests::interest_race::rename_started_before_its_name_was_watched;
+use tests::interest_race::{Rename, rename_started_before_its_name_was_watched};
 use tests::{HermeticStore, TrackerProcess, require_root};
 
-fn held_rename(backend: &str) {
+fn held_rename(backend: &str, how: Rename) {
     require_root();
     let store = HermeticStore::new();
     let registered = store.register_empty_paths("race", 1).remove(0);
@@ -24,11 +24,12 @@ fn held_rename(backend: &str) {
         &store.path("home/u"),
         &registered,
         &unregistered,
+        how,
         || Ok(tracker.query()),
     );
     if let Err(message) = seen {
         panic!(
-            "backend {backend}: {message}\ntracker log:\n{}",
+            "backend {backend}, {how:?}: {message}\ntracker log:\n{}",
             tracker.log()
         );
     }
@@ -44,10 +45,20 @@ fn held_rename(backend: &str) {
 
 #[test]
 fn ebpf() {
-    held_rename("ebpf");
+    held_rename("ebpf", Rename::Syscall);
+}
+
+#[test]
+fn ebpf_io_uring() {
+    held_rename("ebpf", Rename::IoUring);
 }
 
 #[test]
 fn fanotify() {
-    held_rename("fanotify");
+    held_rename("fanotify", Rename::Syscall);
+}
+
+#[test]
+fn fanotify_io_uring() {
+    held_rename("fanotify", Rename::IoUring);
 }

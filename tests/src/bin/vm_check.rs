@@ -36,6 +36,7 @@ use root_tracker::{
         },
     },
 };
+use tests::interest_race::{Rename, rename_started_before_its_name_was_watched};
 use tests::{FakeStore, index_part, package_bin, uring, workload::Workload};
 
 /// A store path name registered in the fake store's database (its hash part in Nix's
@@ -1032,21 +1033,25 @@ fn tracker_interest_race() -> Result<String, String> {
         }
         Ok(response["report"].clone())
     };
-    let seen = tests::interest_race::rename_started_before_its_name_was_watched(
-        &store.layout,
-        &store.root.join("home/u"),
-        &store_dir.join(STORE_NAME),
-        &store_dir.join("0123456789abcdfghijklmnpqrsvwx99-unregistered"),
-        query,
-    )?;
+    let mut seen = Vec::new();
+    for how in [Rename::Syscall, Rename::IoUring] {
+        seen.push(rename_started_before_its_name_was_watched(
+            &store.layout,
+            &store.root.join("home/u"),
+            &store_dir.join(STORE_NAME),
+            &store_dir.join("0123456789abcdfghijklmnpqrsvwx99-unregistered"),
+            how,
+            &query,
+        )?);
+    }
     let status = request(&socket, r#"{"request":"status"}"#).map_err(|e| e.to_string())?;
     let unjudged = &status["status"]["source"]["unjudged"];
-    if unjudged.as_u64().is_none_or(|count| count == 0) {
+    if unjudged.as_u64().is_none_or(|count| count < 2) {
         return Err(format!(
-            "the rename's end was not reported as judged before the names were added: {status}"
+            "the renames' ends were not reported as judged before the names were added: {status}"
         ));
     }
-    Ok(format!("{seen}; unjudged {unjudged}"))
+    Ok(format!("{}; unjudged {unjudged}", seen.join("; ")))
 }
 
 /// `live_random`'s seeded workload ([`Workload`]: link, directory, mount, cross-filesystem and
