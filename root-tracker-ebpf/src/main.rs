@@ -797,14 +797,7 @@ mod kernel {
         record_base_dir::<1>(spec, event);
 
         let pid_tgid = bpf_get_current_pid_tgid();
-        event.header = EventHeader {
-            kind: track.kind(),
-            op: spec.op,
-            tgid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            // SAFETY: a helper without arguments, callable from every program type.
-            ktime_ns: unsafe { bpf_ktime_get_ns() },
-        };
+        event.header = header(track.kind(), spec.op, pid_tgid);
         event.syscall_nr = ctx.syscall_nr();
         event.request = track.request();
 
@@ -857,14 +850,7 @@ mod kernel {
             return;
         }
         let event = ExitEvent {
-            header: EventHeader {
-                kind: kind::EXIT,
-                op: in_flight.op,
-                tgid: (pid_tgid >> 32) as u32,
-                tid: pid_tgid as u32,
-                // SAFETY: a helper without arguments, callable from every program type.
-                ktime_ns: unsafe { bpf_ktime_get_ns() },
-            },
+            header: header(kind::EXIT, in_flight.op, pid_tgid),
             ret,
         };
         send(&event);
@@ -882,14 +868,7 @@ mod kernel {
             return;
         }
         send(&UnjudgedEvent {
-            header: EventHeader {
-                kind: kind::UNJUDGED,
-                op: in_flight.op,
-                tgid: (pid_tgid >> 32) as u32,
-                tid: pid_tgid as u32,
-                // SAFETY: a helper without arguments, callable from every program type.
-                ktime_ns: unsafe { bpf_ktime_get_ns() },
-            },
+            header: header(kind::UNJUDGED, in_flight.op, pid_tgid),
             interest_seq: in_flight.interest_seq,
             request,
         });
@@ -999,15 +978,7 @@ mod kernel {
             count(COUNTER_UNTRACKED);
         }
         let pid_tgid = bpf_get_current_pid_tgid();
-        let header = EventHeader {
-            kind: kind::IO_URING,
-            op: opcode.unwrap_or(0),
-            tgid: (pid_tgid >> 32) as u32,
-            tid: pid_tgid as u32,
-            // SAFETY: a helper without arguments, callable from every program type.
-            ktime_ns: unsafe { bpf_ktime_get_ns() },
-        };
-        send(&header);
+        send(&header(kind::IO_URING, opcode.unwrap_or(0), pid_tgid));
         0
     }
 
@@ -1047,14 +1018,7 @@ mod kernel {
             return 0;
         }
         send(&IoUringDoneEvent {
-            header: EventHeader {
-                kind: kind::IO_URING_DONE,
-                op: in_flight.op,
-                tgid: (pid_tgid >> 32) as u32,
-                tid: pid_tgid as u32,
-                // SAFETY: a helper without arguments, callable from every program type.
-                ktime_ns: unsafe { bpf_ktime_get_ns() },
-            },
+            header: header(kind::IO_URING_DONE, in_flight.op, pid_tgid),
             request: req,
             res,
         });
@@ -1072,6 +1036,19 @@ mod kernel {
     #[lsm(hook = "path_symlink")]
     pub fn probe_lsm(_ctx: LsmContext) -> i32 {
         0
+    }
+
+    /// A record's header for the current task (`pid_tgid`), stamped now.
+    #[inline(always)]
+    fn header(kind: u32, op: u32, pid_tgid: u64) -> EventHeader {
+        EventHeader {
+            kind,
+            op,
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+            // SAFETY: a helper without arguments, callable from every program type.
+            ktime_ns: unsafe { bpf_ktime_get_ns() },
+        }
     }
 
     /// Writes a small record to the ring buffer, counting it as sent or dropped.
