@@ -20,11 +20,19 @@ unsafe fn submit(entry: &Entry) -> i32 {
     let mut ring = io_uring::IoUring::new(4).expect("io_uring_setup");
     // SAFETY: the caller keeps the entry's pointers alive until we return, after completion.
     unsafe { ring.submission().push(entry) }.expect("a free submission slot");
-    ring.submit_and_wait(1).expect("io_uring_enter");
-    ring.completion()
-        .next()
-        .expect("a completion after waiting for one")
-        .result()
+    // `io_uring_enter` submits, then waits; the wait may end early (a signal, or the kernel's
+    // own task work: soak seen, no completion after it returned) and the call then reports
+    // only the submission. Wait again until the completion is there.
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => panic!("io_uring_enter: {error}"),
+        }
+        if let Some(completion) = ring.completion().next() {
+            return completion.result();
+        }
+    }
 }
 
 /// `unlinkat(dirfd, path, flags)` (`libc::AT_REMOVEDIR` removes a directory).
