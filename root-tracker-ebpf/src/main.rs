@@ -618,7 +618,9 @@ mod kernel {
             }
         }
         // A call that any run sent (or counted as lost) has its end reported as relevant.
-        if !sent {
+        if sent {
+            track.forget_unwatched();
+        } else {
             track.remember_unwatched(spec.op, interest_seq);
         }
     }
@@ -690,6 +692,20 @@ mod kernel {
                         interest_seq: 0,
                     };
                     IO_URING_IN_FLIGHT.insert(&req, &in_flight, 0).is_ok()
+                }
+            }
+        }
+
+        /// Clears a thread's `UNWATCHED_IN_FLIGHT` slot, which its exit reads before
+        /// `IN_FLIGHT`: one left set (by a call inside a path worker when the fentry programs
+        /// were detached for the tracepoints) would hide this relevant call's `EXIT`.
+        #[inline(always)]
+        fn forget_unwatched(self) {
+            if let Self::Thread = self {
+                let tid = bpf_get_current_pid_tgid() as u32;
+                if let Some(slot) = UNWATCHED_IN_FLIGHT.get_ptr_mut(tid) {
+                    // SAFETY: as in `remember_unwatched`.
+                    unsafe { *slot = 0 };
                 }
             }
         }
