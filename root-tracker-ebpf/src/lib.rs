@@ -581,7 +581,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<IoUringOffsets>(), 48);
         assert_eq!(core::mem::size_of::<ExitEvent>(), 32);
         assert_eq!(core::mem::size_of::<IoUringDoneEvent>(), 40);
-        assert_eq!(core::mem::size_of::<InFlight>(), 8);
+        assert_eq!(core::mem::size_of::<InFlight>(), 16);
+        assert_eq!(core::mem::size_of::<UnjudgedEvent>(), 40);
         assert_eq!(core::mem::size_of::<Config>(), 24);
         assert_eq!(core::mem::size_of::<StorePrefix>(), 4 + STORE_PREFIX_MAX);
     }
