@@ -393,7 +393,8 @@ fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
     .context("cannot attach a kernel source")?;
     tracing::info!(backend = source.name(), reason = %backend_reason, "source attached");
     let state_watch = crate::state_watch::StateWatch::new(&layout)?;
-    let (jobs, job_receiver) = std::sync::mpsc::channel();
+    let (jobs, job_receiver) =
+        crate::tracker::job_channel().context("cannot create the tracker's wake-up eventfd")?;
     let shutdown = Arc::new(AtomicBool::new(false));
     let server_config = crate::server::ServerConfig {
         socket: args.socket.socket.clone(),

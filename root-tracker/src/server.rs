@@ -586,7 +586,7 @@ mod tests {
         runtime.block_on(async {
             let (mut client, server_side) = tokio::io::duplex(4096);
             // No tracker loop behind it: a refusal must come before any job is sent.
-            let (jobs, _receiver) = std::sync::mpsc::channel();
+            let (jobs, _receiver) = crate::tracker::job_channel().unwrap();
             handle_nix_roots(server_side, None, true, jobs, &Limits::default())
                 .await
                 .unwrap();

@@ -10,6 +10,7 @@ pub mod kernel_layout;
 pub mod replay;
 
 use std::collections::BTreeSet;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -64,8 +65,13 @@ pub trait Source: Send {
     fn set_interest(&mut self, interest: &Interest) -> Result<(), SourceError>;
 
     /// Waits up to `timeout` for hints and appends them to `out`; returns early once some
-    /// have arrived.
-    fn poll(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), SourceError>;
+    /// have arrived, or once `wake` is readable (the tracker loop has a request to answer).
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        wake: Option<BorrowedFd<'_>>,
+        out: &mut Vec<Hint>,
+    ) -> Result<(), SourceError>;
 
     /// The fence (invariant 5): appends every hint for an operation that completed before this
     /// call. If it cannot be sure by `deadline`, it appends a [`Hint::Lost`] instead of guessing.
@@ -109,6 +115,21 @@ pub enum BackendChoice {
     Auto,
     Ebpf,
     Fanotify,
+}
+
+/// The `poll(2)` entry for a tracker's wake-up fd in a source's wait (the kernel skips an
+/// entry whose fd is negative, so `None` waits on the source alone).
+pub(crate) fn wake_pollfd(wake: Option<BorrowedFd<'_>>) -> libc::pollfd {
+    libc::pollfd {
+        fd: wake.map_or(-1, |fd| fd.as_raw_fd()),
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Whether `poll(2)` found the wake-up fd of [`wake_pollfd`] readable.
+pub(crate) fn woken(entry: &libc::pollfd) -> bool {
+    entry.revents & libc::POLLIN != 0
 }
 
 /// Attaches the chosen backend; `Auto` tries eBPF first and falls back to fanotify. Returns

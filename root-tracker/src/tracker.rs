@@ -5,10 +5,13 @@
 //! (DESIGN.md 4); every answer is fenced (5) and never given while the index is unsettled.
 
 use std::collections::BTreeSet;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvError, SendError, Sender, TryRecvError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::hint::Hint;
 use crate::protocol::{ErrorKind, Request, Response};
@@ -25,8 +28,70 @@ pub struct Job {
     pub reply: tokio::sync::oneshot::Sender<Response>,
 }
 
-/// The sending side, held by the server.
-pub type JobSender = Sender<Job>;
+/// The sending side, held by the server. Each job also wakes the tracker loop, which would
+/// otherwise see it only when its source's wait timed out (up to `poll_interval` late).
+#[derive(Clone)]
+pub struct JobSender {
+    jobs: Sender<Job>,
+    wake: Arc<EventFd>,
+}
+
+/// The tracker loop's side: jobs, and the eventfd its source's wait watches.
+pub struct JobReceiver {
+    jobs: Receiver<Job>,
+    wake: Arc<EventFd>,
+}
+
+/// A channel for jobs whose every send makes [`JobReceiver::wake_fd`] readable.
+pub fn job_channel() -> std::io::Result<(JobSender, JobReceiver)> {
+    let wake = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+        .map_err(std::io::Error::from)?;
+    let wake = Arc::new(wake);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    Ok((
+        JobSender {
+            jobs: sender,
+            wake: wake.clone(),
+        },
+        JobReceiver {
+            jobs: receiver,
+            wake,
+        },
+    ))
+}
+
+impl JobSender {
+    /// Queues `job`, then wakes the loop (in that order: a loop that cleared the wake-up
+    /// before looking at the queue either finds the job or is woken again).
+    pub fn send(&self, job: Job) -> Result<(), SendError<Job>> {
+        self.jobs.send(job)?;
+        // Only EAGAIN (the counter at its maximum: already awake) can fail here.
+        let _ = self.wake.write(1);
+        Ok(())
+    }
+}
+
+impl JobReceiver {
+    /// Readable while a wake-up is pending; a source's wait returns when it is.
+    pub fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Clears a pending wake-up. Call before draining the queue with [`Self::try_recv`].
+    pub fn clear_wake(&self) {
+        // EAGAIN: nothing pending.
+        let _ = self.wake.read();
+    }
+
+    pub fn try_recv(&self) -> Result<Job, TryRecvError> {
+        self.jobs.try_recv()
+    }
+
+    /// Blocks for the next job (stand-ins for the tracker loop in tests and the fuzzer).
+    pub fn recv(&self) -> Result<Job, RecvError> {
+        self.jobs.recv()
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct TrackerOptions {
@@ -66,7 +131,7 @@ pub struct Tracker {
     reconciler: Reconciler,
     source: Box<dyn Source>,
     state_watch: StateWatch,
-    jobs: Receiver<Job>,
+    jobs: JobReceiver,
     options: TrackerOptions,
     started: SystemTime,
     last_fence: Option<Duration>,
@@ -89,7 +154,7 @@ impl Tracker {
         reconciler: Reconciler,
         source: Box<dyn Source>,
         state_watch: StateWatch,
-        jobs: Receiver<Job>,
+        jobs: JobReceiver,
         options: TrackerOptions,
     ) -> Self {
         let next_verify = options
@@ -122,7 +187,12 @@ impl Tracker {
         while !shutdown.load(Ordering::Relaxed) {
             self.check_proc_reader();
             let mut hints = Vec::new();
-            if let Err(error) = self.source.poll(self.options.poll_interval, &mut hints) {
+            let polled = self.source.poll(
+                self.options.poll_interval,
+                Some(self.jobs.wake_fd()),
+                &mut hints,
+            );
+            if let Err(error) = polled {
                 hints.push(lost(format!(
                     "{} source failed: {error}",
                     self.source.name()
@@ -148,6 +218,7 @@ impl Tracker {
                     self.survive("a rescan", settled);
                 }
             }
+            self.jobs.clear_wake();
             loop {
                 match self.jobs.try_recv() {
                     Ok(job) => {

@@ -21,6 +21,33 @@ pub mod interest_race;
 pub mod uring;
 pub mod workload;
 
+/// Not a speed bound: a wait that ignores its wake-up sits this out and the check fails.
+pub const WOKEN_POLL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Checks that `source.poll` returns once its wake-up fd is readable, with nothing to read:
+/// the tracker loop relies on it to answer a request without waiting for the source's
+/// timeout. Polls that return with hints (other tests' mounts, say) are retried; only one
+/// that returns with none ends the check, and that must be before [`WOKEN_POLL_TIMEOUT`].
+pub fn check_poll_returns_when_woken(source: &mut dyn root_tracker::source::Source) {
+    use std::os::fd::AsFd as _;
+    let wake = nix::sys::eventfd::EventFd::from_value(1).unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let mut hints = Vec::new();
+        source
+            .poll(WOKEN_POLL_TIMEOUT, Some(wake.as_fd()), &mut hints)
+            .unwrap();
+        if hints.is_empty() {
+            break;
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < WOKEN_POLL_TIMEOUT,
+        "poll sat out its {WOKEN_POLL_TIMEOUT:?} timeout with its wake-up fd readable"
+    );
+}
+
 /// A path made of arbitrary bytes.
 pub fn bytes_path(bytes: &[u8]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(bytes))

@@ -320,6 +320,13 @@ fn relative_path_of_an_exited_process_is_named_by_basename() {
     );
 }
 
+/// The tracker loop's wake-up (a request to answer) ends a wait with no record to read.
+#[test]
+fn poll_returns_when_woken() {
+    let mut fixture = Fixture::new(&[b"rt-wake-test-unused"]);
+    tests::check_poll_returns_when_woken(&mut fixture.source);
+}
+
 #[test]
 fn set_interest_adds_and_removes_basenames() {
     let mut fixture = Fixture::new(&[b"first"]);
@@ -577,7 +584,10 @@ fn io_uring_names_resolved_after_a_chdir_are_not_named_in_the_old_directory() {
     // The submission's record is in the ring buffer once `io_uring_enter` returned: read it
     // now, while the thread is still in A.
     let mut early = Vec::new();
-    fixture.source.poll(Duration::ZERO, &mut early).unwrap();
+    fixture
+        .source
+        .poll(Duration::ZERO, None, &mut early)
+        .unwrap();
     go_tx.send(()).unwrap();
     assert_eq!(done_rx.recv().unwrap(), vec![1, 0]);
     let hints = fixture.fence();

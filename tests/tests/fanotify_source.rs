@@ -319,8 +319,18 @@ fn poll_returns_once_a_hint_arrives() {
     let mut hints = Vec::new();
     while !hints.contains(&Hint::Path(result.clone())) {
         assert!(started.elapsed() < FENCE_DEADLINE, "no hint: {hints:?}");
-        source.poll(FENCE_DEADLINE, &mut hints).unwrap();
+        source.poll(FENCE_DEADLINE, None, &mut hints).unwrap();
     }
+}
+
+/// The tracker loop's wake-up (a request to answer) ends a wait with no event to read.
+#[test]
+fn poll_returns_when_woken() {
+    let fs = Tmpfs::new();
+    let result = fs.path().join("result");
+    let mut source =
+        FanotifySource::new(&interest(Path::new("/nix/store"), &[b"result"], &[&result])).unwrap();
+    tests::check_poll_returns_when_woken(&mut source);
 }
 
 #[test]

@@ -384,7 +384,7 @@ fn start_unsettleable() -> Unsettleable {
     let reconciler = Reconciler::new(layout.clone(), index);
     let (source, feed) = ReplaySource::new();
     let state_watch = StateWatch::new(&layout).unwrap();
-    let (jobs, job_receiver) = std::sync::mpsc::channel();
+    let (jobs, job_receiver) = root_tracker::tracker::job_channel().unwrap();
     let shutdown = Arc::new(AtomicBool::new(false));
     let json_socket = fake.root.join("run/socket");
     let nix_socket = fake.root.join("state/gc-roots-socket/socket");

@@ -57,7 +57,7 @@ fn start() -> Running {
     let reconciler = Reconciler::new(layout.clone(), index);
     let (source, feed) = ReplaySource::new();
     let state_watch = StateWatch::new(&layout).unwrap();
-    let (jobs, job_receiver) = std::sync::mpsc::channel();
+    let (jobs, job_receiver) = root_tracker::tracker::job_channel().unwrap();
     let shutdown = Arc::new(AtomicBool::new(false));
     let socket = root.join("run/socket");
     let config = ServerConfig {
@@ -280,7 +280,7 @@ fn unauthorized_callers_get_an_error_and_no_roots() {
     runtime.block_on(async {
         let (client, server_side) = tokio::io::duplex(4096);
         // No tracker behind it: an unauthorized caller must be refused before any job is sent.
-        let (jobs, _receiver) = std::sync::mpsc::channel();
+        let (jobs, _receiver) = root_tracker::tracker::job_channel().unwrap();
         let server = tokio::spawn(async move {
             root_tracker::server::handle_connection(server_side, None, jobs, &Limits::default())
                 .await

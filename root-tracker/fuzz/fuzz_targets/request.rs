@@ -7,7 +7,6 @@
 
 #![no_main]
 
-use std::sync::mpsc::Sender;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -15,16 +14,16 @@ use libfuzzer_sys::fuzz_target;
 use root_tracker::protocol::{Request, Response, parse_request};
 use root_tracker::report::Disclosure;
 use root_tracker::server::{Limits, handle_connection};
-use root_tracker::tracker::Job;
+use root_tracker::tracker::{JobSender, job_channel};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A stand-in for the tracker loop: answers every job at once, on its own thread.
-fn jobs() -> Sender<Job> {
-    static JOBS: OnceLock<Mutex<Sender<Job>>> = OnceLock::new();
+fn jobs() -> JobSender {
+    static JOBS: OnceLock<Mutex<JobSender>> = OnceLock::new();
     let jobs = JOBS.get_or_init(|| {
-        let (sender, receiver) = std::sync::mpsc::channel::<Job>();
+        let (sender, receiver) = job_channel().expect("an eventfd");
         std::thread::spawn(move || {
-            for job in receiver {
+            while let Ok(job) = receiver.recv() {
                 let response = match job.request {
                     Request::Status {} => Response::Status {
                         status: serde_json::json!({"backend": "fuzz"}),

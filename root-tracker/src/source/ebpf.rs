@@ -23,7 +23,7 @@ use std::{
     io,
     mem::size_of,
     os::{
-        fd::{AsFd as _, AsRawFd as _},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd},
         unix::ffi::{OsStrExt as _, OsStringExt as _},
     },
     path::{Path, PathBuf},
@@ -1345,8 +1345,13 @@ impl EbpfSource {
     }
 
     /// Waits until the ring buffer has data, the mount table changes (reported as
-    /// [`Hint::MountsChanged`]) or `timeout` passes; `true` unless it timed out.
-    fn wait_readable(&self, timeout: Duration, out: &mut Vec<Hint>) -> Result<bool, EbpfError> {
+    /// [`Hint::MountsChanged`]), `wake` is readable or `timeout` passes.
+    fn wait_readable(
+        &self,
+        timeout: Duration,
+        wake: Option<BorrowedFd<'_>>,
+        out: &mut Vec<Hint>,
+    ) -> Result<Wait, EbpfError> {
         // Round up so a sub-millisecond remainder still waits instead of spinning.
         let millis = timeout.as_micros().div_ceil(1000);
         let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);
@@ -1357,23 +1362,28 @@ impl EbpfSource {
                 revents: 0,
             },
             self.mounts.pollfd(),
+            super::wake_pollfd(wake),
         ];
-        // SAFETY: `fds` is a valid, exclusively borrowed array of two elements whose fds are
-        // owned by `self`, which outlives the call.
+        // SAFETY: `fds` is a valid, exclusively borrowed array whose fds are owned by `self`
+        // or borrowed for the call, and its length is passed with it.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
         match ready {
-            0 => Ok(false),
+            0 => Ok(Wait::TimedOut),
             n if n > 0 => {
                 if MountWatch::reported(&fds[1]) {
                     out.push(Hint::MountsChanged);
                 }
-                Ok(true)
+                Ok(if super::woken(&fds[2]) {
+                    Wait::Woken
+                } else {
+                    Wait::Ready
+                })
             }
             _ => {
                 let error = io::Error::last_os_error();
                 if error.kind() == io::ErrorKind::Interrupted {
                     // Treated as "maybe readable": the caller re-checks and re-waits.
-                    Ok(true)
+                    Ok(Wait::Ready)
                 } else {
                     Err(EbpfError::Poll(error))
                 }
@@ -1381,7 +1391,12 @@ impl EbpfSource {
         }
     }
 
-    fn poll_inner(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), EbpfError> {
+    fn poll_inner(
+        &mut self,
+        timeout: Duration,
+        wake: Option<BorrowedFd<'_>>,
+        out: &mut Vec<Hint>,
+    ) -> Result<(), EbpfError> {
         let deadline = Instant::now() + timeout;
         let before = out.len();
         loop {
@@ -1390,7 +1405,12 @@ impl EbpfSource {
                 break;
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() || !self.wait_readable(remaining, out)? {
+            let waited = if remaining.is_zero() {
+                Wait::TimedOut
+            } else {
+                self.wait_readable(remaining, wake, out)?
+            };
+            if waited != Wait::Ready {
                 // One last look: a record may have landed just as the wait ended.
                 self.drain(out)?;
                 break;
@@ -1425,7 +1445,7 @@ impl EbpfSource {
                 }
                 break;
             }
-            if self.wait_readable(remaining.min(FENCE_RECHECK), out)? {
+            if self.wait_readable(remaining.min(FENCE_RECHECK), None, out)? != Wait::TimedOut {
                 self.drain(out)?;
             } else {
                 self.forget_finished(out)?;
@@ -1460,9 +1480,14 @@ impl Source for EbpfSource {
         Ok(())
     }
 
-    fn poll(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), SourceError> {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        wake: Option<BorrowedFd<'_>>,
+        out: &mut Vec<Hint>,
+    ) -> Result<(), SourceError> {
         let before = out.len();
-        let polled = self.poll_inner(timeout, out);
+        let polled = self.poll_inner(timeout, wake, out);
         self.reread_mounts_if_changed(&out[before..]);
         Ok(polled?)
     }
@@ -1497,6 +1522,16 @@ impl Source for EbpfSource {
             unjudged: Some(self.unjudged),
         }
     }
+}
+
+/// How a wait for records ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    TimedOut,
+    /// Records (or a mount change) may be there to read.
+    Ready,
+    /// The tracker loop was woken for a request.
+    Woken,
 }
 
 fn pid_tgid(tgid: u32, tid: u32) -> u64 {

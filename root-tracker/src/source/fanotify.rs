@@ -262,7 +262,13 @@ impl FanotifySource {
     }
 
     /// Waits up to `timeout` for the group or the mount table; handles a mount change.
-    fn wait(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), FanotifyError> {
+    /// Waits for events, a mount change or `wake`; returns whether `wake` was readable.
+    fn wait(
+        &mut self,
+        timeout: Duration,
+        wake: Option<BorrowedFd<'_>>,
+        out: &mut Vec<Hint>,
+    ) -> Result<bool, FanotifyError> {
         let mut fds = [
             libc::pollfd {
                 fd: self.group.as_raw_fd(),
@@ -270,16 +276,17 @@ impl FanotifySource {
                 revents: 0,
             },
             self.mountinfo.pollfd(),
+            super::wake_pollfd(wake),
         ];
         let millis = timeout.as_nanos().div_ceil(1_000_000);
         let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `fds` is a valid array of two pollfd for the duration of the call, and its
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call, and its
         // length is passed with it.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
         if ready < 0 {
             let error = io::Error::last_os_error();
             if error.kind() == io::ErrorKind::Interrupted {
-                return Ok(());
+                return Ok(false);
             }
             return Err(FanotifyError::Wait { source: error });
         }
@@ -293,7 +300,7 @@ impl FanotifySource {
             // A mount may have put a watched path on another filesystem.
             self.update_marks(true)?;
         }
-        Ok(())
+        Ok(super::woken(&fds[2]))
     }
 
     /// Reads events until the queue is empty (`true`) or `deadline` passes (`false`).
@@ -430,19 +437,24 @@ impl Source for FanotifySource {
         Ok(())
     }
 
-    fn poll(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), SourceError> {
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        wake: Option<BorrowedFd<'_>>,
+        out: &mut Vec<Hint>,
+    ) -> Result<(), SourceError> {
         let start = Instant::now();
         let deadline = start.checked_add(timeout);
         let before = out.len();
         loop {
             let remaining =
                 deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
-            self.wait(remaining, out)?;
+            let woken = self.wait(remaining, wake, out)?;
             // Bounded so that a storm of filtered-out events cannot hold us past the timeout.
             let drain_deadline =
                 deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             self.drain(drain_deadline, out)?;
-            if out.len() > before || remaining.is_zero() {
+            if out.len() > before || remaining.is_zero() || woken {
                 return Ok(());
             }
         }
@@ -451,7 +463,7 @@ impl Source for FanotifySource {
     fn fence(&mut self, deadline: Instant, out: &mut Vec<Hint>) -> Result<(), SourceError> {
         // The kernel queued every event of a change that completed before this call, and the
         // mount table's counter moved inside the mount syscall: reading both now sees them.
-        self.wait(Duration::ZERO, out)?;
+        self.wait(Duration::ZERO, None, out)?;
         if !self.drain(deadline, out)? {
             out.push(Hint::Lost {
                 reason: "fanotify fence deadline passed before the queue was drained".to_owned(),

@@ -1,6 +1,7 @@
 //! A source fed by the caller instead of the kernel: everything after the kernel (reconciler,
 //! index, tracker loop, server) runs in tests without privileges, as fact's replay does.
 
+use std::os::fd::BorrowedFd;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
@@ -50,7 +51,13 @@ impl Source for ReplaySource {
         Ok(())
     }
 
-    fn poll(&mut self, timeout: Duration, out: &mut Vec<Hint>) -> Result<(), SourceError> {
+    /// `wake` is not watched: a test's request waits up to `timeout` (the channel has no fd).
+    fn poll(
+        &mut self,
+        timeout: Duration,
+        _wake: Option<BorrowedFd<'_>>,
+        out: &mut Vec<Hint>,
+    ) -> Result<(), SourceError> {
         match self.hints.recv_timeout(timeout) {
             Ok(hint) => out.push(hint),
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return Ok(()),
