@@ -117,19 +117,63 @@ pub enum BackendChoice {
     Fanotify,
 }
 
-/// The `poll(2)` entry for a tracker's wake-up fd in a source's wait (the kernel skips an
-/// entry whose fd is negative, so `None` waits on the source alone).
-pub(crate) fn wake_pollfd(wake: Option<BorrowedFd<'_>>) -> libc::pollfd {
-    libc::pollfd {
-        fd: wake.map_or(-1, |fd| fd.as_raw_fd()),
-        events: libc::POLLIN,
-        revents: 0,
-    }
+/// What a kernel source's wait saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Readiness {
+    /// Nothing became ready before the timeout.
+    pub timed_out: bool,
+    /// The mount table changed (the change is consumed: the next wait reports the next one).
+    pub mounts_changed: bool,
+    /// The tracker loop's wake-up fd is readable: a request waits.
+    pub woken: bool,
 }
 
-/// Whether `poll(2)` found the wake-up fd of [`wake_pollfd`] readable.
-pub(crate) fn woken(entry: &libc::pollfd) -> bool {
-    entry.revents & libc::POLLIN != 0
+/// Waits up to `timeout` for `events` to be readable, the mount table to change or `wake`
+/// (the tracker loop's eventfd) to be readable. An interrupted wait returns all-false, as if
+/// something may be there: callers read their source again and re-wait.
+pub(crate) fn wait_for(
+    events: BorrowedFd<'_>,
+    mounts: &crate::mounts::MountWatch,
+    wake: Option<BorrowedFd<'_>>,
+    timeout: Duration,
+) -> std::io::Result<Readiness> {
+    let readable = |fd: BorrowedFd<'_>| libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let mut fds = [
+        readable(events),
+        mounts.pollfd(),
+        // The kernel skips an entry whose fd is negative.
+        wake.map_or(
+            libc::pollfd {
+                fd: -1,
+                events: 0,
+                revents: 0,
+            },
+            readable,
+        ),
+    ];
+    // Round up so a sub-millisecond remainder still waits instead of spinning.
+    let millis = timeout.as_micros().div_ceil(1000);
+    let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fds` is a valid, exclusively borrowed array whose fds are borrowed for the
+    // call, and its length is passed with it.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    if ready < 0 {
+        let error = std::io::Error::last_os_error();
+        return if error.kind() == std::io::ErrorKind::Interrupted {
+            Ok(Readiness::default())
+        } else {
+            Err(error)
+        };
+    }
+    Ok(Readiness {
+        timed_out: ready == 0,
+        mounts_changed: crate::mounts::MountWatch::reported(&fds[1]),
+        woken: fds[2].revents & libc::POLLIN != 0,
+    })
 }
 
 /// Attaches the chosen backend; `Auto` tries eBPF first and falls back to fanotify. Returns

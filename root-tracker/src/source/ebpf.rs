@@ -1352,43 +1352,19 @@ impl EbpfSource {
         wake: Option<BorrowedFd<'_>>,
         out: &mut Vec<Hint>,
     ) -> Result<Wait, EbpfError> {
-        // Round up so a sub-millisecond remainder still waits instead of spinning.
-        let millis = timeout.as_micros().div_ceil(1000);
-        let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);
-        let mut fds = [
-            libc::pollfd {
-                fd: self.events.as_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            self.mounts.pollfd(),
-            super::wake_pollfd(wake),
-        ];
-        // SAFETY: `fds` is a valid, exclusively borrowed array whose fds are owned by `self`
-        // or borrowed for the call, and its length is passed with it.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-        match ready {
-            0 => Ok(Wait::TimedOut),
-            n if n > 0 => {
-                if MountWatch::reported(&fds[1]) {
-                    out.push(Hint::MountsChanged);
-                }
-                Ok(if super::woken(&fds[2]) {
-                    Wait::Woken
-                } else {
-                    Wait::Ready
-                })
-            }
-            _ => {
-                let error = io::Error::last_os_error();
-                if error.kind() == io::ErrorKind::Interrupted {
-                    // Treated as "maybe readable": the caller re-checks and re-waits.
-                    Ok(Wait::Ready)
-                } else {
-                    Err(EbpfError::Poll(error))
-                }
-            }
+        let seen = super::wait_for(self.events.as_fd(), &self.mounts, wake, timeout)
+            .map_err(EbpfError::Poll)?;
+        if seen.mounts_changed {
+            out.push(Hint::MountsChanged);
         }
+        Ok(if seen.timed_out {
+            Wait::TimedOut
+        } else if seen.woken {
+            Wait::Woken
+        } else {
+            // Records, a mount change, or an interrupted wait: look again.
+            Wait::Ready
+        })
     }
 
     fn poll_inner(

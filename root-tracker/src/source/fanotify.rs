@@ -261,38 +261,19 @@ impl FanotifySource {
         }
     }
 
-    /// Waits up to `timeout` for the group or the mount table; handles a mount change.
-    /// Waits for events, a mount change or `wake`; returns whether `wake` was readable.
+    /// Waits up to `timeout` for events, a mount change (handled here) or `wake`; returns
+    /// whether `wake` was readable.
     fn wait(
         &mut self,
         timeout: Duration,
         wake: Option<BorrowedFd<'_>>,
         out: &mut Vec<Hint>,
     ) -> Result<bool, FanotifyError> {
-        let mut fds = [
-            libc::pollfd {
-                fd: self.group.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            self.mountinfo.pollfd(),
-            super::wake_pollfd(wake),
-        ];
-        let millis = timeout.as_nanos().div_ceil(1_000_000);
-        let millis = libc::c_int::try_from(millis).unwrap_or(libc::c_int::MAX);
-        // SAFETY: `fds` is a valid array of pollfd for the duration of the call, and its
-        // length is passed with it.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-        if ready < 0 {
-            let error = io::Error::last_os_error();
-            if error.kind() == io::ErrorKind::Interrupted {
-                return Ok(false);
-            }
-            return Err(FanotifyError::Wait { source: error });
-        }
+        let seen = super::wait_for(self.group.as_fd(), &self.mountinfo, wake, timeout)
+            .map_err(|source| FanotifyError::Wait { source })?;
         // The kernel answers POLLERR|POLLPRI once per mount-table change, and `poll` itself
         // consumes it (`mounts_poll` records the event it reported), so nothing is read.
-        if MountWatch::reported(&fds[1]) {
+        if seen.mounts_changed {
             // The table first, then the marks (the order `mounts` relies on): a mount made
             // after this read is reported by the next poll.
             self.mountinfo.reread();
@@ -300,7 +281,7 @@ impl FanotifySource {
             // A mount may have put a watched path on another filesystem.
             self.update_marks(true)?;
         }
-        Ok(super::woken(&fds[2]))
+        Ok(seen.woken)
     }
 
     /// Reads events until the queue is empty (`true`) or `deadline` passes (`false`).
