@@ -61,8 +61,7 @@ pub fn job_channel() -> std::io::Result<(JobSender, JobReceiver)> {
 }
 
 impl JobSender {
-    /// Queues `job`, then wakes the loop (in that order: a loop that cleared the wake-up
-    /// before looking at the queue either finds the job or is woken again).
+    /// Queues `job`, then wakes the loop (in that order: see [`JobReceiver::try_recv`]).
     pub fn send(&self, job: Job) -> Result<(), SendError<Job>> {
         self.jobs.send(job)?;
         // Only EAGAIN (the counter at its maximum: already awake) can fail here.
@@ -77,14 +76,15 @@ impl JobReceiver {
         self.wake.as_fd()
     }
 
-    /// Clears a pending wake-up. Call before draining the queue with [`Self::try_recv`].
-    pub fn clear_wake(&self) {
-        // EAGAIN: nothing pending.
-        let _ = self.wake.read();
-    }
-
+    /// The next queued job. Taking one clears the wake-up (a read of the eventfd per job, none
+    /// per pass of an idle or event-busy loop): a job queued before the clear is found by the
+    /// caller's next call, which goes on until the queue is empty; one queued after it wakes
+    /// the next wait again.
     pub fn try_recv(&self) -> Result<Job, TryRecvError> {
-        self.jobs.try_recv()
+        let job = self.jobs.try_recv()?;
+        // EAGAIN: another job's wake-up was cleared already.
+        let _ = self.wake.read();
+        Ok(job)
     }
 
     /// Blocks for the next job (stand-ins for the tracker loop in tests and the fuzzer).
@@ -218,7 +218,6 @@ impl Tracker {
                     self.survive("a rescan", settled);
                 }
             }
-            self.jobs.clear_wake();
             loop {
                 match self.jobs.try_recv() {
                     Ok(job) => {
